@@ -1,0 +1,99 @@
+"""Output records of the worker: awards, progress and dead letters, exactly as DESIGN.md puts them on the wire."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AWARD_ID_NAMESPACE = "badgestream/award/v1"
+
+
+def make_award_id(user_id: str, badge_id: str, tier: str | None, occurrence: int) -> str:
+    """The award id is a pure function of (user, badge, tier, occurrence): a replayed award keeps it.
+
+    A SHA-256 over the length-prefixed parts (so no choice of ids can collide by concatenation),
+    cut to 32 hex characters: 128 bits, as wide as a UUID.
+    """
+    parts = (AWARD_ID_NAMESPACE, user_id, badge_id, tier or "", str(occurrence))
+    digest = hashlib.sha256()
+    for part in parts:
+        raw = part.encode("utf-8")
+        digest.update(len(raw).to_bytes(4, "big"))
+        digest.update(raw)
+    return digest.hexdigest()[:32]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AwardRecord(_Record):
+    """One award on ``badge-awards``, keyed by user_id.
+
+    ``kind`` is ``award`` for a grant and ``revocation`` when a replay retracts an award that no
+    longer qualifies; ``backfill`` marks awards found by a replay, so notifiers can stay quiet.
+    """
+
+    award_id: str
+    user_id: str
+    badge_id: str
+    tier: str | None = None
+    occurrence: int = Field(default=1, ge=1)
+    awarded_at: datetime
+    event_id: str
+    catalog_version: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    kind: Literal["award", "revocation"] = "award"
+    backfill: bool = False
+
+
+class ProgressRecord(_Record):
+    """Latest progress of one (user, badge, tier) on ``badge-progress``, keyed by user_id."""
+
+    user_id: str
+    badge_id: str
+    tier: str | None = None
+    progress: float
+    target: float
+    updated_at: datetime
+
+
+class DeadLetterRecord(_Record):
+    """An input that could not be used, with everything needed to find and fix it.
+
+    ``value`` holds the original bytes as text when they are UTF-8, else base64 with
+    ``value_encoding="base64"``; the same for ``key``.
+    """
+
+    source_topic: str
+    partition: int
+    offset: int
+    error_code: str
+    reason: str
+    key: str | None = None
+    key_encoding: Literal["utf-8", "base64"] = "utf-8"
+    value: str | None = None
+    value_encoding: Literal["utf-8", "base64"] = "utf-8"
+    failed_at: datetime | None = None
+    stage: str = "worker"
+
+    @staticmethod
+    def encode_bytes(raw: bytes | None) -> tuple[str | None, Literal["utf-8", "base64"]]:
+        """Text for UTF-8 bytes, base64 for anything else, so the original is never lost."""
+        if raw is None:
+            return None, "utf-8"
+        try:
+            return raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode("ascii"), "base64"
+
+    def original_value(self) -> bytes | None:
+        if self.value is None:
+            return None
+        if self.value_encoding == "base64":
+            return base64.b64decode(self.value)
+        return self.value.encode("utf-8")
