@@ -1,0 +1,1 @@
+"""A local single-node Apache Kafka (KRaft) from the official artifacts on Maven Central."""

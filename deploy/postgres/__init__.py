@@ -1,0 +1,1 @@
+"""A throwaway PostgreSQL cluster from the OS packages, for development and tests."""

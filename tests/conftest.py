@@ -1,0 +1,195 @@
+"""Shared fixtures: a real Kafka broker, unique topics, and databases (SQLite and PostgreSQL).
+
+Broker, in order: ``BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS`` if set; testcontainers' Kafka when a
+Docker engine answers; else the local JVM broker from deploy/kafka, started for the session and
+stopped afterwards. PostgreSQL: ``BADGESTREAM_TEST_POSTGRES_URL`` if set, else a throwaway cluster
+from deploy/postgres. With ``CI`` set, every skip is turned into a failure: a test that could not
+run in CI did not pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", default=False,
+                     help="run the long variants of the reliability tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--long"):
+        return
+    skip_long = pytest.mark.skip(reason="long variant: run with --long")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_long)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "long variant" in reason:
+            return
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which counts as a failure: {reason}"
+
+
+def unavailable(what: str) -> None:
+    """Skip locally, fail loudly in CI."""
+    if IN_CI:
+        pytest.fail(f"{what} is not available in CI", pytrace=False)
+    pytest.skip(f"{what} is not available")
+
+
+# --- Kafka ------------------------------------------------------------------------------------
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=2)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a real broker for the whole session."""
+    configured = os.environ.get("BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        from deploy.kafka.broker import metadata_ready
+
+        if not metadata_ready(configured, timeout=10):
+            unavailable(f"the broker at BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS={configured}")
+        yield configured
+        return
+    if _docker_answers():  # pragma: no cover - no Docker engine on our CI machines
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    from deploy.kafka.broker import LocalBroker, free_port
+    from schemas.errors import ConfigurationError
+
+    data_dir = Path(tempfile.mkdtemp(prefix="badgestream-kafka-"))
+    broker = LocalBroker(data_dir=data_dir, port=free_port())
+    try:
+        broker.start()
+    except ConfigurationError as exc:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        unavailable(f"the local Kafka broker ({exc})")
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """Create uniquely named topics (deleted afterwards): ``topic_factory("events", partitions=2)``."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    created: list[str] = []
+
+    def create(base: str = "t", partitions: int = 1, config: dict[str, str] | None = None) -> str:
+        name = f"{base}-{uuid.uuid4().hex[:10]}"
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})]
+        )
+        futures[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield create
+    if created:
+        for future in admin.delete_topics(created, operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=30)
+
+
+@pytest.fixture
+def unique_name() -> Callable[[str], str]:
+    """Unique names for consumer groups, Faust app ids and the like."""
+    return lambda base: f"{base}-{uuid.uuid4().hex[:10]}"
+
+
+# --- databases --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server for the session (maintenance database ``badgestream``)."""
+    configured = os.environ.get("BADGESTREAM_TEST_POSTGRES_URL")
+    if configured:
+        yield configured
+        return
+    from deploy.kafka.broker import free_port
+    from deploy.postgres.server import LocalPostgres
+    from schemas.errors import ConfigurationError
+
+    data_dir = Path(tempfile.mkdtemp(prefix="badgestream-pg-"))
+    server = LocalPostgres(data_dir=data_dir, port=free_port())
+    try:
+        server.start()
+    except ConfigurationError as exc:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        unavailable(f"PostgreSQL ({exc})")
+    try:
+        yield server.url()
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _fresh_postgres_database(server_url: str) -> Iterator[str]:
+    import sqlalchemy as sa
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    base, _, _ = server_url.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database per test, once for SQLite and once for PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'badgestream.db'}"
+        return
+    server_url = request.getfixturevalue("postgres_server_url")
+    yield from _fresh_postgres_database(server_url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'badgestream.db'}"
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    yield from _fresh_postgres_database(postgres_server_url)
