@@ -1,0 +1,101 @@
+"""All configuration of badgestream in one pydantic-settings class, read from ``BADGESTREAM_*`` variables.
+
+Every process (worker, sink, producer SDK, replay, CLI) builds its Kafka clients from the same
+settings, so security options reach every client and secrets are never rendered in logs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEMO_CATALOG = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "catalog.yaml"
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]+:)(?P<password>[^@\s]+)(?P<tail>@)", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """A database or broker URL with its password replaced, fit for logs and error messages."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", url)
+
+
+class Settings(BaseSettings):
+    """badgestream settings; each field is read from ``BADGESTREAM_<FIELD NAME IN CAPITALS>``."""
+
+    model_config = SettingsConfigDict(env_prefix="BADGESTREAM_", env_file=None, extra="ignore")
+
+    # Kafka
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+
+    # Topics
+    input_topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["user-events"], description="input topics, comma-separated"
+    )
+    awards_topic: str = "badge-awards"
+    progress_topic: str = "badge-progress"
+    dlq_topic: str = "badge-events-dlq"
+    sink_dlq_topic: str = "badge-sink-dlq"
+    topic_partitions: int = Field(4, ge=1, description="partitions of every topic the project creates")
+    topic_replication_factor: int = Field(1, ge=1)
+
+    # Worker
+    app_id: str = Field("badgestream", description="Faust app id: consumer group and changelog prefix")
+    catalog_path: Path = Field(DEMO_CATALOG, description="badge catalog YAML")
+    data_dir: Path = Field(Path("var/worker"), description="RocksDB state directory of the worker")
+    web_port: int = Field(6066, description="worker HTTP port: metrics and state view")
+    web_host: str = "127.0.0.1"
+
+    # Sink
+    database_url: SecretStr = Field(
+        SecretStr("sqlite:///var/badgestream.db"), description="SQLAlchemy URL of the award database"
+    )
+    sink_group_id: str = "badgestream-sink"
+    sink_batch_size: int = Field(1000, ge=1)
+    sink_batch_timeout_ms: int = Field(200, ge=1)
+
+    @field_validator("input_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def database_url_value(self) -> str:
+        return self.database_url.get_secret_value()
+
+    @property
+    def database_url_masked(self) -> str:
+        return mask_url(self.database_url_value)
+
+    def confluent_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka configuration shared by every confluent-kafka client of the project."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username is not None:
+            config["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password is not None:
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile:
+            config["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile:
+            config["ssl.certificate.location"] = str(self.kafka_ssl_certfile)
+        if self.kafka_ssl_keyfile:
+            config["ssl.key.location"] = str(self.kafka_ssl_keyfile)
+        config.update(overrides)
+        return config
