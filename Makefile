@@ -1,0 +1,69 @@
+# badgestream developer commands. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the developer commands
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## install OS packages the project needs (Java, Maven, PostgreSQL) if missing
+	@bash deploy/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test,dev]"
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## create the virtualenv and install badgestream with test and dev extras
+
+.PHONY: kafka-libs
+kafka-libs: venv ## fetch Apache Kafka from Maven Central into deploy/kafka/lib
+	@$(BIN)/python -m deploy.kafka.broker fetch
+
+.PHONY: setup
+setup: deps venv kafka-libs ## everything a fresh machine needs
+
+.PHONY: run
+run: setup ## the main job: broker, worker, sink, demo catalog and events, awards shown; Ctrl-C stops all
+	$(BIN)/badgestream up
+
+.PHONY: test
+test: setup ## run every test (starts and stops its own broker and PostgreSQL)
+	@started=$$(date +%s); \
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	echo "[make test] pytest exit $$rc after $$(( $$(date +%s) - started ))s"; exit $$rc
+
+.PHONY: test-unit
+test-unit: venv ## only the pure tests (no broker, no database)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test-long
+test-long: setup ## the long reliability variants
+	$(BIN)/python -m pytest tests/reliability --long $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: venv ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+.PHONY: bench
+bench: setup ## all benchmarks (see bench/*/README.md)
+	$(BIN)/python -m bench.engine.run
+	$(BIN)/python -m bench.worker.run
+	$(BIN)/python -m bench.sink.run
+	$(BIN)/python -m bench.replay.run
+
+.PHONY: clean
+clean: ## stop local services and remove local state (var/)
+	-$(BIN)/python -m deploy.kafka.broker stop
+	-$(BIN)/python -m deploy.postgres.server stop
+	rm -rf var
