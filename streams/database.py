@@ -1,0 +1,611 @@
+"""The award database: table definitions, engine set-up, migrations entry point and every read and write of it.
+
+The sink, the worker (catalog at start-up) and the query commands all go through these functions,
+so the idempotency rules live in one place: awards are inserted once per ``award_id`` (a
+duplicate is success), revocations only ever set ``revoked_at``, and progress only moves to a
+newer ``updated_at``.
+
+Null tiers: the wire carries ``tier: null`` for untiered badges, but the database stores ``''``
+(``NO_TIER``) in a NOT NULL column. A NULL inside a unique key never conflicts (in both SQLite and
+PostgreSQL before 15's NULLS NOT DISTINCT), so ``(user, badge, NULL, 1)`` could be inserted twice;
+the empty string makes the unique constraints hold on both databases. Readers get ``None`` back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from schemas.errors import ConfigurationError
+from schemas.records import AwardRecord, ProgressRecord
+from streams.settings import mask_url
+
+log = logging.getLogger(__name__)
+
+NO_TIER = ""
+"""Stored in ``tier`` for untiered badges: see the module docstring."""
+
+ID_LENGTH = 255
+"""Longest id the sink accepts (user, badge, tier, event, award): PostgreSQL btree entries are bounded."""
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware.
+
+    SQLite has no timestamp type: SQLAlchemy stores text and drops the offset, so every value is
+    converted to UTC first, which also keeps the text comparable (``updated_at >= ...``).
+    Naive datetimes are taken to be UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+_Id = sa.String(ID_LENGTH)
+
+badges = sa.Table(
+    "badges",
+    metadata,
+    sa.Column("id", _Id, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("trigger_events", sa.JSON, nullable=False),
+    sa.Column("rule_kind", sa.String(64), nullable=True),
+    sa.Column("target", sa.Float, nullable=True),
+    sa.Column("tiers", sa.JSON, nullable=True),
+    sa.Column("hidden", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("repeatable", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("definition", sa.JSON, nullable=False),
+    sa.Column("catalog_version", sa.String(ID_LENGTH), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+user_badges = sa.Table(
+    "user_badges",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("award_id", _Id, nullable=False, unique=True),
+    sa.Column("user_id", _Id, nullable=False),
+    sa.Column("badge_id", _Id, nullable=False),
+    sa.Column("tier", _Id, nullable=False, server_default=NO_TIER),
+    sa.Column("occurrence", sa.Integer, nullable=False),
+    sa.Column("awarded_at", UTCDateTime, nullable=False),
+    sa.Column("event_id", _Id, nullable=False),
+    sa.Column("evaluation_metadata", sa.JSON, nullable=False),
+    sa.Column("backfill", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("catalog_version", sa.String(ID_LENGTH), nullable=False),
+    sa.UniqueConstraint("user_id", "badge_id", "tier", "occurrence"),
+)
+
+user_badge_progress = sa.Table(
+    "user_badge_progress",
+    metadata,
+    sa.Column("user_id", _Id, primary_key=True),
+    sa.Column("badge_id", _Id, primary_key=True),
+    sa.Column("tier", _Id, primary_key=True, server_default=NO_TIER),
+    sa.Column("progress", sa.Float, nullable=False),
+    sa.Column("target", sa.Float, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
+# --- engine and migrations --------------------------------------------------------------------
+
+def _json_dumps(value: Any) -> str:
+    # orjson is several times faster than json for the metadata column; it refuses integers wider
+    # than 64 bits, which the stdlib writes as plain JSON numbers.
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, default=str)
+
+
+def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 5000, **kwargs: Any) -> Engine:
+    """An engine for ``url`` with the settings this project relies on.
+
+    SQLite: WAL so ``badgestream user`` can read while the sink writes, a busy timeout so brief
+    lock contention waits instead of failing, and ``synchronous=FULL`` because offsets are
+    committed right after the transaction and must never run ahead of durable rows.
+    PostgreSQL: pre-ping, so a server restart costs one failed check instead of a failed batch.
+    """
+    sa_url = sa.make_url(url)
+    options: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+    if sa_url.get_backend_name() == "sqlite":
+        if sa_url.database and sa_url.database != ":memory:":
+            Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
+        options["connect_args"] = {"timeout": sqlite_busy_timeout_ms / 1000}
+    elif sa_url.get_backend_name() == "postgresql":
+        options["pool_pre_ping"] = True
+        options["connect_args"] = {"connect_timeout": 10}
+    options.update(kwargs)
+    engine = sa.create_engine(sa_url, **options)
+    if sa_url.get_backend_name() == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA busy_timeout={int(sqlite_busy_timeout_ms)}")
+            cursor.close()
+
+    return engine
+
+
+def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (``head``) with Alembic; the only way the schema is created or changed.
+
+    On PostgreSQL a transaction-scoped advisory lock serialises concurrent starters (a worker and a
+    sink starting together would otherwise both try to create the tables).
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7233420154)"))  # any fixed key of ours
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+    finally:
+        if isinstance(url_or_engine, str):
+            engine.dispose()
+    log.info("database %s is at migration %s", mask_url(engine.url.render_as_string(hide_password=False)), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at, or None for a database never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def require_schema(engine: Engine) -> None:
+    """Fail with a helpful message when the database was never migrated (read-only commands do not migrate)."""
+    if not sa.inspect(engine).has_table("user_badges"):
+        masked = mask_url(engine.url.render_as_string(hide_password=False))
+        raise ConfigurationError(
+            f"the database {masked} has no badgestream tables: run `badgestream db upgrade` or start the sink"
+        )
+
+
+# --- writes -----------------------------------------------------------------------------------
+
+def _dialect_insert(conn: Connection, table: sa.Table) -> Any:
+    name = conn.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise ConfigurationError(f"unsupported database dialect {name!r}: badgestream supports sqlite and postgresql")
+
+
+def _to_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _unnest(table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> sa.Select[Any]:
+    """``SELECT * FROM unnest(:col1_values, :col2_values, ...)``: a whole batch as one array parameter per column.
+
+    PostgreSQL only. One short statement with a handful of parameters, instead of a multi-row
+    VALUES with thousands of placeholders that the driver must parse for every batch.
+    """
+    arrays = []
+    for name in columns:
+        column_type = table.c[name].type
+        values = [row[name] for row in rows]
+        element_type: sa.types.TypeEngine[Any]
+        if isinstance(column_type, sa.JSON):
+            values, element_type = [_json_dumps(v) for v in values], sa.Text()
+        elif isinstance(column_type, UTCDateTime):
+            values, element_type = [_to_utc(v) for v in values], sa.DateTime(timezone=True)
+        else:
+            element_type = column_type
+        arrays.append(sa.bindparam(f"{name}_values", values, type_=postgresql.ARRAY(element_type)))
+    incoming = sa.func.unnest(*arrays).table_valued(*columns).render_derived(name="incoming")
+    return sa.select(
+        *[sa.cast(incoming.c[name], sa.JSON) if isinstance(table.c[name].type, sa.JSON) else incoming.c[name]
+          for name in columns]
+    )
+
+
+def _upsert(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], on_conflict: Any) -> int:
+    """Insert ``rows`` with the dialect's ``INSERT ... ON CONFLICT`` clause from ``on_conflict(insert)``.
+
+    Returns the number of rows inserted or updated. PostgreSQL gets the whole batch as arrays
+    (see ``_unnest``); SQLite gets an executemany of one prepared statement, which is its fast path.
+    """
+    if not rows:
+        return 0
+    if conn.dialect.name == "postgresql":
+        columns = list(rows[0])
+        insert = postgresql.insert(table).from_select(columns, _unnest(table, columns, rows))
+        stmt = on_conflict(insert).returning(sa.literal(1))
+        return len(conn.execute(stmt).all())
+    result = conn.execute(on_conflict(_dialect_insert(conn, table)), list(rows))
+    # sqlite3 sums the changes of an executemany; rows skipped by ON CONFLICT do not count.
+    return max(result.rowcount, 0)
+
+
+def _award_row(record: AwardRecord, revoked_at: datetime | None) -> dict[str, Any]:
+    return {
+        "award_id": record.award_id,
+        "user_id": record.user_id,
+        "badge_id": record.badge_id,
+        "tier": record.tier or NO_TIER,
+        "occurrence": record.occurrence,
+        "awarded_at": record.awarded_at,
+        "event_id": record.event_id,
+        "evaluation_metadata": record.metadata,
+        "backfill": record.backfill,
+        "revoked_at": revoked_at,
+        "catalog_version": record.catalog_version,
+    }
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one transaction changed; counts are rows actually inserted or updated, not records seen."""
+
+    awards_inserted: int = 0
+    revocations_applied: int = 0
+    progress_written: int = 0
+
+
+def upsert_awards(conn: Connection, awards: Iterable[AwardRecord], *, now: datetime | None = None) -> WriteResult:
+    """Insert grants once (a duplicate award is success) and apply revocations, inside the caller's transaction.
+
+    The result does not depend on the order of the records: a grant never clears ``revoked_at``,
+    and a revocation sets it only when it is still unset (the first revocation's time is kept).
+    A revocation of an award the database has not seen yet inserts the row already revoked, so the
+    history is complete whichever arrives first. ``revoked_at`` is the time the sink applied the
+    revocation (``now``): a revocation record carries the original award, not a revocation time.
+    """
+    grants: dict[str, AwardRecord] = {}
+    revocations: dict[str, AwardRecord] = {}
+    for record in awards:
+        target = revocations if record.kind == "revocation" else grants
+        target.setdefault(record.award_id, record)
+    inserted = revoked = 0
+    if grants:
+        # Sorted keys give concurrent writers the same lock order, so two sinks cannot deadlock.
+        rows = [_award_row(grants[key], None) for key in sorted(grants)]
+        inserted = _upsert(conn, user_badges, rows, lambda insert: insert.on_conflict_do_nothing())
+    if revocations:
+        revoked_at = now or datetime.now(UTC)
+        rows = [_award_row(revocations[key], revoked_at) for key in sorted(revocations)]
+        revoked = _upsert(conn, user_badges, rows, lambda insert: insert.on_conflict_do_update(
+            index_elements=[user_badges.c.award_id],
+            set_={"revoked_at": insert.excluded.revoked_at},
+            where=user_badges.c.revoked_at.is_(None),
+        ))
+    return WriteResult(awards_inserted=inserted, revocations_applied=revoked)
+
+
+def latest_progress(records: Iterable[ProgressRecord]) -> list[ProgressRecord]:
+    """The newest record per (user, badge, tier), later records winning ties, sorted by key.
+
+    One INSERT ... ON CONFLICT DO UPDATE may not touch a row twice (PostgreSQL refuses it), and
+    the newest value is the only one that could survive anyway.
+    """
+    newest: dict[tuple[str, str, str], ProgressRecord] = {}
+    for record in records:
+        key = (record.user_id, record.badge_id, record.tier or NO_TIER)
+        current = newest.get(key)
+        if current is None or record.updated_at >= current.updated_at:
+            newest[key] = record
+    return [newest[key] for key in sorted(newest)]
+
+
+def upsert_progress(conn: Connection, records: Iterable[ProgressRecord]) -> WriteResult:
+    """Keep the latest progress per (user, badge, tier): a row only ever moves to a newer-or-equal ``updated_at``."""
+    rows = [
+        {
+            "user_id": record.user_id,
+            "badge_id": record.badge_id,
+            "tier": record.tier or NO_TIER,
+            "progress": record.progress,
+            "target": record.target,
+            "updated_at": record.updated_at,
+        }
+        for record in latest_progress(records)
+    ]
+    written = _upsert(conn, user_badge_progress, rows, lambda insert: insert.on_conflict_do_update(
+        index_elements=[user_badge_progress.c.user_id, user_badge_progress.c.badge_id, user_badge_progress.c.tier],
+        set_={
+            "progress": insert.excluded.progress,
+            "target": insert.excluded.target,
+            "updated_at": insert.excluded.updated_at,
+        },
+        where=insert.excluded.updated_at >= user_badge_progress.c.updated_at,
+    ))
+    return WriteResult(progress_written=written)
+
+
+def write_records(
+    conn: Connection, awards: Sequence[AwardRecord], progress: Sequence[ProgressRecord], *, now: datetime | None = None
+) -> WriteResult:
+    """Awards, revocations and progress of one batch, in the caller's (single) transaction."""
+    award_result = upsert_awards(conn, awards, now=now)
+    progress_result = upsert_progress(conn, progress)
+    return WriteResult(award_result.awards_inserted, award_result.revocations_applied, progress_result.progress_written)
+
+
+def revoke_award(conn: Connection, award_id: str, *, at: datetime | None = None) -> bool:
+    """Mark one award revoked (never deleted); False when unknown or already revoked."""
+    result = conn.execute(
+        sa.update(user_badges)
+        .where(user_badges.c.award_id == award_id, user_badges.c.revoked_at.is_(None))
+        .values(revoked_at=at or datetime.now(UTC))
+    )
+    return result.rowcount == 1
+
+
+# --- the catalog ------------------------------------------------------------------------------
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready copy of a pydantic model, mapping or scalar."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _rule_summary(rule: Any) -> tuple[str | None, float | None, list[dict[str, Any]] | None]:
+    """(kind, target, tiers) of a catalog rule, read defensively from a model or its plain form.
+
+    ``tiers`` keeps the catalog's order as ``[{"tier": name, "target": n}, ...]`` so readers can
+    show the next tier without knowing the rule kinds.
+    """
+    plain = _plain(rule)
+    if not isinstance(plain, Mapping):
+        return None, None, None
+    kind = plain.get("kind")
+    body: Any = plain
+    if kind is None:
+        # Shorthand shape {count: 1} / {tiers: {...}} / {streak: {days: 7}}: the one key is the kind.
+        keys = [k for k in plain if k not in {"kind"}]
+        if len(keys) == 1:
+            kind, body = keys[0], plain[keys[0]]
+    tiers_value = plain.get("tiers") if isinstance(plain, Mapping) else None
+    if tiers_value is None and isinstance(body, Mapping):
+        tiers_value = body.get("tiers")
+    tiers: list[dict[str, Any]] | None = None
+    if isinstance(tiers_value, Mapping):
+        tiers = [{"tier": str(name), "target": _number(target)} for name, target in tiers_value.items()]
+    elif isinstance(tiers_value, list):
+        tiers = [
+            {"tier": str(_field(t, "name", _field(t, "tier"))),
+             "target": _number(_field(t, "target", _field(t, "count")))}
+            for t in tiers_value
+        ]
+    target: float | None = None
+    if isinstance(body, int | float) and not isinstance(body, bool):
+        target = float(body)
+    elif isinstance(body, Mapping):
+        for name in ("target", "count", "at_least", "days", "weeks"):
+            if _number(body.get(name)) is not None:
+                target = _number(body.get(name))
+                break
+        if target is None and isinstance(body.get("badges"), list):
+            target = float(len(body["badges"]))
+    return (str(kind) if kind is not None else None), target, tiers
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def catalog_rows(catalog: Any, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Rows of the ``badges`` table for a loaded catalog (``schemas.catalog.Catalog`` or its plain form)."""
+    version = str(_field(catalog, "catalog_version", ""))
+    updated_at = now or datetime.now(UTC)
+    rows = []
+    for badge in _field(catalog, "badges", []) or []:
+        badge_id = str(_field(badge, "id"))
+        kind, target, tiers = _rule_summary(_field(badge, "rule"))
+        trigger_events = _field(badge, "on", None)
+        if trigger_events is None:
+            trigger_events = _field(badge, "on_", None) or _field(badge, "trigger_events", None) or []
+        definition = _plain(badge)
+        rows.append(
+            {
+                "id": badge_id,
+                "name": str(_field(badge, "name", None) or badge_id),
+                "description": str(_field(badge, "description", None) or ""),
+                "trigger_events": [str(e) for e in trigger_events],
+                "rule_kind": kind,
+                "target": target,
+                "tiers": tiers,
+                "hidden": bool(_field(badge, "hidden", False)),
+                "repeatable": bool(_field(badge, "repeatable", False)),
+                "definition": definition if isinstance(definition, Mapping) else {"id": badge_id},
+                "catalog_version": version,
+                "updated_at": updated_at,
+            }
+        )
+    return rows
+
+
+def write_catalog(engine: Engine | Connection, catalog: Any) -> int:
+    """Upsert every badge of ``catalog`` into ``badges`` by id, recording ``catalog_version``; returns the count.
+
+    Badges no longer in the catalog keep their row (and their old ``catalog_version``) because
+    awards still refer to them. Called by the sink and the worker at start-up.
+    """
+    rows = catalog_rows(catalog)
+    if not rows:
+        return 0
+
+    def write(conn: Connection) -> None:
+        insert = _dialect_insert(conn, badges)
+        stmt = insert.on_conflict_do_update(
+            index_elements=[badges.c.id],
+            set_={column: insert.excluded[column] for column in rows[0] if column != "id"},
+        )
+        conn.execute(stmt, rows)
+
+    if isinstance(engine, Connection):
+        write(engine)
+    else:
+        with engine.begin() as conn:
+            write(conn)
+    return len(rows)
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BadgeInfo:
+    """What the query surface needs to know about a catalog badge."""
+
+    id: str
+    name: str
+    description: str
+    hidden: bool
+    repeatable: bool
+    tiers: list[dict[str, Any]] | None
+    catalog_version: str
+
+
+@dataclass(frozen=True)
+class UserAward:
+    award_id: str
+    badge_id: str
+    tier: str | None
+    occurrence: int
+    awarded_at: datetime
+    event_id: str
+    metadata: dict[str, Any]
+    backfill: bool
+    revoked_at: datetime | None
+    catalog_version: str
+
+
+@dataclass(frozen=True)
+class UserProgress:
+    badge_id: str
+    tier: str | None
+    progress: float
+    target: float
+    updated_at: datetime
+
+
+def load_badges(conn: Connection) -> dict[str, BadgeInfo]:
+    result = conn.execute(sa.select(badges).order_by(badges.c.id))
+    return {
+        row.id: BadgeInfo(row.id, row.name, row.description, row.hidden, row.repeatable, row.tiers, row.catalog_version)
+        for row in result
+    }
+
+
+def user_awards(conn: Connection, user_id: str) -> list[UserAward]:
+    """Every award of the user, revoked ones included, oldest first."""
+    result = conn.execute(
+        sa.select(user_badges)
+        .where(user_badges.c.user_id == user_id)
+        .order_by(user_badges.c.awarded_at, user_badges.c.badge_id, user_badges.c.tier, user_badges.c.occurrence)
+    )
+    return [
+        UserAward(
+            award_id=row.award_id,
+            badge_id=row.badge_id,
+            tier=row.tier or None,
+            occurrence=row.occurrence,
+            awarded_at=row.awarded_at,
+            event_id=row.event_id,
+            metadata=row.evaluation_metadata or {},
+            backfill=row.backfill,
+            revoked_at=row.revoked_at,
+            catalog_version=row.catalog_version,
+        )
+        for row in result
+    ]
+
+
+def user_progress(conn: Connection, user_id: str) -> list[UserProgress]:
+    result = conn.execute(
+        sa.select(user_badge_progress)
+        .where(user_badge_progress.c.user_id == user_id)
+        .order_by(user_badge_progress.c.badge_id, user_badge_progress.c.tier)
+    )
+    return [UserProgress(row.badge_id, row.tier or None, row.progress, row.target, row.updated_at) for row in result]
+
+
+def leaderboard(conn: Connection, limit: int = 10) -> list[tuple[str, int]]:
+    """Users by number of awards held (revoked ones not counted), ties by user id."""
+    count = sa.func.count().label("badges")
+    result = conn.execute(
+        sa.select(user_badges.c.user_id, count)
+        .where(user_badges.c.revoked_at.is_(None))
+        .group_by(user_badges.c.user_id)
+        .order_by(count.desc(), user_badges.c.user_id)
+        .limit(limit)
+    )
+    return [(row.user_id, int(row.badges)) for row in result]
+
+
+def count_rows(conn: Connection) -> dict[str, int]:
+    """Row count per table, for tests, benchmarks and the sink's start-up line."""
+    return {
+        table.name: int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+        for table in (badges, user_badges, user_badge_progress)
+    }
+
+
+def iter_tables() -> Iterator[sa.Table]:
+    yield from (badges, user_badges, user_badge_progress)
