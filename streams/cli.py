@@ -44,6 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
     postgres.add_argument("--data-dir", default=None, help="cluster directory")
     postgres.set_defaults(func=_lazy("deploy.postgres.server:cli"))
 
+    # --- award sink and database ----------------------------------------------------------
+    sink = sub.add_parser("sink", help="write awards and progress from Kafka into the database")
+    sink.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
+    sink.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (default: run)")
+    sink.set_defaults(func=_lazy("streams.award_sink:run_sink"))
+
+    db = sub.add_parser("db", help="database schema: migrate with Alembic")
+    db.add_argument("action", choices=["upgrade"], help="upgrade: bring the schema to the latest migration")
+    db.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
+    db.set_defaults(func=_lazy("streams.user_report:db_command"))
+
+    user = sub.add_parser("user", help="a user's badges and progress, from the database")
+    user.add_argument("user_id")
+    user.add_argument("--json", action="store_true", help="machine-readable output")
+    user.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
+    user.set_defaults(func=_lazy("streams.user_report:user_command"))
+
+    leaderboard = sub.add_parser("leaderboard", help="users by number of badges held")
+    leaderboard.add_argument("--limit", type=int, default=10)
+    leaderboard.add_argument("--json", action="store_true", help="machine-readable output")
+    leaderboard.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
+    leaderboard.set_defaults(func=_lazy("streams.user_report:leaderboard_command"))
+
     return parser
 
 

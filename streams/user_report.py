@@ -1,0 +1,161 @@
+"""The query surface for people: ``badgestream user USER_ID`` and ``badgestream leaderboard``, from the database.
+
+What a user sees: every award (badge name, tier, when, the event that earned it), then progress
+towards what is not yet earned ("quiz_master silver: 37/50"). Hidden badges appear only once
+earned: their progress is not listed before. Revoked awards stay listed, marked ``revoked`` with
+the time, because the history is what support staff look for; they do not count as held (nor on
+the leaderboard), and the badge's progress shows again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from streams import database
+from streams.settings import Settings, mask_url
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    return getattr(args, "database_url", None) or Settings().database_url_value
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def build_report(conn: Connection, user_id: str) -> dict[str, Any]:
+    """The user's awards and visible progress as plain data (the ``--json`` output)."""
+    catalog = database.load_badges(conn)
+    awards = database.user_awards(conn, user_id)
+    held = {(a.badge_id, a.tier) for a in awards if a.revoked_at is None}
+    held_badges = {badge_id for badge_id, _tier in held}
+
+    badges = []
+    for award in awards:
+        info = catalog.get(award.badge_id)
+        badges.append({
+            "badge_id": award.badge_id,
+            "name": info.name if info else award.badge_id,
+            "tier": award.tier,
+            "occurrence": award.occurrence,
+            "awarded_at": _when(award.awarded_at),
+            "event_id": award.event_id,
+            "award_id": award.award_id,
+            "revoked_at": _when(award.revoked_at),
+            "backfill": award.backfill,
+            "catalog_version": award.catalog_version,
+            "metadata": award.metadata,
+        })
+
+    progress = []
+    for row in database.user_progress(conn, user_id):
+        info = catalog.get(row.badge_id)
+        if info is not None and info.hidden and row.badge_id not in held_badges:
+            continue  # hidden until earned
+        repeatable = info.repeatable if info is not None else False
+        if (row.badge_id, row.tier) in held and not repeatable:
+            continue  # earned: nothing left to progress towards
+        progress.append({
+            "badge_id": row.badge_id,
+            "name": info.name if info else row.badge_id,
+            "tier": row.tier,
+            "progress": row.progress,
+            "target": row.target,
+            "updated_at": _when(row.updated_at),
+        })
+    return {
+        "user_id": user_id,
+        "held": sum(1 for b in badges if b["revoked_at"] is None),
+        "badges": badges,
+        "progress": progress,
+    }
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in [header, *rows]]
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """The report as a readable table; times are UTC (event time of the deciding event)."""
+    badges = report["badges"]
+    revoked = len(badges) - report["held"]
+    title = f"User {report['user_id']}: {report['held']} badge{'s' if report['held'] != 1 else ''}"
+    lines = [title + (f" ({revoked} revoked)" if revoked else "")]
+    if badges:
+        rows = []
+        for badge in badges:
+            name = badge["name"] + (f" #{badge['occurrence']}" if badge["occurrence"] > 1 else "")
+            notes = []
+            if badge["revoked_at"]:
+                notes.append(f"revoked {badge['revoked_at'][:19].replace('T', ' ')}")
+            if badge["backfill"]:
+                notes.append("backfill")
+            rows.append([name, badge["tier"] or "-", badge["awarded_at"][:19].replace("T", " "),
+                         badge["event_id"], ", ".join(notes)])
+        lines += ["", *_table(["BADGE", "TIER", "AWARDED (UTC)", "EVENT", "NOTE"], rows)]
+    else:
+        lines += ["", "No badges yet."]
+    if report["progress"]:
+        lines += ["", "Progress"]
+        for row in report["progress"]:
+            label = row["badge_id"] + (f" {row['tier']}" if row["tier"] else "")
+            lines.append(f"  {label}: {_number(row['progress'])}/{_number(row['target'])}")
+    return "\n".join(lines)
+
+
+def user_command(args: argparse.Namespace) -> int:
+    """``badgestream user USER_ID [--json] [--database-url URL]``."""
+    engine = database.make_engine(_database_url(args))
+    try:
+        database.require_schema(engine)
+        with engine.connect() as conn:
+            report = build_report(conn, args.user_id)
+    finally:
+        engine.dispose()
+    print(json.dumps(report, indent=2) if args.json else render_text(report))
+    return 0
+
+
+def leaderboard_command(args: argparse.Namespace) -> int:
+    """``badgestream leaderboard [--limit N] [--json] [--database-url URL]``: users by badges held."""
+    engine = database.make_engine(_database_url(args))
+    try:
+        database.require_schema(engine)
+        with engine.connect() as conn:
+            ranking = database.leaderboard(conn, limit=args.limit)
+    finally:
+        engine.dispose()
+    entries = [{"rank": rank, "user_id": user_id, "badges": count}
+               for rank, (user_id, count) in enumerate(ranking, start=1)]
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    elif entries:
+        print("\n".join(_table(["RANK", "USER", "BADGES"],
+                               [[str(e["rank"]), e["user_id"], str(e["badges"])] for e in entries])))
+    else:
+        print("No badges awarded yet.")
+    return 0
+
+
+def db_command(args: argparse.Namespace) -> int:
+    """``badgestream db upgrade [--database-url URL]``: migrate the schema to the latest revision."""
+    url = _database_url(args)
+    database.upgrade(url)
+    engine = database.make_engine(url)
+    try:
+        revision = database.current_revision(engine)
+    finally:
+        engine.dispose()
+    print(f"database {mask_url(url)} is at revision {revision}")
+    return 0
