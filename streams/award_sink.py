@@ -1,0 +1,519 @@
+"""The award sink: consumes the award and progress topics and makes them durable rows, exactly once in effect.
+
+Every batch goes through three numbered steps and nothing else:
+
+1. decode — each message becomes an award, a progress record or a dead letter; dead letters are
+   produced to the sink DLQ and confirmed, so an undecodable record never blocks its partition
+   and is never lost;
+2. upsert — all rows of the batch in one database transaction (unique keys make a redelivered
+   record a no-op); a database outage blocks here, retrying with capped exponential backoff;
+3. commit — the batch's Kafka offsets, synchronously, only after the transaction committed.
+
+A crash anywhere before step 3 redelivers the batch, which step 2 absorbs. Used by
+``badgestream sink`` (``run_sink``), by the tests and by ``bench/sink``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from schemas.errors import SinkError
+from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord, make_award_id
+from streams import database
+from streams.settings import Settings
+
+if TYPE_CHECKING:
+    import argparse
+
+    from sqlalchemy.engine import Engine
+
+log = logging.getLogger(__name__)
+
+MAX_OCCURRENCE = 2**31 - 1  # user_badges.occurrence is a 32-bit INTEGER
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff: ``initial * factor**attempt``, never more than ``maximum`` seconds."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.maximum, self.initial * self.factor ** min(attempt, 64))
+
+
+@dataclass
+class DecodedBatch:
+    """Step 1's output: rows to write, dead letters, and the offsets the batch will commit."""
+
+    awards: list[AwardRecord] = field(default_factory=list)
+    progress: list[ProgressRecord] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, DeadLetterRecord]] = field(default_factory=list)
+    offsets: list[TopicPartition] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    messages: int
+    awards: int
+    progress: int
+    dead_letters: int
+    written: database.WriteResult
+    committed: bool
+
+
+@dataclass
+class SinkStats:
+    batches: int = 0
+    messages: int = 0
+    dead_letters: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def rows_per_second(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.messages / elapsed if elapsed > 0 else 0.0
+
+
+class SinkStopped(SinkError):
+    """The sink was asked to stop while a batch could not be written; the batch stays uncommitted."""
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A database error worth waiting out: connection loss, server down, locks, deadlocks."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _validation_reason(exc: ValidationError, limit: int = 500) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"]) or "record"
+        parts.append(f"{where}: {error['msg']}")
+    text = "; ".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_ids(record: AwardRecord | ProgressRecord, names: Sequence[str]) -> str | None:
+    for name in names:
+        value = getattr(record, name)
+        if value is None:
+            continue
+        if len(value) > database.ID_LENGTH:
+            return f"{name} is longer than {database.ID_LENGTH} characters"
+        if "\x00" in value:
+            return f"{name} contains a NUL character, which PostgreSQL cannot store"
+    return None
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+def check_award(record: AwardRecord, raw: bytes) -> str | None:
+    """Why a well-formed award record still cannot be stored, or None.
+
+    These are checked here rather than left to the database so that both databases refuse the
+    same records, and a record that could never be written becomes a dead letter instead of an
+    error that blocks the partition forever.
+    """
+    problem = _check_ids(record, ("award_id", "user_id", "badge_id", "tier", "event_id", "catalog_version"))
+    if problem:
+        return problem
+    if record.occurrence > MAX_OCCURRENCE:
+        return f"occurrence {record.occurrence} is larger than {MAX_OCCURRENCE}"
+    expected = make_award_id(record.user_id, record.badge_id, record.tier, record.occurrence)
+    if record.award_id != expected:
+        return (f"award_id {record.award_id!r} is not make_award_id(user_id, badge_id, tier, occurrence) "
+                f"= {expected!r}")
+    if b"\\u0000" in raw and _contains_nul(record.metadata):
+        return "metadata contains a NUL character, which PostgreSQL cannot store"
+    return None
+
+
+def check_progress(record: ProgressRecord) -> str | None:
+    """Why a well-formed progress record still cannot be stored, or None."""
+    problem = _check_ids(record, ("user_id", "badge_id", "tier"))
+    if problem:
+        return problem
+    if not (math.isfinite(record.progress) and math.isfinite(record.target)):
+        return "progress and target must be finite numbers"
+    return None
+
+
+class AwardSink:
+    """Kafka (awards + progress topics) → SQL database; see the module docstring for the three steps.
+
+    ``AwardSink(settings)`` then ``run(stop_event)`` for a service, ``run(max_batches=...)`` or
+    ``run(until_caught_up=True)`` for tests and benchmarks, or ``process_batch(messages)`` directly.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        catalog: Any | None = None,
+        write_catalog: bool = True,
+        engine: Engine | None = None,
+        backoff: Backoff | None = None,
+        consumer_overrides: dict[str, Any] | None = None,
+        log_every_batches: int = 100,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine or database.make_engine(settings.database_url_value)
+        self.backoff = backoff or Backoff()
+        self.log_every_batches = log_every_batches
+        self.stats = SinkStats()
+        self._catalog = catalog
+        self._write_catalog = write_catalog
+        self._consumer_overrides = consumer_overrides or {}
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._stop = threading.Event()
+        self._eof: set[tuple[str, int]] = set()
+        self._warned_topics: set[str] = set()
+        self._url = settings.database_url_masked
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Migrate the database, write the catalog, subscribe. Waits out a database outage like step 2 does."""
+        if self._consumer is not None:
+            return
+        self._retry_database("migrate", lambda: database.upgrade(self.engine))
+        if self._write_catalog:
+            catalog = self._catalog if self._catalog is not None else self._load_catalog()
+            count = self._retry_database("write the catalog", lambda: database.write_catalog(self.engine, catalog))
+            log.info("catalog %s: %d badges written to %s", getattr(catalog, "catalog_version", "?"), count, self._url)
+        self._producer = Producer(self.settings.confluent_config(**{"acks": "all", "enable.idempotence": True,
+                                                                    "linger.ms": 5}))
+        config = self.settings.confluent_config(**{
+            "group.id": self.settings.sink_group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # EOF events tell run(until_caught_up=True) that every assigned partition is drained.
+            "enable.partition.eof": True,
+            **self._consumer_overrides,
+        })
+        self._consumer = Consumer(config)
+        self._consumer.subscribe(
+            [self.settings.awards_topic, self.settings.progress_topic],
+            on_revoke=self._forget_partitions,
+            on_lost=self._forget_partitions,
+        )
+        log.info("sink consuming %s and %s into %s (group %s, batches of up to %d / %d ms)",
+                 self.settings.awards_topic, self.settings.progress_topic, self._url, self.settings.sink_group_id,
+                 self.settings.sink_batch_size, self.settings.sink_batch_timeout_ms)
+
+    def _load_catalog(self) -> Any:
+        from schemas.catalog import load_catalog
+
+        return load_catalog(self.settings.catalog_path)
+
+    def stop(self) -> None:
+        """Ask ``run`` to return after the current batch is committed (safe from signal handlers and threads)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+        self.engine.dispose()
+
+    def __enter__(self) -> AwardSink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise SinkError("the sink is not started: call start() or run()")
+        return self._consumer
+
+    def _forget_partitions(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._eof.discard((tp.topic, tp.partition))
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(
+        self,
+        stop_event: threading.Event | None = None,
+        *,
+        max_batches: int | None = None,
+        until_caught_up: bool = False,
+    ) -> SinkStats:
+        """Consume and process batches until stopped, ``max_batches`` were written, or (optionally) caught up.
+
+        ``stop_event`` (or ``stop()``) lets the current batch finish and commit; then the sink returns.
+        Caught up means every assigned partition of both topics reported its end after the last
+        processed message.
+        """
+        self.start()
+        consumer = self.consumer
+        timeout = self.settings.sink_batch_timeout_ms / 1000
+        batches_at_start = self.stats.batches
+        interval_started, interval_messages = time.monotonic(), 0
+        while not (self._stop.is_set() or (stop_event is not None and stop_event.is_set())):
+            messages = consumer.consume(num_messages=self.settings.sink_batch_size, timeout=timeout)
+            records = [message for message in messages if self._is_record(message)]
+            if records:
+                try:
+                    self.process_batch(records, stop_event=stop_event)
+                except SinkStopped:
+                    log.warning("stopping with a batch of %d messages not written: it will be redelivered",
+                                len(records))
+                    break
+                interval_messages += len(records)
+                if (self.stats.batches - batches_at_start) % self.log_every_batches == 0:
+                    now = time.monotonic()
+                    log.info("sink: %d batches, %d messages, %.0f rows/s over the last %d batches, %d dead letters",
+                             self.stats.batches, self.stats.messages,
+                             interval_messages / max(now - interval_started, 1e-9), self.log_every_batches,
+                             self.stats.dead_letters)
+                    interval_started, interval_messages = now, 0
+            if max_batches is not None and self.stats.batches - batches_at_start >= max_batches:
+                break
+            if until_caught_up and self.caught_up():
+                break
+        return self.stats
+
+    def _is_record(self, message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            self._eof.discard((message.topic(), message.partition()))
+            return True
+        if error.code() == KafkaError._PARTITION_EOF:
+            self._eof.add((message.topic(), message.partition()))
+        elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            # The worker may create its output topics after the sink starts: wait for them.
+            if message.topic() not in self._warned_topics:
+                self._warned_topics.add(message.topic())
+                log.warning("topic %s does not exist yet; waiting for it", message.topic())
+        elif error.fatal():
+            raise SinkError(f"fatal Kafka consumer error: {error}")
+        else:
+            log.warning("Kafka consumer error: %s", error)
+        return False
+
+    def caught_up(self) -> bool:
+        """Every assigned partition has been read to its end and everything read is committed."""
+        assignment = self.consumer.assignment()
+        return bool(assignment) and all((tp.topic, tp.partition) in self._eof for tp in assignment)
+
+    # --- one batch: the three steps ----------------------------------------------------------
+
+    def process_batch(
+        self, messages: Sequence[Message], *, commit: bool = True, stop_event: threading.Event | None = None
+    ) -> BatchResult:
+        """Steps 1-3 for one batch of consumed messages. ``commit=False`` stops after step 2 (a crash, in tests)."""
+        # 1. decode (dead letters produced and confirmed)
+        decoded = self.decode(messages)
+        self._send_dead_letters(decoded.dead_letters, stop_event)
+        # 2. upsert all rows in one transaction
+        written = self._retry_database(
+            "write the batch",
+            lambda: self._write(decoded),
+            stop_event=stop_event,
+        )
+        # 3. commit the Kafka offsets of the batch, only now that the rows are durable
+        committed = False
+        if commit and decoded.offsets:
+            committed = self._commit(decoded.offsets)
+        self.stats.batches += 1
+        self.stats.messages += len(messages)
+        self.stats.dead_letters += len(decoded.dead_letters)
+        return BatchResult(len(messages), len(decoded.awards), len(decoded.progress), len(decoded.dead_letters),
+                           written, committed)
+
+    def decode(self, messages: Sequence[Message]) -> DecodedBatch:
+        """Step 1: records from message values; anything unusable becomes a dead letter with its reason."""
+        batch = DecodedBatch()
+        next_offsets: dict[tuple[str, int], int] = {}
+        awards_topic, progress_topic = self.settings.awards_topic, self.settings.progress_topic
+        for message in messages:
+            if message.error() is not None:
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            next_offsets[(topic, partition)] = max(next_offsets.get((topic, partition), 0), offset + 1)
+            raw = message.value()
+            if topic == awards_topic:
+                kind = "award"
+            elif topic == progress_topic:
+                kind = "progress"
+            else:
+                batch.dead_letters.append(self._dead_letter(message, "unknown_topic", f"not a sink topic: {topic}"))
+                continue
+            if raw is None:
+                batch.dead_letters.append(self._dead_letter(message, f"invalid_{kind}", "the record has no value"))
+                continue
+            try:
+                if kind == "award":
+                    award = AwardRecord.model_validate_json(raw)
+                    problem = check_award(award, raw)
+                else:
+                    progress = ProgressRecord.model_validate_json(raw)
+                    problem = check_progress(progress)
+            except ValidationError as exc:
+                batch.dead_letters.append(self._dead_letter(message, f"invalid_{kind}", _validation_reason(exc)))
+                continue
+            if problem is not None:
+                batch.dead_letters.append(self._dead_letter(message, f"invalid_{kind}", problem))
+            elif kind == "award":
+                batch.awards.append(award)
+            else:
+                batch.progress.append(progress)
+        batch.offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(next_offsets.items())]
+        return batch
+
+    def _dead_letter(self, message: Message, code: str, reason: str) -> tuple[bytes | None, DeadLetterRecord]:
+        key, key_encoding = DeadLetterRecord.encode_bytes(message.key())
+        value, value_encoding = DeadLetterRecord.encode_bytes(message.value())
+        record = DeadLetterRecord(
+            source_topic=message.topic(), partition=message.partition(), offset=message.offset(),
+            error_code=code, reason=reason, key=key, key_encoding=key_encoding,
+            value=value, value_encoding=value_encoding, failed_at=datetime.now(UTC), stage="sink",
+        )
+        log.warning("dead letter %s:%d@%d %s: %s", record.source_topic, record.partition, record.offset, code, reason)
+        return message.key(), record
+
+    def _send_dead_letters(
+        self, dead_letters: list[tuple[bytes | None, DeadLetterRecord]], stop_event: threading.Event | None
+    ) -> None:
+        """Produce and confirm every dead letter (at least once: a retry after a broker error may repeat one)."""
+        if not dead_letters:
+            return
+        producer = self._producer
+        if producer is None:
+            raise SinkError("the sink is not started: call start() or run()")
+        pending = dead_letters
+        attempt = 0
+        while pending:
+            failed: list[tuple[bytes | None, DeadLetterRecord]] = []
+            for item in pending:
+                key, record = item
+                producer.produce(
+                    self.settings.sink_dlq_topic, key=key, value=record.model_dump_json(),
+                    on_delivery=lambda error, _msg, item=item, failed=failed: (
+                        failed.append(item) if error is not None else None),
+                )
+            # librdkafka retries on its own until message.timeout.ms; only then does a delivery fail.
+            while producer.flush(30) > 0:
+                log.warning("dead letters still unconfirmed by topic %s; waiting, offsets not committed",
+                            self.settings.sink_dlq_topic)
+            if not failed:
+                return
+            pending = failed
+            delay = self.backoff.delay(attempt)
+            attempt += 1
+            log.warning("%d dead letters could not be delivered to topic %s; retrying in %.1fs, offsets not committed",
+                        len(pending), self.settings.sink_dlq_topic, delay)
+            if self._wait(delay, stop_event):
+                raise SinkStopped("stopped while dead letters were undelivered")
+
+    def _write(self, decoded: DecodedBatch) -> database.WriteResult:
+        with self.engine.begin() as conn:
+            return database.write_records(conn, decoded.awards, decoded.progress)
+
+    def _commit(self, offsets: list[TopicPartition]) -> bool:
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The rows are durable; an uncommitted batch is only redelivered, which step 2 absorbs.
+            # Typically a rebalance (or a long database outage past max.poll.interval.ms).
+            log.warning("offset commit failed (%s): the batch will be redelivered and written as a no-op", exc)
+            return False
+        return True
+
+    def _wait(self, seconds: float, stop_event: threading.Event | None) -> bool:
+        """Sleep unless asked to stop; True when a stop was requested."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self._stop.is_set() or (stop_event is not None and stop_event.is_set()):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._stop.wait(min(left, 0.1))
+
+    def _retry_database(self, what: str, action: Any, *, stop_event: threading.Event | None = None) -> Any:
+        """Run ``action`` until the database accepts it; transient errors wait with backoff, others are fatal."""
+        attempt = 0
+        while True:
+            try:
+                result = action()
+            except Exception as exc:
+                if not _is_transient(exc):
+                    if isinstance(exc, DBAPIError):
+                        raise SinkError(f"cannot {what} in {self._url}: {_short(exc)}") from exc
+                    raise
+                delay = self.backoff.delay(attempt)
+                attempt += 1
+                log.warning("database %s unavailable, cannot %s (attempt %d: %s); retrying in %.1fs, "
+                            "offsets not committed", self._url, what, attempt, _short(exc), delay)
+                if self._wait(delay, stop_event):
+                    raise SinkStopped(f"stopped while the database {self._url} was unavailable") from exc
+                continue
+            if attempt:
+                log.info("database %s is back after %d failed attempts", self._url, attempt)
+            return result
+
+
+def run_sink(args: argparse.Namespace) -> int:
+    """``badgestream sink``: run until SIGTERM/SIGINT, then finish the current batch, commit and close."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    settings = Settings(**overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sink = AwardSink(settings)
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("%s received: finishing the current batch", signal.Signals(signum).name)
+        sink.stop()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stats = sink.run(max_batches=getattr(args, "max_batches", None))
+    except SinkStopped:
+        log.warning("stopped before the database became available")
+        return 0
+    finally:
+        sink.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("sink stopped after %d batches, %d messages, %d dead letters",
+             stats.batches, stats.messages, stats.dead_letters)
+    return 0
