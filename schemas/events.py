@@ -1,0 +1,179 @@
+"""The input event envelope and the one function that turns untrusted bytes into it.
+
+Every check that protects the worker from hostile or broken input lives here (size, depth,
+number range, time zone, timestamp), so the worker, the producer SDK and the offline command
+refuse exactly the same events with exactly the same error codes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from datetime import datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from schemas.errors import InvalidEventError
+
+MAX_EVENT_BYTES = 64 * 1024
+"""A raw event larger than this is refused before it is parsed (code ``too_large``)."""
+
+MAX_ID_CHARS = 256
+"""Longest ``event_id``, ``type`` and ``user_id``; they become keys, labels and database columns."""
+
+MAX_TZ_CHARS = 64
+MAX_DATA_DEPTH = 16
+"""Deepest nesting of lists and objects inside ``data`` (``data`` itself is depth 1)."""
+
+MAX_SAFE_INTEGER = 2**53
+"""Numbers beyond +-2**53 cannot round-trip through JavaScript or float and are refused."""
+
+MIN_YEAR = 1970
+MAX_YEAR = 9000
+
+_ISO_PREFIX = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+_Id = Field(min_length=1, max_length=MAX_ID_CHARS)
+
+
+@functools.lru_cache(maxsize=1024)
+def zone(name: str) -> tzinfo:
+    """The ``ZoneInfo`` for an IANA name; cached because every event asks for its zone."""
+    return ZoneInfo(name)
+
+
+def _check_tz(name: str) -> str:
+    if not name or len(name) > MAX_TZ_CHARS:
+        raise ValueError(f"time zone name must have 1..{MAX_TZ_CHARS} characters")
+    try:
+        zone(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"unknown time zone {name!r} (expected an IANA name such as 'Europe/Berlin')") from None
+    return name
+
+
+def _check_data(value: Any, depth: int, path: str) -> None:
+    """Depth and number limits of ``data``, walked once; ``path`` names the offending field."""
+    if isinstance(value, dict):
+        if depth > MAX_DATA_DEPTH:
+            raise ValueError(f"{path}: nested deeper than {MAX_DATA_DEPTH} levels")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path}: keys must be strings")
+            if isinstance(item, dict | list | int | float):
+                _check_data(item, depth + 1, f"{path}.{key}")
+    elif isinstance(value, list):
+        if depth > MAX_DATA_DEPTH:
+            raise ValueError(f"{path}: nested deeper than {MAX_DATA_DEPTH} levels")
+        for index, item in enumerate(value):
+            if isinstance(item, dict | list | int | float):
+                _check_data(item, depth + 1, f"{path}[{index}]")
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise ValueError(f"{path}: integer {value} is outside +-2**53")
+    elif isinstance(value, float) and not (math.isfinite(value) and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER):
+        # orjson reads integers too large for 64 bits as floats: refuse them here as well.
+        raise ValueError(f"{path}: number {value} is outside +-2**53")
+
+
+class EventEnvelope(BaseModel):
+    """One thing that happened to one user, as upstream services produce it (see DESIGN.md).
+
+    Frozen: the engine and custom evaluators get the very object, so it must not change under them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+    event_id: str = _Id
+    type: str = _Id
+    user_id: str = _Id
+    occurred_at: datetime
+    tz: str = "UTC"
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    _local: datetime | None = PrivateAttr(default=None)
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _timestamp_is_iso(cls, value: Any) -> Any:
+        # pydantic would read a number (or a string of digits) as Unix time; the contract is
+        # an ISO 8601 date and time with an offset.
+        if isinstance(value, str) and not _ISO_PREFIX.match(value):
+            raise ValueError("timestamp must be ISO 8601, e.g. '2026-11-21T09:30:00+01:00'")
+        if isinstance(value, int | float):
+            raise ValueError("timestamp must be an ISO 8601 string with a time zone offset")
+        return value
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _timestamp_aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("timestamp has no time zone")
+        if not MIN_YEAR <= value.year <= MAX_YEAR:
+            raise ValueError(f"year {value.year} is outside {MIN_YEAR}..{MAX_YEAR}")
+        return value
+
+    @field_validator("tz")
+    @classmethod
+    def _tz_known(cls, value: str) -> str:
+        return _check_tz(value)
+
+    @field_validator("data")
+    @classmethod
+    def _data_bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_data(value, 1, "data")
+        return value
+
+    def local_time(self) -> datetime:
+        """``occurred_at`` in the event's own time zone (computed once per envelope)."""
+        local = self._local
+        if local is None:
+            local = self.occurred_at.astimezone(zone(self.tz))
+            self._local = local
+        return local
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """``field: problem`` for each error, so a dead letter says what to fix and where."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in error["loc"]) or "event"
+        message = error["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        # _check_data already names the path inside data; don't say "data: data.x: ...".
+        if loc == "data" and message.startswith("data"):
+            parts.append(message)
+        else:
+            parts.append(f"{loc}: {message}")
+    return "; ".join(parts)
+
+
+def parse_event(raw: bytes) -> EventEnvelope:
+    """Decode and validate one raw event; raises :class:`InvalidEventError` with a dead-letter code.
+
+    Codes: ``too_large`` (over :data:`MAX_EVENT_BYTES`, checked before parsing), ``invalid_json``
+    (not UTF-8 or not JSON), ``invalid_envelope`` (the reason names the field).
+    """
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEventError("too_large", f"event is {len(raw)} bytes, the limit is {MAX_EVENT_BYTES}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            # Well-formed but absurdly deep: an envelope problem, like data nested beyond the limit.
+            raise InvalidEventError("invalid_envelope", f"event: nested deeper than {MAX_DATA_DEPTH} levels") from None
+        raise InvalidEventError("invalid_json", f"not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEventError("invalid_envelope", f"event: expected a JSON object, got {type(obj).__name__}")
+    try:
+        return EventEnvelope.model_validate(obj)
+    except ValidationError as exc:
+        raise InvalidEventError("invalid_envelope", describe_validation_error(exc)) from None
+    except RecursionError:
+        raise InvalidEventError("invalid_envelope", f"data: nested deeper than {MAX_DATA_DEPTH} levels") from None
