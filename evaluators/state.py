@@ -1,0 +1,267 @@
+"""Per-user engine state: compact, immutable between events, and serialisable to versioned bytes.
+
+What is kept, and what bounds it (README "Engine guarantees" repeats this):
+
+* the last :data:`RECENT_EVENT_IDS` event ids the engine evaluated for the user, as 8-byte BLAKE2b
+  digests, oldest first (FIFO): a duplicate is recognised while it is among them — 16 KiB at most;
+* per badge the user has made progress on: the fingerprint of the definition the progress was made
+  under, the awards granted (tier names or an occurrence count), and the rule's progress —
+  a count, a sum, up to ``count`` distinct values (dropped once the rule is met), merged runs of
+  day or week ordinals for a streak (dropped once met), or a custom evaluator's memory (at most
+  :data:`evaluators.base.MAX_MEMORY_BYTES`).
+
+The engine never mutates a :class:`UserState` or :class:`BadgeState`: it builds new ones and
+shares what did not change, so a caller may keep the previous state (for example to retry).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from fractions import Fraction
+from hashlib import blake2b
+from typing import Any
+
+import orjson
+
+from schemas.errors import BadgestreamError
+
+STATE_FORMAT = 1
+RECENT_EVENT_IDS = 2048
+"""How many of a user's most recent event ids are remembered for duplicate detection (FIFO)."""
+
+DIGEST_BYTES = 8
+"""Event ids are remembered as 64-bit digests: ~1e-16 chance per event that a new id looks seen."""
+
+_MAGIC = b"BSu"
+_HEADER = struct.Struct(">3sBI")  # magic, format version, length of the JSON body; digests follow
+_RECENT_LIMIT = RECENT_EVENT_IDS * DIGEST_BYTES
+_INT64 = 2**63
+
+
+class StateDecodeError(BadgestreamError, ValueError):
+    """Stored bytes are not a user state this engine can read."""
+
+
+def event_digest(event_id: str) -> bytes:
+    """The 8-byte digest under which an event id is remembered."""
+    return blake2b(event_id.encode("utf-8"), digest_size=DIGEST_BYTES).digest()
+
+
+def _number_out(value: int | Fraction) -> int | str:
+    # orjson writes only 64-bit integers, and a Fraction not at all: larger or fractional sums go as text.
+    if isinstance(value, int) and -_INT64 < value < _INT64:
+        return value
+    return str(value)
+
+
+def _number_in(value: Any) -> int | Fraction:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        number = Fraction(value)
+        return int(number) if number.denominator == 1 else number
+    raise StateDecodeError(f"a stored sum must be an integer or a fraction, got {value!r}")
+
+
+class BadgeState:
+    """One badge's progress and awards for one user. Immutable by convention: :meth:`copy` before changing.
+
+    Which fields a rule uses: ``n`` counts events (count, tiers), distinct values, the longest
+    streak run or the listed badges held (meta-badges); ``total`` is a sum (exact: int or Fraction);
+    ``values``/``runs`` hold distinct values and streak runs until the rule is met; ``memory``,
+    ``earned`` and ``reported`` belong to custom evaluators. ``granted`` counts occurrences awarded
+    and ``tiers`` names the tiers awarded; both survive a definition change, when ``base`` records
+    how many occurrences were granted under the old definition.
+    """
+
+    __slots__ = ("base", "earned", "fp", "granted", "memory", "n", "reported", "runs", "tiers", "total", "values")
+
+    def __init__(self, fp: str) -> None:
+        self.fp = fp
+        self.n = 0
+        self.total: int | Fraction = 0
+        self.values: frozenset[str] = frozenset()
+        self.runs: tuple[tuple[int, int], ...] = ()
+        self.memory: Mapping[str, Any] | None = None
+        self.earned = 0
+        self.reported: tuple[float | None, float | None] = (None, None)
+        self.granted = 0
+        self.tiers: tuple[str, ...] = ()
+        self.base = 0
+
+    def copy(self) -> BadgeState:
+        other = BadgeState.__new__(BadgeState)
+        other.fp = self.fp
+        other.n = self.n
+        other.total = self.total
+        other.values = self.values
+        other.runs = self.runs
+        other.memory = self.memory
+        other.earned = self.earned
+        other.reported = self.reported
+        other.granted = self.granted
+        other.tiers = self.tiers
+        other.base = self.base
+        return other
+
+    def reset(self, fp: str) -> BadgeState:
+        """Progress back to zero under definition ``fp``; awards already granted are kept."""
+        fresh = BadgeState(fp)
+        fresh.granted = self.granted
+        fresh.tiers = self.tiers
+        fresh.base = self.granted
+        return fresh
+
+    @property
+    def held(self) -> bool:
+        """The user holds this badge (any tier, any occurrence)."""
+        return self.granted > 0 or bool(self.tiers)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"f": self.fp}
+        if self.n:
+            out["n"] = self.n
+        if self.total:
+            out["s"] = _number_out(self.total)
+        if self.values:
+            out["v"] = sorted(self.values)
+        if self.runs:
+            out["r"] = [bound for run in self.runs for bound in run]
+        if self.memory is not None:
+            out["m"] = self.memory
+        if self.earned:
+            out["e"] = self.earned
+        if self.reported != (None, None):
+            out["p"] = list(self.reported)
+        if self.granted:
+            out["g"] = self.granted
+        if self.tiers:
+            out["t"] = list(self.tiers)
+        if self.base:
+            out["b"] = self.base
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> BadgeState:
+        state = cls(str(raw["f"]))
+        state.n = int(raw.get("n", 0))
+        state.total = _number_in(raw.get("s", 0))
+        state.values = frozenset(str(v) for v in raw.get("v", ()))
+        bounds = [int(b) for b in raw.get("r", ())]
+        state.runs = tuple(zip(bounds[0::2], bounds[1::2], strict=True))
+        memory = raw.get("m")
+        state.memory = dict(memory) if isinstance(memory, Mapping) else None
+        state.earned = int(raw.get("e", 0))
+        reported = raw.get("p")
+        if isinstance(reported, list) and len(reported) == 2:
+            state.reported = (reported[0], reported[1])
+        state.granted = int(raw.get("g", 0))
+        state.tiers = tuple(str(t) for t in raw.get("t", ()))
+        state.base = int(raw.get("b", 0))
+        return state
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BadgeState) and self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking value object: compared, never hashed
+
+    def __repr__(self) -> str:
+        return f"BadgeState({self.to_json()!r})"
+
+
+class UserState:
+    """Everything the engine remembers about one user. Build new ones; never change one in place."""
+
+    __slots__ = ("badges", "catalog_fp", "recent", "user_id")
+
+    def __init__(self, user_id: str, badges: Mapping[str, BadgeState] | None = None, recent: bytes = b"",
+                 catalog_fp: str = "") -> None:
+        self.user_id = user_id
+        self.badges: Mapping[str, BadgeState] = badges if badges is not None else {}
+        self.recent = recent
+        self.catalog_fp = catalog_fp
+
+    @classmethod
+    def empty(cls, user_id: str) -> UserState:
+        return cls(user_id)
+
+    # --- duplicates ----------------------------------------------------------------------------
+
+    def seen(self, digest: bytes) -> bool:
+        """Whether the event with this digest is among the remembered recent ones."""
+        recent = self.recent
+        at = recent.find(digest)
+        while at != -1:
+            if at % DIGEST_BYTES == 0:  # a match across two digests is not a match
+                return True
+            at = recent.find(digest, at + 1)
+        return False
+
+    def has_seen(self, event_id: str) -> bool:
+        return self.seen(event_digest(event_id))
+
+    @staticmethod
+    def remember(recent: bytes, digest: bytes) -> bytes:
+        """``recent`` with ``digest`` appended, the oldest dropped beyond :data:`RECENT_EVENT_IDS`."""
+        recent += digest
+        if len(recent) > _RECENT_LIMIT:
+            recent = recent[-_RECENT_LIMIT:]
+        return recent
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def held(self, badge_id: str) -> bool:
+        badge = self.badges.get(badge_id)
+        return badge is not None and badge.held
+
+    def held_badges(self) -> dict[str, tuple[str, ...] | int]:
+        """Badges the user holds: tier names for tiered badges, else the number of occurrences."""
+        return {bid: (b.tiers if b.tiers else b.granted) for bid, b in sorted(self.badges.items()) if b.held}
+
+    # --- bytes ---------------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Versioned bytes: a header, a JSON body (orjson, keys sorted) and the raw event-id digests."""
+        body = orjson.dumps(
+            {"u": self.user_id, "c": self.catalog_fp, "b": {bid: b.to_json() for bid, b in self.badges.items()}},
+            option=orjson.OPT_SORT_KEYS,
+        )
+        return _HEADER.pack(_MAGIC, STATE_FORMAT, len(body)) + body + self.recent
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> UserState:
+        """Read :meth:`to_bytes` output; raises :class:`StateDecodeError` on anything else."""
+        if len(raw) < _HEADER.size:
+            raise StateDecodeError("stored user state is too short")
+        magic, version, length = _HEADER.unpack_from(raw)
+        if magic != _MAGIC:
+            raise StateDecodeError("stored bytes are not a badgestream user state")
+        if version != STATE_FORMAT:
+            raise StateDecodeError(f"stored user state has format {version}, this engine reads {STATE_FORMAT}")
+        end = _HEADER.size + length
+        recent = bytes(raw[end:])
+        if end > len(raw) or len(recent) % DIGEST_BYTES or len(recent) > _RECENT_LIMIT:
+            raise StateDecodeError("stored user state is truncated or has a malformed event-id list")
+        try:
+            body = orjson.loads(raw[_HEADER.size : end])
+            badges = {str(bid): BadgeState.from_json(b) for bid, b in body["b"].items()}
+            return cls(str(body["u"]), badges, recent, str(body.get("c", "")))
+        except StateDecodeError:
+            raise
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateDecodeError(f"stored user state is malformed: {exc}") from None
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, UserState)
+            and self.user_id == other.user_id
+            and self.catalog_fp == other.catalog_fp
+            and self.recent == other.recent
+            and dict(self.badges) == dict(other.badges)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"UserState({self.user_id!r}, {len(self.badges)} badges, {len(self.recent) // DIGEST_BYTES} recent ids)"
