@@ -114,15 +114,16 @@ def _validation_reason(exc: ValidationError, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _check_ids(record: AwardRecord | ProgressRecord, names: Sequence[str]) -> str | None:
-    for name in names:
-        value = getattr(record, name)
-        if value is None:
-            continue
-        if len(value) > database.ID_LENGTH:
-            return f"{name} is longer than {database.ID_LENGTH} characters"
-        if "\x00" in value:
-            return f"{name} contains a NUL character, which PostgreSQL cannot store"
+def _check_ids(record: AwardRecord | ProgressRecord, names: Sequence[str], raw: bytes) -> str | None:
+    lengths = [len(getattr(record, name) or "") for name in names]
+    if max(lengths) > database.ID_LENGTH:
+        name = names[next(i for i, n in enumerate(lengths) if n > database.ID_LENGTH)]
+        return f"{name} is longer than {database.ID_LENGTH} characters"
+    # A NUL can only be in a JSON string as the escape \u0000: look for it in the raw bytes first.
+    if b"\\u0000" in raw:
+        for name in names:
+            if "\x00" in (getattr(record, name) or ""):
+                return f"{name} contains a NUL character, which PostgreSQL cannot store"
     return None
 
 
@@ -136,6 +137,10 @@ def _contains_nul(value: Any) -> bool:
     return False
 
 
+_AWARD_IDS = ("award_id", "user_id", "badge_id", "tier", "event_id", "catalog_version")
+_PROGRESS_IDS = ("user_id", "badge_id", "tier")
+
+
 def check_award(record: AwardRecord, raw: bytes) -> str | None:
     """Why a well-formed award record still cannot be stored, or None.
 
@@ -143,7 +148,7 @@ def check_award(record: AwardRecord, raw: bytes) -> str | None:
     same records, and a record that could never be written becomes a dead letter instead of an
     error that blocks the partition forever.
     """
-    problem = _check_ids(record, ("award_id", "user_id", "badge_id", "tier", "event_id", "catalog_version"))
+    problem = _check_ids(record, _AWARD_IDS, raw)
     if problem:
         return problem
     if record.occurrence > MAX_OCCURRENCE:
@@ -157,9 +162,9 @@ def check_award(record: AwardRecord, raw: bytes) -> str | None:
     return None
 
 
-def check_progress(record: ProgressRecord) -> str | None:
+def check_progress(record: ProgressRecord, raw: bytes) -> str | None:
     """Why a well-formed progress record still cannot be stored, or None."""
-    problem = _check_ids(record, ("user_id", "badge_id", "tier"))
+    problem = _check_ids(record, _PROGRESS_IDS, raw)
     if problem:
         return problem
     if not (math.isfinite(record.progress) and math.isfinite(record.target)):
@@ -210,7 +215,7 @@ class AwardSink:
         if self._write_catalog:
             catalog = self._catalog if self._catalog is not None else self._load_catalog()
             count = self._retry_database("write the catalog", lambda: database.write_catalog(self.engine, catalog))
-            log.info("catalog %s: %d badges written to %s", getattr(catalog, "catalog_version", "?"), count, self._url)
+            log.info("catalog %s: %d badges written to %s", database.catalog_version(catalog), count, self._url)
         self._producer = Producer(self.settings.confluent_config(**{"acks": "all", "enable.idempotence": True,
                                                                     "linger.ms": 5}))
         config = self.settings.confluent_config(**{
@@ -385,7 +390,7 @@ class AwardSink:
                     problem = check_award(award, raw)
                 else:
                     progress = ProgressRecord.model_validate_json(raw)
-                    problem = check_progress(progress)
+                    problem = check_progress(progress, raw)
             except ValidationError as exc:
                 batch.dead_letters.append(self._dead_letter(message, f"invalid_{kind}", _validation_reason(exc)))
                 continue

@@ -219,48 +219,42 @@ def _dialect_insert(conn: Connection, table: sa.Table) -> Any:
     raise ConfigurationError(f"unsupported database dialect {name!r}: badgestream supports sqlite and postgresql")
 
 
-def _to_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+def _json_rows(rows: Sequence[Mapping[str, Any]]) -> str:
+    # Timestamps are sent as RFC 3339 with their offset (naive ones as UTC), JSON columns nested.
+    try:
+        return orjson.dumps(list(rows), option=orjson.OPT_NAIVE_UTC).decode()
+    except TypeError:  # integers wider than 64 bits in metadata: the stdlib can write those
+        return json.dumps([{k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+                           for row in rows], default=str)
 
 
-def _unnest(table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> sa.Select[Any]:
-    """``SELECT * FROM unnest(:col1_values, :col2_values, ...)``: a whole batch as one array parameter per column.
+def _recordset(table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> sa.Select[Any]:
+    """``SELECT ... FROM json_to_recordset(:rows) AS incoming(col type, ...)``: a whole batch as one parameter.
 
-    PostgreSQL only. One short statement with a handful of parameters, instead of a multi-row
-    VALUES with thousands of placeholders that the driver must parse for every batch.
+    PostgreSQL only. One short statement and one JSON document (serialised by orjson), instead of
+    a multi-row VALUES with thousands of placeholders that the driver must parse and adapt for
+    every batch: several times faster, and the reason the sink reaches its throughput goal.
     """
-    arrays = []
-    for name in columns:
-        column_type = table.c[name].type
-        values = [row[name] for row in rows]
-        element_type: sa.types.TypeEngine[Any]
-        if isinstance(column_type, sa.JSON):
-            values, element_type = [_json_dumps(v) for v in values], sa.Text()
-        elif isinstance(column_type, UTCDateTime):
-            values, element_type = [_to_utc(v) for v in values], sa.DateTime(timezone=True)
-        else:
-            element_type = column_type
-        arrays.append(sa.bindparam(f"{name}_values", values, type_=postgresql.ARRAY(element_type)))
-    incoming = sa.func.unnest(*arrays).table_valued(*columns).render_derived(name="incoming")
-    return sa.select(
-        *[sa.cast(incoming.c[name], sa.JSON) if isinstance(table.c[name].type, sa.JSON) else incoming.c[name]
-          for name in columns]
+    document = sa.cast(sa.bindparam("rows", _json_rows(rows), type_=sa.Text), postgresql.JSON)
+    incoming = (
+        sa.func.json_to_recordset(document)
+        .table_valued(*[sa.column(name, table.c[name].type) for name in columns])
+        .render_derived(name="incoming", with_types=True)
     )
+    return sa.select(*[incoming.c[name] for name in columns])
 
 
 def _upsert(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], on_conflict: Any) -> int:
     """Insert ``rows`` with the dialect's ``INSERT ... ON CONFLICT`` clause from ``on_conflict(insert)``.
 
-    Returns the number of rows inserted or updated. PostgreSQL gets the whole batch as arrays
-    (see ``_unnest``); SQLite gets an executemany of one prepared statement, which is its fast path.
+    Returns the number of rows inserted or updated. PostgreSQL gets the whole batch as one JSON
+    document (see ``_recordset``); SQLite gets an executemany of one prepared statement, which is its fast path.
     """
     if not rows:
         return 0
     if conn.dialect.name == "postgresql":
         columns = list(rows[0])
-        insert = postgresql.insert(table).from_select(columns, _unnest(table, columns, rows))
+        insert = postgresql.insert(table).from_select(columns, _recordset(table, columns, rows))
         stmt = on_conflict(insert).returning(sa.literal(1))
         return len(conn.execute(stmt).all())
     result = conn.execute(on_conflict(_dialect_insert(conn, table)), list(rows))
@@ -450,9 +444,14 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def catalog_version(catalog: Any) -> str:
+    """The ``catalog_version`` of a loaded catalog or of its plain (YAML) form."""
+    return str(_field(catalog, "catalog_version", ""))
+
+
 def catalog_rows(catalog: Any, *, now: datetime | None = None) -> list[dict[str, Any]]:
     """Rows of the ``badges`` table for a loaded catalog (``schemas.catalog.Catalog`` or its plain form)."""
-    version = str(_field(catalog, "catalog_version", ""))
+    version = catalog_version(catalog)
     updated_at = now or datetime.now(UTC)
     rows = []
     for badge in _field(catalog, "badges", []) or []:

@@ -244,17 +244,24 @@ class TestAwardSink:
         harness.produce([award("u-1")])
         harness.produce([b"{not json", b"\xff\xfe binary"], key=b"u-1")
         harness.produce([forged, award("u-2")])
-        harness.produce([b'{"user_id": "u-1"}'], topic=harness.settings.progress_topic, key=b"u-1")
+        # Well-formed, but no database could keep them alike: PostgreSQL refuses NUL characters and
+        # over-long index entries, SQLite turns NaN into NULL. Dead letters, not a blocked partition.
+        harness.produce([award("u-\x00-nul"), award("u-4", badge="b" * 300)])
+        harness.produce([b'{"user_id": "u-1"}', progress("u-5", 1).model_dump_json().replace("1.0", "NaN").encode()],
+                        topic=harness.settings.progress_topic, key=b"u-1")
         harness.produce([progress("u-3", 1)])
         with harness.sink() as sink:
             stats = sink.run(until_caught_up=True)
-        assert stats.dead_letters == 4
+        assert stats.dead_letters == 7
         assert harness.rows()["user_badges"] == 2 and harness.rows()["user_badge_progress"] == 1
         assert harness.committed() == harness.end_offsets()
-        letters = sorted(harness.dead_letters(4), key=lambda d: (d.source_topic, d.partition, d.offset))
+        letters = sorted(harness.dead_letters(7), key=lambda d: (d.source_topic, d.partition, d.offset))
         assert {d.stage for d in letters} == {"sink"}
         codes = sorted(d.error_code for d in letters)
-        assert codes == ["invalid_award", "invalid_award", "invalid_award", "invalid_progress"]
+        assert codes == ["invalid_award"] * 5 + ["invalid_progress"] * 2
+        reasons = " | ".join(d.reason for d in letters)
+        assert "user_id contains a NUL character" in reasons and "badge_id is longer than 255" in reasons
+        assert "progress and target must be finite" in reasons
         binary = next(d for d in letters if d.value_encoding == "base64")
         assert binary.original_value() == b"\xff\xfe binary" and binary.key == "u-1"
         assert any("not make_award_id" in d.reason for d in letters)
