@@ -189,6 +189,23 @@ class TestDatabaseContract:
         assert row.tiers == [{"tier": "bronze", "target": 10.0}, {"tier": "silver", "target": 50.0},
                              {"tier": "gold", "target": 100.0}]
 
+    def test_the_demo_catalog_is_written_from_the_loaded_model(self, engine: Engine) -> None:
+        from schemas.catalog import load_catalog
+        from streams.settings import DEMO_CATALOG
+
+        catalog = load_catalog(DEMO_CATALOG)
+        assert database.write_catalog(engine, catalog) == len(catalog.badges)
+        with engine.connect() as conn:
+            badges = database.load_badges(conn)
+            rows = {row.id: row for row in conn.execute(sa.select(database.badges))}
+        assert set(badges) == {badge.id for badge in catalog.badges}
+        assert {b.catalog_version for b in badges.values()} == {catalog.catalog_version}
+        for badge in catalog.badges:
+            assert rows[badge.id].hidden == badge.hidden and rows[badge.id].rule_kind == badge.rule.kind
+            assert rows[badge.id].definition["id"] == badge.id
+        tiered = [b for b in catalog.badges if b.rule.kind == "tiers"]
+        assert tiered and all([t["tier"] for t in rows[b.id].tiers] == list(b.rule.tiers) for b in tiered)
+
     def test_user_report_shows_badges_progress_and_hides_unearned_hidden_badges(self, engine: Engine) -> None:
         database.write_catalog(engine, CATALOG)
         write(engine,
