@@ -100,6 +100,21 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+def _where(message: Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed message (librdkafka always sets them on those)."""
+    return message.topic() or "", message.partition() or 0, message.offset() or 0
+
+
+def _on_delivery(failed: list[Any], item: Any) -> Any:
+    """A delivery callback that remembers ``item`` when its delivery failed."""
+
+    def on_delivery(error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            failed.append(item)
+
+    return on_delivery
+
+
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(getattr(exc, "orig", None) or exc).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -317,16 +332,17 @@ class AwardSink:
 
     def _is_record(self, message: Message) -> bool:
         error = message.error()
+        topic, partition, _offset = _where(message)
         if error is None:
-            self._eof.discard((message.topic(), message.partition()))
+            self._eof.discard((topic, partition))
             return True
         if error.code() == KafkaError._PARTITION_EOF:
-            self._eof.add((message.topic(), message.partition()))
+            self._eof.add((topic, partition))
         elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
             # The worker may create its output topics after the sink starts: wait for them.
-            if message.topic() not in self._warned_topics:
-                self._warned_topics.add(message.topic())
-                log.warning("topic %s does not exist yet; waiting for it", message.topic())
+            if topic not in self._warned_topics:
+                self._warned_topics.add(topic)
+                log.warning("topic %s does not exist yet; waiting for it", topic)
         elif error.fatal():
             raise SinkError(f"fatal Kafka consumer error: {error}")
         else:
@@ -371,7 +387,7 @@ class AwardSink:
         for message in messages:
             if message.error() is not None:
                 continue
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            topic, partition, offset = _where(message)
             next_offsets[(topic, partition)] = max(next_offsets.get((topic, partition), 0), offset + 1)
             raw = message.value()
             if topic == awards_topic:
@@ -406,8 +422,9 @@ class AwardSink:
     def _dead_letter(self, message: Message, code: str, reason: str) -> tuple[bytes | None, DeadLetterRecord]:
         key, key_encoding = DeadLetterRecord.encode_bytes(message.key())
         value, value_encoding = DeadLetterRecord.encode_bytes(message.value())
+        topic, partition, offset = _where(message)
         record = DeadLetterRecord(
-            source_topic=message.topic(), partition=message.partition(), offset=message.offset(),
+            source_topic=topic, partition=partition, offset=offset,
             error_code=code, reason=reason, key=key, key_encoding=key_encoding,
             value=value, value_encoding=value_encoding, failed_at=datetime.now(UTC), stage="sink",
         )
@@ -429,11 +446,8 @@ class AwardSink:
             failed: list[tuple[bytes | None, DeadLetterRecord]] = []
             for item in pending:
                 key, record = item
-                producer.produce(
-                    self.settings.sink_dlq_topic, key=key, value=record.model_dump_json(),
-                    on_delivery=lambda error, _msg, item=item, failed=failed: (
-                        failed.append(item) if error is not None else None),
-                )
+                producer.produce(self.settings.sink_dlq_topic, key=key, value=record.model_dump_json(),
+                                 on_delivery=_on_delivery(failed, item))
             # librdkafka retries on its own until message.timeout.ms; only then does a delivery fail.
             while producer.flush(30) > 0:
                 log.warning("dead letters still unconfirmed by topic %s; waiting, offsets not committed",

@@ -136,7 +136,7 @@ def leaderboard_command(args: argparse.Namespace) -> int:
             ranking = database.leaderboard(conn, limit=args.limit)
     finally:
         engine.dispose()
-    entries = [{"rank": rank, "user_id": user_id, "badges": count}
+    entries: list[dict[str, Any]] = [{"rank": rank, "user_id": user_id, "badges": count}
                for rank, (user_id, count) in enumerate(ranking, start=1)]
     if args.json:
         print(json.dumps(entries, indent=2))
