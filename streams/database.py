@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -604,7 +604,3 @@ def count_rows(conn: Connection) -> dict[str, int]:
         table.name: int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
         for table in (badges, user_badges, user_badge_progress)
     }
-
-
-def iter_tables() -> Iterator[sa.Table]:
-    yield from (badges, user_badges, user_badge_progress)
