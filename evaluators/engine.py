@@ -18,14 +18,17 @@ state is never mutated (a new :class:`UserState` shares whatever did not change)
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from evaluators.base import BadgeFailure
 from evaluators.facts import EventFacts
 from evaluators.registry import EvaluatorRegistry
 from evaluators.rules import CompiledBadge, MetaBadge, compile_badge
-from evaluators.state import BadgeState, UserState, event_digest
+from evaluators.state import BadgeMap, BadgeState, UserState, event_digest
 from schemas.catalog import Catalog, validate_catalog
 from schemas.errors import EvaluatorError
 from schemas.events import EventEnvelope
@@ -93,19 +96,18 @@ class Engine:
         if state.seen(digest):
             return Evaluation(state=state, duplicate=True)
 
-        badges = dict(state.badges)
+        badges = _Overlay(state.badges)
         before: dict[str, BadgeState | None] = {}  # the previous state of every badge replaced
         errors: list[BadgeFailure] = []
-        touched: list[CompiledBadge] = []
+        candidates: list[CompiledBadge] = []  # badges that may have an award due
         if state.catalog_fp != self.fingerprint:
-            touched.extend(self._reconcile(badges, before, errors))
+            candidates.extend(self._reconcile(badges, before, errors))
 
         facts = EventFacts(event)
+        stored = badges.get
         for rule in listeners:
-            current = badges.get(rule.id)
-            if current is None:
-                current = rule.fresh()
-            elif rule.complete(current):
+            current = stored(rule.id)
+            if current is not None and rule.complete(current):
                 continue
             if rule.has_window and not rule.in_window(facts):
                 continue
@@ -117,26 +119,28 @@ class Engine:
                     errors.append(BadgeFailure(rule.id, "cel", str(exc)))
                     continue
             try:
-                updated = rule.accumulate(current, facts)
+                updated = rule.accumulate(current if current is not None else rule.fresh(), facts)
             except EvaluatorError as exc:
                 errors.append(BadgeFailure(rule.id, "evaluator", str(exc)))
                 continue
             if updated is None:
                 continue
             if rule.id not in before:
-                before[rule.id] = badges.get(rule.id)
+                before[rule.id] = current
             badges[rule.id] = updated
-            touched.append(rule)
+            if rule.due(updated):
+                candidates.append(rule)
 
-        awards = self._grant(badges, before, touched, event) if touched else []
+        awards = self._grant(badges, before, candidates, event) if candidates else ()
         progress = self._progress(badges, before, event) if before else ()
-        new_state = UserState(event.user_id, badges, UserState.remember(state.recent, digest), self.fingerprint)
-        return Evaluation(state=new_state, awards=tuple(awards), progress=progress, errors=tuple(errors))
+        new_state = UserState(event.user_id, state.badges.with_changes(badges.changes),
+                              UserState.remember(state.recent, digest), self.fingerprint)
+        return Evaluation(state=new_state, awards=awards, progress=progress, errors=tuple(errors))
 
     # --- steps -----------------------------------------------------------------------------------
 
     def _reconcile(
-        self, badges: dict[str, BadgeState], before: dict[str, BadgeState | None], errors: list[BadgeFailure]
+        self, badges: _Overlay, before: dict[str, BadgeState | None], errors: list[BadgeFailure]
     ) -> Iterable[CompiledBadge]:
         """Bring a state stored under another catalog in line; returns the badges to re-check for awards.
 
@@ -144,7 +148,8 @@ class Engine:
         under the new definition, its awards stay (and count as held). Badges no longer in the
         catalog keep their stored state untouched, so their awards still count if they come back.
         """
-        for badge_id, stored in list(badges.items()):
+        for badge_id in list(badges.base):
+            stored = badges.base[badge_id]
             rule = self._rules.get(badge_id)
             if rule is None or stored.fp == rule.fp:
                 continue
@@ -162,14 +167,14 @@ class Engine:
 
     def _grant(
         self,
-        badges: dict[str, BadgeState],
+        badges: _Overlay,
         before: dict[str, BadgeState | None],
-        touched: list[CompiledBadge],
+        candidates: list[CompiledBadge],
         event: EventEnvelope,
-    ) -> list[AwardRecord]:
+    ) -> tuple[AwardRecord, ...]:
         """Grant whatever is due, cascading to dependents; deterministic order (catalog order, then FIFO)."""
         awards: list[AwardRecord] = []
-        pending = deque(sorted({rule.id: rule for rule in touched}.values(), key=lambda r: r.index))
+        pending = deque(sorted({rule.id: rule for rule in candidates}.values(), key=lambda r: r.index))
         queued = {rule.id for rule in pending}
         while pending:
             rule = pending.popleft()
@@ -178,7 +183,8 @@ class Engine:
             if isinstance(rule, MetaBadge):
                 recounted = rule.recount(current or rule.fresh(), badges)
                 if recounted is not None:
-                    before.setdefault(rule.id, current)
+                    if rule.id not in before:
+                        before[rule.id] = current
                     badges[rule.id] = current = recounted
             if current is None:
                 continue
@@ -192,52 +198,108 @@ class Engine:
                     granted.tiers = (*granted.tiers, tier)
                 else:
                     granted.granted = occurrence
-            before.setdefault(rule.id, current)
+            if rule.id not in before:
+                before[rule.id] = current
             badges[rule.id] = granted
             for dependent in self._dependents.get(rule.id, ()):
                 if dependent.id not in queued:
                     queued.add(dependent.id)
                     pending.append(dependent)
-        return awards
+        return tuple(awards)
 
     def _award(
         self, rule: CompiledBadge, state: BadgeState, tier: str | None, occurrence: int, event: EventEnvelope
     ) -> AwardRecord:
-        return AwardRecord(
-            award_id=make_award_id(event.user_id, rule.id, tier, occurrence),
-            user_id=event.user_id,
-            badge_id=rule.id,
-            tier=tier,
-            occurrence=occurrence,
-            awarded_at=event.occurred_at,
-            event_id=event.event_id,
-            catalog_version=self.catalog_version,
-            metadata=rule.award_metadata(state, tier, occurrence),
-        )
+        return _construct(AwardRecord, {
+            "award_id": make_award_id(event.user_id, rule.id, tier, occurrence),
+            "user_id": event.user_id,
+            "badge_id": rule.id,
+            "tier": tier,
+            "occurrence": occurrence,
+            "awarded_at": event.occurred_at,
+            "event_id": event.event_id,
+            "catalog_version": self.catalog_version,
+            "metadata": rule.award_metadata(state, tier, occurrence),
+            "kind": "award",
+            "backfill": False,
+        })
 
     def _progress(
-        self, badges: dict[str, BadgeState], before: dict[str, BadgeState | None], event: EventEnvelope
+        self, badges: _Overlay, before: dict[str, BadgeState | None], event: EventEnvelope
     ) -> tuple[ProgressRecord, ...]:
+        """One record per (badge, tier) whose progress differs from before this event, in evaluation order."""
         records: list[ProgressRecord] = []
-        changed = sorted((rule for bid in before if (rule := self._rules.get(bid)) is not None), key=lambda r: r.index)
-        for rule in changed:
-            previous = before[rule.id]
-            old = {tier: (p, t) for tier, p, t in rule.progress(previous)} if previous is not None else {}
-            for tier, progress, target in rule.progress(badges[rule.id]):
-                if old.get(tier) != (progress, target):
-                    records.append(
-                        ProgressRecord(
-                            user_id=event.user_id,
-                            badge_id=rule.id,
-                            tier=tier,
-                            progress=progress,
-                            target=target,
-                            updated_at=event.occurred_at,
-                        )
-                    )
+        rules = self._rules
+        for badge_id, previous in before.items():
+            rule = rules[badge_id]
+            changed = rule.progress(badges[badge_id])
+            if previous is not None:
+                old = rule.progress(previous)
+                if len(old) == 1 == len(changed):  # the common case, without building a set
+                    if old[0] == changed[0]:
+                        continue
+                else:
+                    known = set(old)
+                    changed = [entry for entry in changed if entry not in known]
+            for tier, progress, target in changed:
+                records.append(_construct(ProgressRecord, {
+                    "user_id": event.user_id,
+                    "badge_id": badge_id,
+                    "tier": tier,
+                    "progress": progress,
+                    "target": target,
+                    "updated_at": event.occurred_at,
+                }))
         return tuple(records)
 
 
-def _held(badges: dict[str, BadgeState], badge_id: str) -> bool:
+_set = object.__setattr__
+_EXACT_FIELDS: set[type[BaseModel]] = set()
+M = TypeVar("M", bound=BaseModel)
+
+
+def _construct(model: type[M], values: dict[str, Any]) -> M:
+    """A record built from values the engine made itself, with every field given, skipping validation.
+
+    Validation would only re-check types we just produced, yet it was the largest single cost per
+    event (see bench/engine/README.md). ``values`` must name every field, with its final type.
+    """
+    if model not in _EXACT_FIELDS:
+        if set(values) != set(model.model_fields):
+            return model(**values)  # the record gained or lost a field: validate rather than guess
+        _EXACT_FIELDS.add(model)
+    record = object.__new__(model)
+    _set(record, "__dict__", values)
+    _set(record, "__pydantic_fields_set__", set(values))
+    _set(record, "__pydantic_extra__", None)
+    _set(record, "__pydantic_private__", None)
+    return record
+
+
+class _Overlay(dict[str, BadgeState]):
+    """This event's changed badges over the stored ones: reads fall through, writes stay here."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base: BadgeMap) -> None:
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, badge_id: str) -> BadgeState:
+        state: BadgeState | None = self.base.get(badge_id)
+        if state is None:
+            raise KeyError(badge_id)
+        return state
+
+    def get(self, badge_id: str, default: Any = None) -> Any:
+        state = dict.get(self, badge_id)
+        return state if state is not None else self.base.get(badge_id, default)
+
+    @property
+    def changes(self) -> dict[str, BadgeState]:
+        return dict(self)
+
+
+def _held(badges: Mapping[str, BadgeState], badge_id: str) -> bool:
     state = badges.get(badge_id)
     return state is not None and state.held

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from schemas.events import EventEnvelope
+from schemas.events import EventEnvelope, zone
 
 
 class EventFacts:
@@ -19,7 +19,8 @@ class EventFacts:
 
     def __init__(self, event: EventEnvelope) -> None:
         self.event = event
-        self.local: datetime = event.local_time()
+        # Not event.local_time(): caching on the frozen envelope costs more than converting once here.
+        self.local: datetime = event.occurred_at.astimezone(zone(event.tz))
         # Proleptic ordinal of the local date: consecutive calendar days differ by one.
         self.day: int = self.local.toordinal()
         self._local_vars: dict[str, Any] | None = None

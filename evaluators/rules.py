@@ -173,6 +173,7 @@ class TiersBadge(CompiledBadge):
         super().__init__(badge, index)
         assert isinstance(badge.rule, TiersRule)
         self.ordered = badge.rule.ordered()
+        self.float_targets = tuple((name, target, float(target)) for name, target in self.ordered)
         self.rank = {name: rank for rank, (name, _) in enumerate(self.ordered, 1)}
         self.top = self.ordered[-1][1]
 
@@ -194,7 +195,8 @@ class TiersBadge(CompiledBadge):
         return [(name, 1) for name, target in self.ordered if state.n >= target and name not in state.tiers]
 
     def progress(self, state: BadgeState) -> list[Progress]:
-        return [(name, float(min(state.n, target)), float(target)) for name, target in self.ordered]
+        n = state.n
+        return [(name, float(n if n < target else target), ftarget) for name, target, ftarget in self.float_targets]
 
     def award_metadata(self, state: BadgeState, tier: str | None, occurrence: int) -> dict[str, Any]:
         target = dict(self.ordered)[tier] if tier is not None else 0
@@ -274,8 +276,12 @@ class SumBadge(CompiledBadge):
         return {"progress": float(state.total), "target": float(target), "field": self.field}
 
 
-def _add_to_runs(runs: tuple[tuple[int, int], ...], point: int) -> tuple[tuple[int, int], ...] | None:
-    """Insert ``point`` into sorted, disjoint, non-adjacent inclusive runs; None if already covered."""
+def _add_to_runs(runs: tuple[tuple[int, int], ...], point: int) -> tuple[tuple[tuple[int, int], ...], int] | None:
+    """Insert ``point`` into sorted, disjoint, non-adjacent inclusive runs.
+
+    Returns the new runs and the length of the run now holding ``point`` (the only run that can
+    have grown), or None if ``point`` was already covered.
+    """
     at = bisect_left(runs, (point, point))
     if at < len(runs) and runs[at][0] == point:
         return None
@@ -283,18 +289,11 @@ def _add_to_runs(runs: tuple[tuple[int, int], ...], point: int) -> tuple[tuple[i
     after = runs[at] if at < len(runs) else None
     if before is not None and before[1] >= point:
         return None
-    joins_before = before is not None and before[1] == point - 1
-    joins_after = after is not None and after[0] == point + 1
-    if joins_before and joins_after:
-        assert before is not None and after is not None
-        return (*runs[: at - 1], (before[0], after[1]), *runs[at + 1 :])
-    if joins_before:
-        assert before is not None
-        return (*runs[: at - 1], (before[0], point), *runs[at:])
-    if joins_after:
-        assert after is not None
-        return (*runs[:at], (point, after[1]), *runs[at + 1 :])
-    return (*runs[:at], (point, point), *runs[at:])
+    start = before[0] if before is not None and before[1] == point - 1 else point
+    end = after[1] if after is not None and after[0] == point + 1 else point
+    head = runs[: at - 1] if start != point else runs[:at]
+    tail = runs[at + 1 :] if end != point else runs[at:]
+    return (*head, (start, end), *tail), end - start + 1
 
 
 class StreakBadge(CompiledBadge):
@@ -309,12 +308,12 @@ class StreakBadge(CompiledBadge):
 
     def accumulate(self, state: BadgeState, facts: EventFacts) -> BadgeState | None:
         point = facts.week if self.weeks else facts.day
-        runs = _add_to_runs(state.runs, point)
-        if runs is None:
+        added = _add_to_runs(state.runs, point)
+        if added is None:
             return None
+        runs, length = added
         new = state.copy()
-        longest = max(end - start + 1 for start, end in runs)
-        new.n = max(state.n, longest)
+        new.n = max(state.n, length)
         # Met (streaks are never repeatable): the runs are no longer needed, only the length reached.
         new.runs = () if new.n >= self.length else runs
         return new

@@ -17,7 +17,7 @@ shares what did not change, so a caller may keep the previous state (for example
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from fractions import Fraction
 from hashlib import blake2b
 from typing import Any
@@ -144,21 +144,31 @@ class BadgeState:
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> BadgeState:
+        """Read :meth:`to_json` output. On the hot path of every stored event: one pass over the keys present."""
         state = cls(str(raw["f"]))
-        state.n = int(raw.get("n", 0))
-        state.total = _number_in(raw.get("s", 0))
-        state.values = frozenset(str(v) for v in raw.get("v", ()))
-        bounds = [int(b) for b in raw.get("r", ())]
-        state.runs = tuple(zip(bounds[0::2], bounds[1::2], strict=True))
-        memory = raw.get("m")
-        state.memory = dict(memory) if isinstance(memory, Mapping) else None
-        state.earned = int(raw.get("e", 0))
-        reported = raw.get("p")
-        if isinstance(reported, list) and len(reported) == 2:
-            state.reported = (reported[0], reported[1])
-        state.granted = int(raw.get("g", 0))
-        state.tiers = tuple(str(t) for t in raw.get("t", ()))
-        state.base = int(raw.get("b", 0))
+        for key, value in raw.items():
+            if key == "n":
+                state.n = int(value)
+            elif key == "g":
+                state.granted = int(value)
+            elif key == "t":
+                state.tiers = tuple(str(t) for t in value)
+            elif key == "s":
+                state.total = _number_in(value)
+            elif key == "v":
+                state.values = frozenset(str(v) for v in value)
+            elif key == "r":
+                bounds = [int(b) for b in value]
+                state.runs = tuple(zip(bounds[0::2], bounds[1::2], strict=True))
+            elif key == "m":
+                state.memory = dict(value)
+            elif key == "e":
+                state.earned = int(value)
+            elif key == "p":
+                progress, target = value
+                state.reported = (progress, target)
+            elif key == "b":
+                state.base = int(value)
         return state
 
     def __eq__(self, other: object) -> bool:
@@ -170,6 +180,67 @@ class BadgeState:
         return f"BadgeState({self.to_json()!r})"
 
 
+class BadgeMap(Mapping[str, BadgeState]):
+    """The badges of one user state: decoded from stored JSON only when the engine asks for one.
+
+    A state read from bytes usually has a dozen badges of which an event touches two or three;
+    building every :class:`BadgeState` up front cost more than the evaluation itself. Immutable
+    from outside: :meth:`with_changes` makes a new map that shares the untouched entries.
+    """
+
+    __slots__ = ("_decoded", "_raw")
+
+    def __init__(self, decoded: Mapping[str, BadgeState] | None = None, raw: Mapping[str, Any] | None = None) -> None:
+        self._raw: Mapping[str, Any] = raw if raw is not None else {}
+        # Decoded entries and changes; filled on first access (a cache, so reading stays pure).
+        self._decoded: dict[str, BadgeState] = dict(decoded) if decoded is not None else {}
+
+    def get(self, badge_id: str, default: Any = None) -> Any:
+        state = self._decoded.get(badge_id)
+        if state is None:
+            raw = self._raw.get(badge_id)
+            if raw is None:
+                return default
+            try:
+                state = BadgeState.from_json(raw)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StateDecodeError(f"stored state of badge {badge_id!r} is malformed: {exc}") from None
+            self._decoded[badge_id] = state
+        return state
+
+    def __getitem__(self, badge_id: str) -> BadgeState:
+        state: BadgeState | None = self.get(badge_id)
+        if state is None:
+            raise KeyError(badge_id)
+        return state
+
+    def __contains__(self, badge_id: object) -> bool:
+        return badge_id in self._decoded or badge_id in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._decoded
+        for badge_id in self._raw:
+            if badge_id not in self._decoded:
+                yield badge_id
+
+    def __len__(self) -> int:
+        return len(self._decoded) + sum(1 for badge_id in self._raw if badge_id not in self._decoded)
+
+    def with_changes(self, changes: Mapping[str, BadgeState]) -> BadgeMap:
+        if not changes:
+            return self
+        new = BadgeMap.__new__(BadgeMap)
+        new._raw = self._raw
+        new._decoded = {**self._decoded, **changes}
+        return new
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self._raw)
+        for badge_id, state in self._decoded.items():
+            out[badge_id] = state.to_json()
+        return out
+
+
 class UserState:
     """Everything the engine remembers about one user. Build new ones; never change one in place."""
 
@@ -178,7 +249,7 @@ class UserState:
     def __init__(self, user_id: str, badges: Mapping[str, BadgeState] | None = None, recent: bytes = b"",
                  catalog_fp: str = "") -> None:
         self.user_id = user_id
-        self.badges: Mapping[str, BadgeState] = badges if badges is not None else {}
+        self.badges: BadgeMap = badges if isinstance(badges, BadgeMap) else BadgeMap(badges)
         self.recent = recent
         self.catalog_fp = catalog_fp
 
@@ -224,8 +295,7 @@ class UserState:
     def to_bytes(self) -> bytes:
         """Versioned bytes: a header, a JSON body (orjson, keys sorted) and the raw event-id digests."""
         body = orjson.dumps(
-            {"u": self.user_id, "c": self.catalog_fp, "b": {bid: b.to_json() for bid, b in self.badges.items()}},
-            option=orjson.OPT_SORT_KEYS,
+            {"u": self.user_id, "c": self.catalog_fp, "b": self.badges.to_json()}, option=orjson.OPT_SORT_KEYS
         )
         return _HEADER.pack(_MAGIC, STATE_FORMAT, len(body)) + body + self.recent
 
@@ -245,8 +315,10 @@ class UserState:
             raise StateDecodeError("stored user state is truncated or has a malformed event-id list")
         try:
             body = orjson.loads(raw[_HEADER.size : end])
-            badges = {str(bid): BadgeState.from_json(b) for bid, b in body["b"].items()}
-            return cls(str(body["u"]), badges, recent, str(body.get("c", "")))
+            badges = body["b"]
+            if not isinstance(badges, dict) or not all(isinstance(b, dict) and "f" in b for b in badges.values()):
+                raise StateDecodeError("stored user state has a malformed badge table")
+            return cls(str(body["u"]), BadgeMap(raw=badges), recent, str(body.get("c", "")))
         except StateDecodeError:
             raise
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -258,7 +330,7 @@ class UserState:
             and self.user_id == other.user_id
             and self.catalog_fp == other.catalog_fp
             and self.recent == other.recent
-            and dict(self.badges) == dict(other.badges)
+            and self.badges.to_json() == other.badges.to_json()
         )
 
     __hash__ = None  # type: ignore[assignment]

@@ -131,7 +131,9 @@ class EventEnvelope(BaseModel):
 
     def local_time(self) -> datetime:
         """``occurred_at`` in the event's own time zone (computed once per envelope)."""
-        local = self._local
+        # Straight to pydantic's private dict: attribute access to a private field costs a __getattr__.
+        private = self.__pydantic_private__
+        local: datetime | None = private.get("_local") if private is not None else None
         if local is None:
             local = self.occurred_at.astimezone(zone(self.tz))
             self._local = local
