@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "evaluate"):
         profile = cProfile.Profile() if args.profile else None
         seconds, awards = pass_evaluate(engine, args.events, args.users, profile)
-        print(f"  evaluate               {args.events / seconds:>10,.0f} events/s  ({seconds:.1f} s, {awards:,} awards)")
+        print(f"  evaluate               {args.events / seconds:>10,.0f} events/s  "
+              f"({seconds:.1f} s, {awards:,} awards)")
         if profile is not None:
             out = io.StringIO()
             pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(20)
@@ -158,11 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "bytes"):
         seconds, awards, sizes = pass_bytes(engine, args.events, args.users)
         sizes.sort()
-        print(f"  + state bytes          {args.events / seconds:>10,.0f} events/s  ({seconds:.1f} s, {awards:,} awards; "
-              f"state bytes median {sizes[len(sizes) // 2]:,}, max {sizes[-1]:,})")
+        print(f"  + state bytes          {args.events / seconds:>10,.0f} events/s  "
+              f"({seconds:.1f} s, {awards:,} awards; state bytes median {sizes[len(sizes) // 2]:,}, max {sizes[-1]:,})")
     if args.only in (None, "parse"):
         seconds, awards = pass_parse(engine, catalog, args.events, args.users)
-        print(f"  + parse + state bytes  {args.events / seconds:>10,.0f} events/s  ({seconds:.1f} s, {awards:,} awards)")
+        print(f"  + parse + state bytes  {args.events / seconds:>10,.0f} events/s  "
+              f"({seconds:.1f} s, {awards:,} awards)")
     return 0
 
 

@@ -1,0 +1,126 @@
+"""The event envelope: what is accepted, and the dead-letter code and reason for what is not."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from schemas.errors import InvalidEventError
+from schemas.events import MAX_EVENT_BYTES, EventEnvelope, parse_event
+
+GOOD = {"event_id": "e-0001", "type": "quiz_completed", "user_id": "u-42",
+        "occurred_at": "2026-11-21T09:30:00+00:00", "tz": "Europe/Berlin",
+        "data": {"quiz_id": "q1", "score": 9, "total_questions": 10}}
+
+
+def raw(**changes: object) -> bytes:
+    body = {**GOOD, **changes}
+    return orjson.dumps({k: v for k, v in body.items() if v is not ...})
+
+
+def code_and_reason(payload: bytes) -> tuple[str, str]:
+    with pytest.raises(InvalidEventError) as info:
+        parse_event(payload)
+    return info.value.code, info.value.reason
+
+
+def test_the_design_example_parses() -> None:
+    event = parse_event(raw())
+    assert event.user_id == "u-42" and event.tz == "Europe/Berlin"
+    assert event.local_time().isoformat() == "2026-11-21T10:30:00+01:00"
+
+
+def test_tz_defaults_to_utc_and_data_to_empty() -> None:
+    event = parse_event(raw(tz=..., data=...))
+    assert event.tz == "UTC" and event.data == {}
+
+
+def test_too_large_is_checked_before_parsing() -> None:
+    code, reason = code_and_reason(b"{" * (MAX_EVENT_BYTES + 1))
+    assert code == "too_large" and str(MAX_EVENT_BYTES) in reason
+
+
+@pytest.mark.parametrize("payload", [b"not json", b"\xff\xfe{}", b'{"a": 1', b""])
+def test_not_json_or_not_utf8(payload: bytes) -> None:
+    assert code_and_reason(payload)[0] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"occurred_at": "2026-11-21T09:30:00"}, "occurred_at", "timestamp has no time zone"),
+        ({"occurred_at": 1700000000}, "occurred_at", "ISO 8601"),
+        ({"occurred_at": "1700000000"}, "occurred_at", "ISO 8601"),
+        ({"occurred_at": "1969-12-31T23:00:00+00:00"}, "occurred_at", "outside 1970..9000"),
+        ({"occurred_at": "9001-01-01T00:00:00+00:00"}, "occurred_at", "outside 1970..9000"),
+        ({"tz": "Mars/Olympus"}, "tz", "unknown time zone"),
+        ({"tz": "../../etc/passwd"}, "tz", "unknown time zone"),
+        ({"tz": ""}, "tz", "time zone name"),
+        ({"event_id": ""}, "event_id", "at least 1"),
+        ({"user_id": "u" * 257}, "user_id", "at most 256"),
+        ({"type": ...}, "type", "required"),
+        ({"data": [1, 2]}, "data", "dictionary"),
+        ({"data": {"n": 2**53 + 1}}, "data.n", "outside +-2**53"),
+        ({"data": {"n": -(2**60)}}, "data.n", "outside +-2**53"),
+        ({"data": {"n": 1e300}}, "data.n", "outside +-2**53"),
+        ({"extra": 1}, "extra", "Extra inputs"),
+    ],
+)
+def test_invalid_envelopes_name_the_field(changes: dict[str, object], field: str, words: str) -> None:
+    code, reason = code_and_reason(raw(**changes))
+    assert code == "invalid_envelope"
+    assert reason.startswith(f"{field}:") or f"{field}:" in reason
+    assert words in reason
+
+
+def test_integers_beyond_64_bits_are_refused() -> None:
+    payload = raw().replace(b'"score":9', b'"score":99999999999999999999999')
+    code, reason = code_and_reason(payload)
+    assert code == "invalid_envelope" and "data.score" in reason
+
+
+def test_data_depth_limit() -> None:
+    def nested(depth: int) -> object:
+        value: object = 1
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    parse_event(raw(data={"a": nested(15)}))  # data (1) + 15 lists = 16 levels
+    code, reason = code_and_reason(raw(data={"a": nested(16)}))
+    assert code == "invalid_envelope" and "deeper than 16" in reason
+    code, _ = code_and_reason(raw().replace(b'"data":{', b'"data":{"deep":' + b"[" * 5000 + b"]" * 5000 + b","))
+    assert code == "invalid_envelope"
+
+
+def test_not_an_object() -> None:
+    assert code_and_reason(b"[1, 2]") == ("invalid_envelope", "event: expected a JSON object, got list")
+
+
+def test_constructing_directly_applies_the_same_checks() -> None:
+    with pytest.raises(ValidationError, match="timestamp has no time zone"):
+        EventEnvelope(event_id="e", type="t", user_id="u", occurred_at=datetime(2026, 1, 1))
+    with pytest.raises(ValidationError, match="outside"):
+        EventEnvelope(event_id="e", type="t", user_id="u", occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+                      data={"x": [2**54]})
+
+
+def test_local_time_follows_dst() -> None:
+    before = parse_event(raw(occurred_at="2026-03-29T00:30:00+00:00"))  # 01:30 CET
+    after = parse_event(raw(occurred_at="2026-03-29T01:30:00+00:00"))   # 03:30 CEST
+    assert before.local_time().hour == 1 and after.local_time().hour == 3
+    assert after.local_time().utcoffset() == timedelta(hours=2)
+
+
+def test_envelope_is_frozen() -> None:
+    event = parse_event(raw())
+    with pytest.raises(ValidationError):
+        event.user_id = "someone else"  # type: ignore[misc]
+
+
+def test_round_trip_through_json() -> None:
+    event = parse_event(raw())
+    assert parse_event(event.model_dump_json().encode()) == event
