@@ -1,0 +1,183 @@
+"""Hypothesis properties of the engine and the parsers (DESIGN.md "Semantics that users rely on")."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from evaluators.engine import Engine
+from evaluators.registry import EvaluatorRegistry
+from evaluators.state import UserState
+from schemas.catalog import load_catalog, parse_catalog
+from schemas.errors import CatalogError, InvalidEventError
+from schemas.events import EventEnvelope, parse_event
+from tests.unit.support import catalog
+
+PROPERTIES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Every order-independent kind, with windows, CEL, prerequisites, repeats and cascading meta-badges.
+ORDER_FREE = Engine(catalog("""
+    badges:
+      - {id: first, on: [quiz], rule: {count: 1}}
+      - {id: tiers, on: [quiz], rule: {tiers: {bronze: 2, silver: 4, gold: 7}}}
+      - {id: weekend, on: [quiz], when: "local.weekday >= 6", rule: {count: 2}}
+      - {id: good, on: [quiz], when: "data.score >= 5", rule: {count: 2}}
+      - {id: explorer, on: [quiz], rule: {distinct: {field: data.quiz_id, count: 3}}}
+      - {id: points, on: [quiz], rule: {sum: {field: data.score, at_least: 12.5}}}
+      - {id: points_again, on: [quiz], repeatable: true, rule: {sum: {field: data.score, at_least: 10}}}
+      - {id: daily, on: [login], rule: {streak: {days: 3}}}
+      - {id: weekly, on: [login, quiz], rule: {streak: {weeks: 2}}}
+      - {id: march, on: [quiz], window: {from: "2026-03-01", until: "2026-03-15"}, rule: {count: 2}}
+      - {id: recruiter, on: [referral], requires: [first], repeatable: true, rule: {count: 2}}
+      - {id: scholar, rule: {badges: [first, explorer, daily]}}
+      - {id: two_of, rule: {badges: [weekend, good, march, points], at_least: 2}}
+      - {id: top, rule: {badges: [scholar, two_of]}}
+"""))
+DEMO = Engine(load_catalog(Path(__file__).resolve().parents[2] / "deploy" / "demo" / "catalog.yaml"),
+              EvaluatorRegistry.builtin())
+REPEATABLE = {"points_again", "recruiter"}
+ZONES = ["UTC", "Europe/Berlin", "Asia/Tokyo", "America/New_York", "Pacific/Kiritimati", "Pacific/Pago_Pago"]
+START = datetime(2026, 2, 20, tzinfo=UTC)
+
+scores = st.one_of(st.integers(-3, 10), st.floats(0, 10, allow_nan=False).map(lambda x: round(x, 2)),
+                   st.just("7"), st.none())
+
+
+@st.composite
+def user_events(draw: st.DrawFn, user: str = "u1") -> list[EventEnvelope]:
+    count = draw(st.integers(1, 30))
+    events = []
+    for i in range(count):
+        kind = draw(st.sampled_from(["quiz", "quiz", "login", "login", "referral", "unrelated"]))
+        at = START + timedelta(minutes=draw(st.integers(0, 60 * 24 * 40)))
+        data: dict[str, Any] = {}
+        if kind == "quiz":
+            data = {"quiz_id": draw(st.sampled_from(["q1", "q2", "q3", "q4"])), "score": draw(scores)}
+            if data["score"] is None:
+                del data["score"]
+        events.append(EventEnvelope(event_id=f"{user}-e{i}", type=kind, user_id=user, occurred_at=at,
+                                    tz=draw(st.sampled_from(ZONES)), data=data))
+    # Redeliveries: some events appear twice.
+    repeats = draw(st.lists(st.integers(0, count - 1), max_size=3))
+    return events + [events[i] for i in repeats]
+
+
+def award_set(engine: Engine, events: list[EventEnvelope]) -> tuple[set[tuple[str, str | None, int]], UserState | None]:
+    state: UserState | None = None
+    awards: list[tuple[str, str | None, int]] = []
+    for event in events:
+        result = engine.evaluate(state, event)
+        state = result.state
+        awards.extend((a.badge_id, a.tier, a.occurrence) for a in result.awards)
+    counts = Counter(awards)
+    assert all(n == 1 for n in counts.values()), f"awarded twice: {counts}"
+    return set(awards), state
+
+
+@PROPERTIES
+@given(user_events())
+def test_at_most_one_award_per_badge_and_tier_unless_repeatable(events: list[EventEnvelope]) -> None:
+    awards, _ = award_set(ORDER_FREE, events)
+    for badge_id in {b for b, _, _ in awards}:
+        occurrences = sorted(o for b, _, o in awards if b == badge_id)
+        if badge_id in REPEATABLE:
+            assert occurrences == list(range(1, len(occurrences) + 1))
+        else:
+            assert occurrences == [1] * len(occurrences)
+            assert len(occurrences) == len({t for b, t, _ in awards if b == badge_id})
+
+
+@PROPERTIES
+@given(user_events())
+def test_replaying_the_same_events_awards_nothing_new(events: list[EventEnvelope]) -> None:
+    _, state = award_set(ORDER_FREE, events)
+    for event in events:
+        result = ORDER_FREE.evaluate(state, event)
+        assert result.awards == () and result.progress == ()
+        assert result.duplicate or not result.matched
+        state = result.state
+
+
+@PROPERTIES
+@given(user_events(), st.randoms(use_true_random=False))
+def test_any_order_gives_the_same_award_set(events: list[EventEnvelope], rnd: Any) -> None:
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    assert award_set(ORDER_FREE, events)[0] == award_set(ORDER_FREE, shuffled)[0]
+
+
+@PROPERTIES
+@given(user_events())
+def test_state_survives_bytes_at_every_step(events: list[EventEnvelope]) -> None:
+    direct: UserState | None = None
+    stored: bytes | None = None
+    for event in events:
+        direct = DEMO.evaluate(direct, event).state
+        through = DEMO.evaluate(UserState.from_bytes(stored) if stored is not None else None, event).state
+        stored = through.to_bytes()
+        assert stored == direct.to_bytes()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False,
+                                                                          min_value=-1e15, max_value=1e15)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@PROPERTIES
+@given(
+    st.sampled_from(["quiz_completed", "user_logged_in", "referral_signup", "other"]),
+    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(8999, 12, 30), timezones=st.just(UTC)),
+    st.sampled_from(ZONES),
+    st.dictionaries(st.sampled_from(["quiz_id", "score", "total_questions", "x"]), json_values, max_size=4),
+    st.integers(0, 3),
+)
+def test_engine_never_raises_on_a_valid_envelope(kind: str, at: datetime, tz: str, data: dict[str, Any],
+                                                 history: int) -> None:
+    state = None
+    for i in range(history + 1):
+        event = EventEnvelope(event_id=f"e{i}", type=kind, user_id="u", occurred_at=at + timedelta(days=i),
+                              tz=tz, data=data)
+        state = DEMO.evaluate(state, event).state
+
+
+@PROPERTIES
+@given(st.binary(max_size=300) | json_values.map(orjson.dumps)
+       | st.dictionaries(st.sampled_from(["event_id", "type", "user_id", "occurred_at", "tz", "data", "x"]),
+                         json_values | st.sampled_from(["2026-01-01T00:00:00+00:00", "Europe/Berlin"])
+                         ).map(orjson.dumps))
+def test_parse_event_raises_only_invalid_event_error(raw: bytes) -> None:
+    try:
+        parse_event(raw)
+    except InvalidEventError as exc:
+        assert exc.code in {"too_large", "invalid_json", "invalid_envelope"}
+
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12) | st.sampled_from(
+        ["count", "tiers", "on", "rule", "when", "data.x > 1", "2026-06-01", "badges", "first"]),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["id", "on", "rule", "count", "tiers", "badges", "when", "window", "from", "until",
+                         "requires", "repeatable", "streak", "days", "distinct", "field", "sum", "at_least",
+                         "evaluator", "kind", "catalog_version", "events", "required"]), children, max_size=5),
+    max_leaves=25,
+)
+
+
+@PROPERTIES
+@given(st.text(max_size=300) | yaml_values.map(lambda v: yaml.safe_dump(v)) | yaml_values.map(
+    lambda badges: yaml.safe_dump({"catalog_version": "1", "badges": [badges]})))
+def test_parse_catalog_raises_only_catalog_error(text: str) -> None:
+    with contextlib.suppress(CatalogError):
+        parse_catalog(text)
