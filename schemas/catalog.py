@@ -639,9 +639,15 @@ def _find_cycles(catalog: Catalog) -> list[list[str]]:
     return cycles
 
 
-def catalog_problems(catalog: Catalog, registry: Container[str] | None = None) -> list[str]:
-    """Every cross-badge problem of an (individually valid) catalog, as messages naming badge, field, line."""
+def catalog_problems(
+    catalog: Catalog, registry: Container[str] | None = None, also_known: Container[str] = frozenset()
+) -> list[str]:
+    """Every cross-badge problem of an (individually valid) catalog, as messages naming badge, field, line.
+
+    ``also_known``: ids of badges that exist but were left out (invalid on their own); not "unknown".
+    """
     source = catalog.source
+    known = catalog.badges_by_id
     problems: list[str] = []
     first_seen: dict[str, int] = {}
     for index, badge in enumerate(catalog.badges):
@@ -655,13 +661,13 @@ def catalog_problems(catalog: Catalog, registry: Container[str] | None = None) -
         for position, required in enumerate(badge.requires):
             if required == badge.id:
                 say("requires", "a badge cannot require itself", "requires", position)
-            elif required not in catalog.badges_by_id:
+            elif required not in known and required not in also_known:
                 say("requires", f"unknown badge {required!r}", "requires", position)
         if isinstance(badge.rule, BadgesRule):
             for position, listed in enumerate(badge.rule.badges):
                 if listed == badge.id:
                     say("rule.badges", "a meta-badge cannot list itself", "rule", "badges", position)
-                elif listed not in catalog.badges_by_id:
+                elif listed not in known and listed not in also_known:
                     say("rule.badges", f"unknown badge {listed!r}", "rule", "badges", position)
         if badge.when is not None:
             try:
@@ -692,6 +698,39 @@ def validate_catalog(catalog: Catalog, registry: Container[str] | None = None) -
         raise CatalogProblems(catalog.source, problems)
 
 
+def _problems_among_valid_badges(
+    raw: dict[str, Any], lines: dict[tuple[str | int, ...], int], source: str, registry: Container[str] | None
+) -> list[str]:
+    """Cross-badge problems among the badges that are valid on their own, so one round shows everything."""
+    badges_raw = raw.get("badges")
+    if not isinstance(badges_raw, list):
+        return []
+    valid: list[Badge] = []
+    partial_lines: dict[tuple[str | int, ...], int] = {}
+    for index, item in enumerate(badges_raw):
+        try:
+            badge = Badge.model_validate(item)
+        except (ValidationError, RecursionError):
+            continue
+        for path, line in lines.items():
+            if path[:2] == ("badges", index):
+                partial_lines[("badges", len(valid), *path[2:])] = line
+        valid.append(badge)
+    partial = Catalog.model_construct(catalog_version="?", events={}, badges=valid)
+    partial._lines = partial_lines
+    partial._source = source
+    present = {str(item["id"]) for item in badges_raw if isinstance(item, dict) and "id" in item}
+    return catalog_problems(partial, registry, also_known=present)
+
+
+def _by_line(problems: list[str]) -> list[str]:
+    def line(problem: str) -> int:
+        match = re.match(r"^.*?:(\d+): ", problem)
+        return int(match.group(1)) if match else 0
+
+    return sorted(problems, key=line)
+
+
 def parse_catalog(text: str, source: str = "<string>", registry: Container[str] | None = None) -> Catalog:
     """Parse and fully validate a catalog from YAML text; raises :class:`CatalogError` listing every problem."""
     if not isinstance(text, str):
@@ -705,7 +744,8 @@ def parse_catalog(text: str, source: str = "<string>", registry: Container[str] 
         catalog = Catalog.model_validate(raw)
     except ValidationError as exc:
         problems = _validation_problems(exc, raw, lines, source)
-        raise CatalogProblems(source, problems) from None
+        problems += _problems_among_valid_badges(raw, lines, source, registry)
+        raise CatalogProblems(source, _by_line(problems)) from None
     except RecursionError:
         raise CatalogError(f"{source}: catalog nested too deeply") from None
     catalog._lines = lines

@@ -170,7 +170,7 @@ def parse_event(raw: bytes) -> EventEnvelope:
         if "depth limit" in str(exc):
             # Well-formed but absurdly deep: an envelope problem, like data nested beyond the limit.
             raise InvalidEventError("invalid_envelope", f"event: nested deeper than {MAX_DATA_DEPTH} levels") from None
-        raise InvalidEventError("invalid_json", f"not valid UTF-8 JSON: {exc}") from None
+        raise InvalidEventError("invalid_json", f"not valid JSON (or not UTF-8): {exc}") from None
     if not isinstance(obj, dict):
         raise InvalidEventError("invalid_envelope", f"event: expected a JSON object, got {type(obj).__name__}")
     try:

@@ -44,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     postgres.add_argument("--data-dir", default=None, help="cluster directory")
     postgres.set_defaults(func=_lazy("deploy.postgres.server:cli"))
 
+    # --- offline: the pure engine over files ----------------------------------------------
+    evaluate = sub.add_parser("evaluate", help="run the badge engine over a JSON-lines file of events, offline")
+    evaluate.add_argument("--catalog", required=True, help="badge catalog YAML")
+    evaluate.add_argument("events", help="JSON-lines file of events ('-' for stdin)")
+    evaluate.set_defaults(func=_lazy("streams.offline:evaluate_command"))
+
+    catalog = sub.add_parser("catalog", help="badge catalog tools")
+    catalog_actions = catalog.add_subparsers(dest="catalog_action", required=True, metavar="ACTION")
+    catalog_validate = catalog_actions.add_parser("validate", help="check a catalog and explain every error")
+    catalog_validate.add_argument("file", help="badge catalog YAML")
+    catalog_validate.set_defaults(func=_lazy("streams.offline:catalog_validate_command"))
+
     # --- award sink and database ----------------------------------------------------------
     sink = sub.add_parser("sink", help="write awards and progress from Kafka into the database")
     sink.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")

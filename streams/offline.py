@@ -1,0 +1,112 @@
+"""Offline commands for badge designers: run the pure engine over a JSON-lines file, and check a catalog.
+
+``badgestream evaluate --catalog FILE EVENTS.jsonl`` evaluates events in file order with exactly
+the engine, checks and evaluators the worker uses — no Kafka, no database — and prints every
+award as one JSON line (the ``badge-awards`` record) on stdout; invalid lines are reported on
+stderr as ``line N: <code>: <reason>`` and skipped. ``badgestream catalog validate FILE`` explains
+every problem of a catalog, or summarises it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from evaluators.engine import Engine
+from evaluators.registry import EvaluatorRegistry
+from evaluators.state import UserState
+from schemas.catalog import CatalogProblems, load_catalog
+from schemas.errors import CatalogError, InvalidEventError
+from schemas.events import parse_event
+
+
+def _lines(path: str) -> Iterator[tuple[int, bytes]]:
+    if path == "-":
+        yield from enumerate(sys.stdin.buffer, 1)
+        return
+    with Path(path).open("rb") as handle:
+        yield from enumerate(handle, 1)
+
+
+def evaluate_command(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """``badgestream evaluate``: awards on stdout (one JSON line each), problems and a summary on stderr."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    catalog = load_catalog(args.catalog)
+    engine = Engine(catalog, EvaluatorRegistry.from_entry_points())
+    states: dict[str, UserState] = {}
+    seen = Counter[str]()
+    awards_by_badge = Counter[str]()
+    failures = Counter[str]()
+    try:
+        lines = _lines(args.events)
+        for number, raw in lines:
+            if not raw.strip():
+                continue
+            seen["lines"] += 1
+            try:
+                event = parse_event(raw.rstrip(b"\r\n"))
+                catalog.validate_event_data(event)
+            except InvalidEventError as exc:
+                seen["invalid"] += 1
+                print(f"line {number}: {exc.code}: {exc.reason}", file=err)
+                continue
+            result = engine.evaluate(states.get(event.user_id), event)
+            if result.duplicate:
+                seen["duplicate"] += 1
+                continue
+            if not result.matched:
+                seen["unmatched"] += 1
+                continue
+            states[event.user_id] = result.state
+            seen["evaluated"] += 1
+            for failure in result.errors:
+                failures[failure.kind] += 1
+                print(f"line {number}: badge {failure.badge_id}: {failure.kind}: {failure.message}", file=err)
+            for award in result.awards:
+                awards_by_badge[award.badge_id] += 1
+                out.write(award.model_dump_json() + "\n")
+    except OSError as exc:
+        raise CatalogError(f"{args.events}: cannot read the events: {exc.strerror or exc}") from None
+    total_awards = sum(awards_by_badge.values())
+    print(
+        f"{seen['lines']} events: {seen['evaluated']} evaluated, {seen['duplicate']} duplicates, "
+        f"{seen['unmatched']} with no listening badge, {seen['invalid']} invalid; "
+        f"{len(states)} users, {total_awards} awards (catalog {catalog.catalog_version})",
+        file=err,
+    )
+    for badge in catalog.badges:
+        if awards_by_badge[badge.id]:
+            print(f"  {badge.id:<24} {awards_by_badge[badge.id]:>6}", file=err)
+    if failures:
+        print("  isolated failures: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())), file=err)
+    return 0
+
+
+def catalog_validate_command(args: argparse.Namespace, out: IO[str] | None = None,
+                             err: IO[str] | None = None) -> int:
+    """``badgestream catalog validate FILE``: exit 0 with a summary, or 2 with every problem explained."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        catalog = load_catalog(args.file, registry=EvaluatorRegistry.from_entry_points())
+    except CatalogProblems as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}:", file=err)
+        for problem in exc.problems:
+            print(f"  {problem}", file=err)
+        return 2
+    except CatalogError as exc:
+        print(str(exc), file=err)
+        return 2
+    kinds = Counter(badge.rule.kind for badge in catalog.badges)
+    print(
+        f"{args.file}: valid — catalog {catalog.catalog_version}, {len(catalog.badges)} badges "
+        f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}), "
+        f"event types: {', '.join(sorted(catalog.event_types())) or 'none'}",
+        file=out,
+    )
+    return 0
