@@ -231,6 +231,7 @@ class AwardSink:
             catalog = self._catalog if self._catalog is not None else self._load_catalog()
             count = self._retry_database("write the catalog", lambda: database.write_catalog(self.engine, catalog))
             log.info("catalog %s: %d badges written to %s", database.catalog_version(catalog), count, self._url)
+        self._ensure_topics()
         self._producer = Producer(self.settings.confluent_config(**{"acks": "all", "enable.idempotence": True,
                                                                     "linger.ms": 5}))
         config = self.settings.confluent_config(**{
@@ -251,6 +252,16 @@ class AwardSink:
         log.info("sink consuming %s and %s into %s (group %s, batches of up to %d / %d ms)",
                  self.settings.awards_topic, self.settings.progress_topic, self._url, self.settings.sink_group_id,
                  self.settings.sink_batch_size, self.settings.sink_batch_timeout_ms)
+
+    def _ensure_topics(self) -> None:
+        """The topics the sink reads and its dead-letter topic exist before it subscribes (brokers
+        usually do not auto-create topics, and ours does not)."""
+        from streams.topics import INPUT_TOPIC_CONFIG, OUTPUT_TOPIC_CONFIG, TopicSpec, ensure_topics
+
+        n = self.settings.topic_partitions
+        ensure_topics(self.settings, [TopicSpec(self.settings.awards_topic, n, OUTPUT_TOPIC_CONFIG),
+                                      TopicSpec(self.settings.progress_topic, n, OUTPUT_TOPIC_CONFIG),
+                                      TopicSpec(self.settings.sink_dlq_topic, n, INPUT_TOPIC_CONFIG)])
 
     def _load_catalog(self) -> Any:
         from schemas.catalog import load_catalog

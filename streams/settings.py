@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var/worker"), description="RocksDB state directory of the worker")
     web_port: int = Field(6066, description="worker HTTP port: metrics and state view")
     web_host: str = "127.0.0.1"
+    session_timeout_s: float = Field(
+        15.0, gt=0, description="consumer group session timeout: how soon a dead worker's partitions move"
+    )
 
     # Sink
     database_url: SecretStr = Field(

@@ -191,7 +191,9 @@ class LocalBroker:
                     "share.coordinator.state.topic.replication.factor=1",
                     "share.coordinator.state.topic.min.isr=1",
                     "group.initial.rebalance.delay.ms=0",
-                    "auto.create.topics.enable=true",
+                    # Topics are created on purpose, with the partition count the worker's state
+                    # table needs; a typo'd or early producer must not create a 1-partition topic.
+                    "auto.create.topics.enable=false",
                     "delete.topic.enable=true",
                     "log.retention.hours=-1",
                     "log.segment.bytes=67108864",

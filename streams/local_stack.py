@@ -1,0 +1,213 @@
+"""``badgestream up``: the whole system on one machine, from an empty checkout to visible awards.
+
+Starts (or reuses) a local Kafka broker, creates the topics, starts the worker and the sink as
+child processes, streams the demo events through the producer SDK, waits until the sink has
+written every award, shows a leaderboard and a few users' badges, and keeps running until Ctrl-C,
+then stops everything it started. With ``BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS`` /
+``BADGESTREAM_DATABASE_URL`` set, the existing cluster and database are used instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from schemas.catalog import load_catalog
+from schemas.errors import ConfigurationError
+from streams.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_EVENTS = REPO_ROOT / "deploy" / "demo" / "events.jsonl"
+
+
+def say(message: str) -> None:
+    print(f"[up] {message}", flush=True)
+
+
+class Child:
+    """A badgestream sub-command in its own process group, logging to a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", *args], env=env, cwd=REPO_ROOT, stdout=self._log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        say(f"{name} started (pid {self.proc.pid}, log {self.log_path})")
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-2500:]
+            raise ConfigurationError(f"the {self.name} exited with {self.proc.returncode}; log tail:\n{tail}")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                say(f"{self.name} did not stop in {timeout:.0f}s; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+        say(f"{self.name} stopped")
+
+
+@contextlib.contextmanager
+def local_broker(settings: Settings, data_dir: Path) -> Iterator[str]:
+    """Use the configured broker, or start the local one (and stop it afterwards)."""
+    if os.environ.get("BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS"):
+        from deploy.kafka.broker import metadata_ready
+
+        if not metadata_ready(settings.kafka_bootstrap_servers, timeout=10):
+            raise ConfigurationError(f"no broker answers at {settings.kafka_bootstrap_servers}")
+        say(f"using the broker at {settings.kafka_bootstrap_servers}")
+        yield settings.kafka_bootstrap_servers
+        return
+    from deploy.kafka.broker import DEFAULT_PORT, LocalBroker, _port_open, free_port
+
+    broker = LocalBroker(data_dir=data_dir / "kafka",
+                         port=int(os.environ.get("BADGESTREAM_LOCAL_KAFKA_PORT", DEFAULT_PORT)))
+    if broker.running_pid() is None and _port_open(broker.port) and not broker.config_file.exists():
+        broker.port = free_port()
+        say(f"port {DEFAULT_PORT} is taken by something else; the local broker uses {broker.port}")
+    started_here = broker.running_pid() is None
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        if started_here:
+            broker.stop()
+
+
+def wait_for_awards(database_url: str, expected: int, children: list[Child], timeout: float) -> int:
+    """Poll the database until the sink has written ``expected`` awards; show progress."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    deadline = time.monotonic() + timeout
+    seen = -1
+    try:
+        while time.monotonic() < deadline:
+            for child in children:
+                child.check()
+            try:
+                with engine.connect() as conn:
+                    count = conn.execute(sa.text("SELECT COUNT(*) FROM user_badges")).scalar_one()
+            except sa.exc.OperationalError:
+                count = 0  # the sink has not created the schema yet
+            if count != seen:
+                say(f"awards in the database: {count}/{expected}")
+                seen = count
+            if count >= expected:
+                return int(count)
+            time.sleep(1.0)
+    finally:
+        engine.dispose()
+    raise ConfigurationError(f"only {seen} of {expected} awards arrived within {timeout:.0f}s; see the logs")
+
+
+def up_command(args: argparse.Namespace) -> int:
+    settings = Settings()
+    var = Path(args.state_dir).resolve()
+    (var / "logs").mkdir(parents=True, exist_ok=True)
+    catalog_path = Path(args.catalog) if args.catalog else settings.catalog_path
+    events_path = Path(args.events) if args.events else DEMO_EVENTS
+    catalog = load_catalog(catalog_path)  # refuse a bad catalog before starting anything
+    say(f"catalog {catalog_path} (version {catalog.catalog_version}, {len(catalog.badges)} badges)")
+
+    database_url = settings.database_url_value
+    if not os.environ.get("BADGESTREAM_DATABASE_URL"):
+        database_url = f"sqlite:///{var / 'badgestream.db'}"
+    with local_broker(settings, var) as bootstrap:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "BADGESTREAM_CATALOG_PATH": str(catalog_path),
+            "BADGESTREAM_DATABASE_URL": database_url,
+            "BADGESTREAM_DATA_DIR": str(var / "worker"),
+        }
+        settings = Settings(kafka_bootstrap_servers=bootstrap, catalog_path=catalog_path)
+        from streams.topics import ensure_topics
+
+        ensure_topics(settings)
+        children = [
+            Child("worker", ["worker", "-l", "info"], env, var / "logs"),
+            Child("sink", ["sink"], env, var / "logs"),
+        ]
+        try:
+            expected = stream_events(settings, events_path, catalog_path)
+            wait_for_awards(database_url, expected, children, timeout=args.timeout)
+            show_results(database_url, args.show_users)
+            say(f"worker metrics: http://{settings.web_host}:{settings.web_port}/metrics")
+            if args.once:
+                return 0
+            say("running; press Ctrl-C to stop everything")
+            while True:
+                for child in children:
+                    child.check()
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            say("stopping ...")
+            return 0
+        finally:
+            with contextlib.suppress(KeyboardInterrupt):
+                for child in reversed(children):
+                    child.stop()
+
+
+def stream_events(settings: Settings, events_path: Path, catalog_path: Path) -> int:
+    """Send the demo file through the producer SDK; return how many awards it should earn."""
+    from evaluators.engine import Engine
+    from evaluators.registry import EvaluatorRegistry
+    from schemas.events import parse_event
+    from streams.producer import BadgeEvents
+
+    catalog = load_catalog(catalog_path)
+    engine = Engine(catalog, EvaluatorRegistry.from_entry_points())
+    states: dict[str, object] = {}
+    expected = 0
+    lines = [line for line in events_path.read_bytes().splitlines() if line.strip()]
+    with BadgeEvents(settings, catalog=catalog) as events:
+        for number, line in enumerate(lines, 1):
+            envelope = parse_event(line)
+            evaluation = engine.evaluate(states.get(envelope.user_id), envelope)  # type: ignore[arg-type]
+            states[envelope.user_id] = evaluation.state
+            expected += len(evaluation.awards)
+            events.send(envelope)
+            if number % 100 == 0 or number == len(lines):
+                say(f"sent {number}/{len(lines)} events")
+        events.flush()
+    say(f"{len(lines)} demo events sent; {expected} awards expected")
+    return expected
+
+
+def show_results(database_url: str, users: int) -> None:
+    """The leaderboard and the top users' badges and progress, as ``badgestream user`` prints them."""
+    from streams import database, user_report
+
+    engine = database.make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            ranking = database.leaderboard(conn, limit=10)
+            print("\nLeaderboard (users by badges held)")
+            print("\n".join(user_report._table(["RANK", "USER", "BADGES"],
+                                               [[str(rank), user_id, str(count)]
+                                                for rank, (user_id, count) in enumerate(ranking, start=1)])))
+            for user_id, _count in ranking[:users]:
+                print()
+                print(user_report.render_text(user_report.build_report(conn, user_id)))
+    finally:
+        engine.dispose()
+    print(flush=True)

@@ -1,0 +1,52 @@
+"""Prometheus metrics of the worker, served on its web port at ``/metrics``.
+
+Each app gets its own registry (tests run several apps in one process). Event-type labels are
+limited to the types the catalog knows, plus ``_other``: hostile input must not be able to create
+unbounded label values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+
+class WorkerMetrics:
+    def __init__(self, known_types: set[str]) -> None:
+        self.known_types = set(known_types)
+        self.registry = CollectorRegistry()
+        self.events = Counter("badgestream_events_total", "Input events by type and outcome",
+                              ["type", "outcome"], registry=self.registry)
+        self.awards = Counter("badgestream_awards_total", "Awards granted, by badge", ["badge"],
+                              registry=self.registry)
+        self.dead_letters = Counter("badgestream_dead_letters_total", "Dead-lettered inputs, by reason code",
+                                    ["reason"], registry=self.registry)
+        self.evaluator_errors = Counter("badgestream_evaluator_errors_total",
+                                        "Isolated rule/evaluator failures", ["badge", "kind"], registry=self.registry)
+        self.latency = Histogram("badgestream_processing_seconds", "Time to process one input event",
+                                 buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                          0.25, 1.0), registry=self.registry)
+        self.consumer_lag = Gauge("badgestream_consumer_lag", "Messages not yet committed, per input partition",
+                                  ["topic", "partition"], registry=self.registry)
+
+    def _type_label(self, event_type: str) -> str:
+        return event_type if event_type in self.known_types or event_type.startswith("_") else "_other"
+
+    def observe(self, event_type: str, outcome: str, seconds: float) -> None:
+        self.events.labels(self._type_label(event_type), outcome).inc()
+        self.latency.observe(seconds)
+
+    def award(self, badge_id: str) -> None:
+        self.awards.labels(badge_id).inc()
+
+    def dead_letter(self, reason: str) -> None:
+        self.dead_letters.labels(reason).inc()
+
+    def evaluator_error(self, badge_id: str, kind: str) -> None:
+        self.evaluator_errors.labels(badge_id, kind).inc()
+
+    def lag(self, topic: str, partition: int, value: int) -> None:
+        self.consumer_lag.labels(topic, str(partition)).set(value)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

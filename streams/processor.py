@@ -1,0 +1,154 @@
+"""One input message in, everything the worker must do about it out — with no Faust and no I/O.
+
+The Faust agent in ``streams/worker.py`` only reads the stored state, calls :meth:`EventProcessor.process`
+and acts on the :class:`Outcome`: store the new state, produce awards, progress and dead letters, or
+forward the message to the repartition topic. Keeping the decision here makes it testable with
+literal bytes, and identical between the live worker and replay.
+
+Stored value per user (the table holds bytes): a small header, the engine's ``UserState`` bytes, and
+an *outbox* — the award records of the last few events that produced awards. If the worker dies
+after writing state but before its awards reached Kafka, the redelivered event is a duplicate to
+the engine (its event_id is in the state) and would award nothing; the outbox lets the worker
+publish the very same award records (same award_id) again instead of losing them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+
+from evaluators.engine import Engine, Evaluation
+from evaluators.state import UserState
+from schemas.catalog import Catalog
+from schemas.errors import InvalidEventError
+from schemas.events import EventEnvelope, parse_event
+from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord
+
+STORED_FORMAT = 1
+OUTBOX_EVENTS = 32  # award-producing events remembered per user for redelivery after a crash
+_HEADER = struct.Struct(">BI")  # format version, length of the state bytes
+
+
+@dataclass(frozen=True)
+class StoredUser:
+    """What the worker keeps per user: engine state plus the outbox of recent awards."""
+
+    state: UserState
+    outbox: tuple[tuple[str, tuple[bytes, ...]], ...] = ()
+
+    def to_bytes(self) -> bytes:
+        state = self.state.to_bytes()
+        outbox = orjson.dumps([[event_id, [a.decode() for a in awards]] for event_id, awards in self.outbox])
+        return _HEADER.pack(STORED_FORMAT, len(state)) + state + outbox
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> StoredUser:
+        version, length = _HEADER.unpack_from(raw)
+        if version != STORED_FORMAT:
+            raise ValueError(f"stored user state has format {version}, this worker reads {STORED_FORMAT}")
+        start = _HEADER.size
+        state = UserState.from_bytes(raw[start : start + length])
+        outbox_raw = raw[start + length :]
+        outbox = tuple(
+            (event_id, tuple(a.encode() for a in awards)) for event_id, awards in orjson.loads(outbox_raw)
+        ) if outbox_raw else ()
+        return cls(state=state, outbox=outbox)
+
+    def awards_for(self, event_id: str) -> tuple[bytes, ...]:
+        for seen_id, awards in self.outbox:
+            if seen_id == event_id:
+                return awards
+        return ()
+
+    def with_awards(self, event_id: str, awards: Sequence[bytes]) -> tuple[tuple[str, tuple[bytes, ...]], ...]:
+        if not awards:
+            return self.outbox
+        kept = [entry for entry in self.outbox if entry[0] != event_id]
+        kept.append((event_id, tuple(awards)))
+        return tuple(kept[-OUTBOX_EVENTS:])
+
+
+@dataclass
+class Outcome:
+    """What the worker must do for one input message."""
+
+    user_id: str | None = None
+    event_type: str | None = None
+    new_state: bytes | None = None  # None: leave the stored state alone
+    awards: list[bytes] = field(default_factory=list)
+    progress: list[bytes] = field(default_factory=list)
+    dead_letter: bytes | None = None
+    error_code: str | None = None
+    status: str = "processed"  # processed | duplicate | unmatched | dead_letter
+    evaluation: Evaluation | None = None
+    award_records: tuple[AwardRecord, ...] = ()
+
+
+def dead_letter(raw_key: bytes | None, raw_value: bytes | None, topic: str, partition: int, offset: int,
+                error: InvalidEventError, failed_at: datetime | None = None, stage: str = "worker") -> bytes:
+    key, key_encoding = DeadLetterRecord.encode_bytes(raw_key)
+    value, value_encoding = DeadLetterRecord.encode_bytes(raw_value)
+    record = DeadLetterRecord(
+        source_topic=topic, partition=partition, offset=offset, error_code=error.code, reason=error.reason,
+        key=key, key_encoding=key_encoding, value=value, value_encoding=value_encoding,
+        failed_at=failed_at, stage=stage,
+    )
+    return record.model_dump_json().encode()
+
+
+def award_bytes(record: AwardRecord) -> bytes:
+    return record.model_dump_json().encode()
+
+
+def progress_bytes(record: ProgressRecord) -> bytes:
+    return record.model_dump_json().encode()
+
+
+class EventProcessor:
+    """Decode, validate and evaluate one message against a user's stored state."""
+
+    def __init__(self, catalog: Catalog, engine: Engine) -> None:
+        self.catalog = catalog
+        self.engine = engine
+
+    def decode(self, raw_value: bytes | None) -> EventEnvelope:
+        if raw_value is None:
+            raise InvalidEventError("invalid_json", "the message has no value (tombstone)")
+        event = parse_event(raw_value)
+        self.catalog.validate_event_data(event)
+        return event
+
+    def process(self, raw_key: bytes | None, raw_value: bytes | None, topic: str, partition: int, offset: int,
+                stored: bytes | None) -> Outcome:
+        """Decode and evaluate one message whose state is ``stored`` (the offline and replay path)."""
+        try:
+            event = self.decode(raw_value)
+        except InvalidEventError as exc:
+            return Outcome(status="dead_letter", error_code=exc.code,
+                           dead_letter=dead_letter(raw_key, raw_value, topic, partition, offset, exc))
+        return self.evaluate(event, stored)
+
+    def evaluate(self, event: EventEnvelope, stored: bytes | None) -> Outcome:
+        previous = StoredUser.from_bytes(stored) if stored else StoredUser(UserState.empty(event.user_id))
+        evaluation = self.engine.evaluate(previous.state, event)
+        outcome = Outcome(user_id=event.user_id, event_type=event.type, evaluation=evaluation)
+        if evaluation.duplicate:
+            # Nothing changes; re-publish what this event awarded, in case that was lost in a crash.
+            outcome.status = "duplicate"
+            outcome.awards = list(previous.awards_for(event.event_id))
+            return outcome
+        if not evaluation.matched:
+            # No badge listens to this type: counted by the caller, no state write needed.
+            outcome.status = "unmatched"
+            return outcome
+        outcome.award_records = evaluation.awards
+        outcome.awards = [award_bytes(a) for a in evaluation.awards]
+        outcome.progress = [progress_bytes(p) for p in evaluation.progress]
+        outcome.new_state = StoredUser(
+            state=evaluation.state, outbox=previous.with_awards(event.event_id, outcome.awards)
+        ).to_bytes()
+        return outcome

@@ -1,0 +1,290 @@
+"""``badgestream replay``: recompute every award from the input topics, diff against the database, apply.
+
+The replay reads the input topics from the beginning up to the end offsets captured when it
+starts, with its own consumer that commits nothing (the live worker's group and state are not
+touched), and drives the same engine and catalog as the worker directly — no Faust in between,
+for speed. Per partition the order is the topic's order, as in the worker, so the award set is
+the live one (a test holds the two paths to that).
+
+Then it diffs the recomputed awards against ``user_badges``: awards to add (e.g. a new badge,
+awarded retroactively with the historical ``awarded_at``), awards that no longer qualify, and
+awards whose deciding event or time changed. ``--apply`` writes the additions (flagged
+``backfill``) and publishes them on the award topic; ``--revoke`` marks the non-qualifying ones
+revoked (never deleted) and publishes revocation records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from evaluators.engine import Engine
+from evaluators.registry import EvaluatorRegistry
+from evaluators.state import UserState
+from schemas.catalog import Catalog, load_catalog
+from schemas.errors import InvalidEventError
+from schemas.events import parse_event
+from schemas.records import AwardRecord
+from streams import database
+from streams.progress import Progress
+from streams.settings import Settings
+
+NATURAL_KEY = ("user_id", "badge_id", "tier", "occurrence")
+
+
+@dataclass
+class ReplayResult:
+    awards: dict[str, AwardRecord]
+    events: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    evaluator_errors: int = 0
+    users: int = 0
+    seconds: float = 0.0
+    states: dict[str, UserState] = field(default_factory=dict, repr=False)
+
+
+def evaluate_stream(engine: Engine, catalog: Catalog, messages: Iterable[bytes],
+                    states: dict[str, UserState] | None = None) -> ReplayResult:
+    """Run the engine over raw event values in order; the replay's core, shared with tests."""
+    states = {} if states is None else states
+    result = ReplayResult(awards={}, states=states)
+    for raw in messages:
+        result.events += 1
+        try:
+            event = parse_event(raw)
+            catalog.validate_event_data(event)
+        except InvalidEventError:
+            result.invalid += 1
+            continue
+        evaluation = engine.evaluate(states.get(event.user_id), event)
+        if evaluation.duplicate:
+            result.duplicates += 1
+            continue
+        states[event.user_id] = evaluation.state
+        result.evaluator_errors += len(evaluation.errors)
+        for award in evaluation.awards:
+            result.awards.setdefault(award.award_id, award)
+    result.users = len(states)
+    return result
+
+
+def capture_end_offsets(consumer: Consumer, topics: list[str]) -> list[tuple[TopicPartition, int, int]]:
+    """(partition, low, high) of every input partition, fixed when the replay starts."""
+    spans = []
+    metadata = consumer.list_topics(timeout=30)
+    for topic in topics:
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            raise InvalidEventError("unknown_topic", f"input topic {topic} does not exist")
+        for partition in sorted(metadata.topics[topic].partitions):
+            tp = TopicPartition(topic, partition)
+            low, high = consumer.get_watermark_offsets(tp, timeout=30)
+            spans.append((tp, low, high))
+    return spans
+
+
+def read_input(settings: Settings, show_progress: bool = True) -> Iterable[bytes]:
+    """Every input message value from the beginning up to the end offsets captured now."""
+    consumer = Consumer(settings.confluent_config(**{
+        "group.id": f"{settings.app_id}-replay-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "queued.max.messages.kbytes": 256 * 1024,
+    }))
+    try:
+        spans = capture_end_offsets(consumer, settings.input_topics)
+        total = sum(high - low for _, low, high in spans)
+        remaining = {(tp.topic, tp.partition): high for tp, low, high in spans if high > low}
+        consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp, low, high in spans
+                         if high > low])
+        progress = Progress(total, "replay") if show_progress else None
+        done = 0
+        while remaining:
+            for message in consumer.consume(5000, timeout=1.0):
+                if message.error() is not None:
+                    continue
+                key = (message.topic(), message.partition())
+                end = remaining.get(key)
+                if end is None or message.offset() >= end:
+                    continue  # written after the replay started: not part of this replay
+                done += 1
+                value = message.value()
+                yield value if value is not None else b""
+                if message.offset() >= end - 1:
+                    del remaining[key]
+            if progress is not None:
+                progress.update(done)
+        if progress is not None:
+            progress.update(total)
+    finally:
+        consumer.close()
+
+
+def replay(settings: Settings, catalog: Catalog, show_progress: bool = True) -> ReplayResult:
+    engine = Engine(catalog, EvaluatorRegistry.from_entry_points())
+    began = time.perf_counter()
+    result = evaluate_stream(engine, catalog, read_input(settings, show_progress))
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+@dataclass
+class ReplayDiff:
+    added: list[AwardRecord]
+    no_longer_qualifying: list[dict[str, Any]]
+    changed: list[tuple[dict[str, Any], AwardRecord]]
+    reinstatable: list[AwardRecord]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.no_longer_qualifying or self.changed or self.reinstatable)
+
+    def affected_users(self) -> list[str]:
+        users = {a.user_id for a in self.added} | {r["user_id"] for r in self.no_longer_qualifying}
+        users |= {a.user_id for _, a in self.changed} | {a.user_id for a in self.reinstatable}
+        return sorted(users)
+
+    def as_json(self) -> dict[str, Any]:
+        def row(record: AwardRecord) -> dict[str, Any]:
+            return record.model_dump(mode="json", include={"award_id", *NATURAL_KEY, "awarded_at", "event_id"})
+
+        return {
+            "added": [row(a) for a in self.added],
+            "no_longer_qualifying": [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()}
+                                     for r in self.no_longer_qualifying],
+            "changed": [{"award_id": a.award_id, "user_id": a.user_id, "badge_id": a.badge_id, "tier": a.tier,
+                         "database": {"awarded_at": r["awarded_at"].isoformat(), "event_id": r["event_id"]},
+                         "replay": {"awarded_at": a.awarded_at.isoformat(), "event_id": a.event_id}}
+                        for r, a in self.changed],
+            "revoked_but_qualifying": [row(a) for a in self.reinstatable],
+            "affected_users": self.affected_users(),
+        }
+
+
+def database_awards(engine: sa.Engine) -> dict[str, dict[str, Any]]:
+    table = database.user_badges
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(table.c.award_id, table.c.user_id, table.c.badge_id, table.c.tier,
+                                      table.c.occurrence, table.c.awarded_at, table.c.event_id,
+                                      table.c.revoked_at)).mappings().all()
+    out = {}
+    for row in rows:
+        record = dict(row)
+        record["tier"] = record["tier"] or None
+        out[record["award_id"]] = record
+    return out
+
+
+def diff(replayed: dict[str, AwardRecord], stored: dict[str, dict[str, Any]]) -> ReplayDiff:
+    added, changed, reinstatable = [], [], []
+    for award_id, award in sorted(replayed.items(), key=lambda kv: (kv[1].user_id, kv[1].badge_id, kv[0])):
+        row = stored.get(award_id)
+        if row is None:
+            added.append(award)
+        elif row["revoked_at"] is not None:
+            reinstatable.append(award)
+        elif row["awarded_at"] != award.awarded_at or row["event_id"] != award.event_id:
+            changed.append((row, award))
+    gone = [row for award_id, row in sorted(stored.items(), key=lambda kv: (kv[1]["user_id"], kv[1]["badge_id"]))
+            if award_id not in replayed and row["revoked_at"] is None]
+    return ReplayDiff(added=added, no_longer_qualifying=gone, changed=changed, reinstatable=reinstatable)
+
+
+def apply_diff(settings: Settings, db: sa.Engine, found: ReplayDiff, *, add: bool, revoke: bool) -> dict[str, int]:
+    """Write additions (backfill) and/or revocations to the database in one transaction, then
+    publish them on the award topic for downstream consumers."""
+    backfilled = [a.model_copy(update={"backfill": True}) for a in found.added] if add else []
+    revocations = []
+    if revoke:
+        for row in found.no_longer_qualifying:
+            revocations.append(AwardRecord(
+                award_id=row["award_id"], user_id=row["user_id"], badge_id=row["badge_id"], tier=row["tier"],
+                occurrence=row["occurrence"], awarded_at=row["awarded_at"], event_id=row["event_id"],
+                catalog_version="replay", kind="revocation"))
+    now = datetime.now(UTC)
+    with db.begin() as conn:
+        result = database.upsert_awards(conn, [*backfilled, *revocations], now=now)
+    producer = Producer(settings.confluent_config(**{"enable.idempotence": True, "partitioner": "murmur2_random"}))
+    for record in [*backfilled, *revocations]:
+        producer.produce(settings.awards_topic, key=record.user_id.encode(), value=record.model_dump_json().encode())
+        producer.poll(0)
+    producer.flush(60)
+    return {"added": result.awards_inserted, "revoked": result.revocations_applied}
+
+
+def render(found: ReplayDiff, result: ReplayResult, show: int) -> str:
+    lines = [
+        f"replayed {result.events} events ({result.invalid} invalid, {result.duplicates} duplicates) for "
+        f"{result.users} users in {result.seconds:.1f}s ({result.events / max(result.seconds, 1e-9):,.0f} events/s)",
+        f"awards recomputed: {len(result.awards)}",
+    ]
+    if found.empty:
+        lines.append("no difference: the database holds exactly the recomputed awards")
+        return "\n".join(lines)
+
+    def section(title: str, rows: list[str], per_badge: Counter[str]) -> None:
+        lines.append(f"{title}: {len(rows)}" + (f"  ({', '.join(f'{b}: {n}' for b, n in per_badge.most_common())})"
+                                                if per_badge else ""))
+        lines.extend(f"  {r}" for r in rows[:show])
+        if len(rows) > show:
+            lines.append(f"  ... and {len(rows) - show} more (--json for all)")
+
+    def label(badge: str, tier: str | None) -> str:
+        return f"{badge}/{tier}" if tier else badge
+
+    section("awards to add", [f"{a.user_id}  {label(a.badge_id, a.tier)}  at {a.awarded_at.isoformat()}  "
+                              f"(event {a.event_id})" for a in found.added],
+            Counter(label(a.badge_id, a.tier) for a in found.added))
+    section("awards that no longer qualify", [f"{r['user_id']}  {label(r['badge_id'], r['tier'])}  awarded "
+                                              f"{r['awarded_at'].isoformat()}" for r in found.no_longer_qualifying],
+            Counter(label(r["badge_id"], r["tier"]) for r in found.no_longer_qualifying))
+    section("awards whose deciding event or time changed",
+            [f"{a.user_id}  {label(a.badge_id, a.tier)}  {r['awarded_at'].isoformat()} -> "
+             f"{a.awarded_at.isoformat()}" for r, a in found.changed], Counter())
+    if found.reinstatable:
+        section("revoked awards that qualify again", [f"{a.user_id}  {label(a.badge_id, a.tier)}"
+                                                      for a in found.reinstatable], Counter())
+    lines.append(f"users affected: {len(found.affected_users())}")
+    return "\n".join(lines)
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.catalog:
+        overrides["catalog_path"] = Path(args.catalog)
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    settings = Settings(**overrides)
+    catalog = load_catalog(settings.catalog_path)
+    print(f"replaying {', '.join(settings.input_topics)} with catalog {catalog.catalog_version}", file=sys.stderr)
+    result = replay(settings, catalog, show_progress=not args.quiet)
+    db = database.make_engine(settings.database_url_value)
+    try:
+        database.upgrade(db)
+        found = diff(result.awards, database_awards(db))
+        if args.json:
+            print(json.dumps(found.as_json(), indent=2))
+        else:
+            print(render(found, result, args.show))
+        if args.apply or args.revoke:
+            applied = apply_diff(settings, db, found, add=args.apply, revoke=args.revoke)
+            print(f"applied: {applied['added']} awards added (backfill), {applied['revoked']} revoked",
+                  file=sys.stderr)
+        elif not found.empty:
+            print("nothing written: --apply adds the missing awards, --revoke revokes the others", file=sys.stderr)
+    finally:
+        db.dispose()
+    return 0

@@ -1,0 +1,235 @@
+"""The Faust application: input topics in, per-user state in a RocksDB table, awards/progress/DLQ out.
+
+Agents act, the engine decides: each message goes through :class:`streams.processor.EventProcessor`
+and the agent only stores the new state and produces what the outcome says. Delivery is
+at-least-once (Faust flushes the producer before it commits input offsets) made safe by idempotency:
+deterministic award ids, event-id dedupe in the state, and the per-user outbox that re-publishes a
+duplicate event's awards. One agent instance per partition (no ``concurrency > 1``: faust #606).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+
+from evaluators.engine import Engine
+from evaluators.registry import EvaluatorRegistry
+from schemas.catalog import Catalog, load_catalog
+from schemas.errors import InvalidEventError
+from schemas.events import EventEnvelope
+from streams.metrics import WorkerMetrics
+from streams.processor import EventProcessor, StoredUser, dead_letter
+from streams.settings import Settings
+from streams.topics import ensure_topics, partition_for, repartition_topic_name, required_topics
+
+log = logging.getLogger("badgestream.worker")
+
+STATE_TABLE = "user-state"
+
+
+def _broker_urls(settings: Settings) -> list[str]:
+    return [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",") if server.strip()]
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """Faust/aiokafka credentials from the same settings the confluent clients use."""
+    import ssl
+
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        context = ssl.create_default_context(cafile=cafile)
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(str(settings.kafka_ssl_certfile),
+                                    str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+    if protocol == "SSL":
+        return SSLCredentials(context)
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+    return SASLCredentials(
+        username=settings.kafka_sasl_username, password=password,
+        mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=context,
+    )
+
+
+def build_engine(catalog: Catalog) -> Engine:
+    return Engine(catalog, EvaluatorRegistry.from_entry_points())
+
+
+def create_app(settings: Settings, catalog: Catalog | None = None, *,
+               input_partitions: dict[str, int] | None = None) -> faust.App:
+    """Build the worker app. ``input_partitions``: partition count of each input topic (from
+    :func:`ensure_topics`); topics whose count differs from ``topic_partitions`` are only re-keyed,
+    never evaluated in place, so every user's state lives in exactly one table partition."""
+    catalog = catalog if catalog is not None else load_catalog(settings.catalog_path)
+    engine = build_engine(catalog)
+    processor = EventProcessor(catalog, engine)
+    partitions = settings.topic_partitions
+    input_partitions = input_partitions or {t: partitions for t in settings.input_topics}
+
+    app = faust.App(
+        settings.app_id,
+        broker=_broker_urls(settings),
+        broker_credentials=broker_credentials(settings),
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        topic_partitions=partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        topic_allow_declare=True,
+        web_enabled=True,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        table_standby_replicas=0,
+        broker_commit_livelock_soft_timeout=600.0,
+        stream_wait_empty=True,
+        # Faust's 60 s default keeps a crashed worker's partitions idle for a minute.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 5),
+    )
+    metrics = WorkerMetrics(known_types=catalog.event_types())
+    app.badgestream_metrics = metrics  # type: ignore[attr-defined]
+    app.badgestream_catalog = catalog  # type: ignore[attr-defined]
+
+    aligned = [t for t in settings.input_topics if input_partitions.get(t, partitions) == partitions]
+    misaligned = [t for t in settings.input_topics if t not in aligned]
+    by_user = app.topic(repartition_topic_name(settings), partitions=partitions, internal=True,
+                        key_serializer="raw", value_serializer="raw")
+    evaluated = app.topic(*aligned, by_user.get_topic_name(), key_serializer="raw", value_serializer="raw",
+                          partitions=partitions)
+    awards = app.topic(settings.awards_topic, key_serializer="raw", value_serializer="raw")
+    progress = app.topic(settings.progress_topic, key_serializer="raw", value_serializer="raw")
+    dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+    # bytes key and value types select Faust's "raw" serializers: the state is our own encoding.
+    table = app.Table(STATE_TABLE, partitions=partitions, default=None, key_type=bytes, value_type=bytes)
+    repartition_name = by_user.get_topic_name()
+
+    def reject(message: Any, error: InvalidEventError) -> None:
+        metrics.dead_letter(error.code)
+        dlq.send_soon(key=message.key, force=True, value=dead_letter(
+            message.key, message.value, message.topic, message.partition, message.offset, error,
+            failed_at=datetime.now(UTC)))
+
+    def decode(message: Any) -> EventEnvelope | None:
+        try:
+            return processor.decode(message.value)
+        except InvalidEventError as exc:
+            reject(message, exc)
+        except Exception as exc:  # a parser bug must not lose the message either
+            log.exception("unexpected failure decoding %s[%s]@%s", message.topic, message.partition, message.offset)
+            reject(message, InvalidEventError("unexpected_error", f"{type(exc).__name__}: {exc}"))
+        return None
+
+    @app.agent(evaluated, name="evaluate")
+    async def evaluate(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            began = time.perf_counter()
+            envelope = decode(message)
+            if envelope is None:
+                metrics.observe("_invalid", "dead_letter", time.perf_counter() - began)
+                continue
+            user_key = envelope.user_id.encode("utf-8")
+            if message.topic != repartition_name and (
+                message.key != user_key or partition_for(user_key, partitions) != message.partition
+            ):
+                # Keyed by something else, or placed by another partitioner: re-key so that this
+                # user's events all meet the one table partition holding their state.
+                by_user.send_soon(key=user_key, value=message.value, force=True)
+                metrics.observe(envelope.type, "forwarded", time.perf_counter() - began)
+                continue
+            try:
+                outcome = processor.evaluate(envelope, table.get(user_key))
+            except Exception as exc:  # an engine or state bug: keep the event (DLQ) and go on
+                log.exception("evaluating event %s of %s failed", envelope.event_id, envelope.user_id)
+                reject(message, InvalidEventError("processing_error", f"{type(exc).__name__}: {exc}"))
+                metrics.observe(envelope.type, "dead_letter", time.perf_counter() - began)
+                continue
+            if outcome.new_state is not None:
+                table[user_key] = outcome.new_state
+            for value in outcome.awards:
+                awards.send_soon(key=user_key, value=value, force=True)
+            for value in outcome.progress:
+                progress.send_soon(key=user_key, value=value, force=True)
+            if outcome.evaluation is not None:
+                for failure in outcome.evaluation.errors:
+                    metrics.evaluator_error(failure.badge_id, failure.kind)
+                    log.warning("badge %s on event %s: %s: %s", failure.badge_id, envelope.event_id,
+                                failure.kind, failure.message)
+            for record in outcome.award_records:
+                metrics.award(record.badge_id)
+                log.info("award %s%s to %s (event %s)", record.badge_id, f"/{record.tier}" if record.tier else "",
+                         record.user_id, record.event_id)
+            metrics.observe(envelope.type, outcome.status, time.perf_counter() - began)
+
+    if misaligned:
+        rekeyed = app.topic(*misaligned, key_serializer="raw", value_serializer="raw")
+
+        @app.agent(rekeyed, name="rekey")
+        async def rekey(stream: faust.StreamT[bytes]) -> None:
+            """Input topics whose partitioning differs from the state table: only re-key by user_id."""
+            async for event in stream.events():
+                envelope = decode(event.message)
+                if envelope is not None:
+                    by_user.send_soon(key=envelope.user_id.encode("utf-8"), value=event.message.value, force=True)
+
+    @app.timer(5.0)
+    async def report_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            committed = consumer._committed_offset.get(tp)  # faust keeps no public accessor
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:
+                continue
+            if highwater is not None:
+                metrics.lag(tp.topic, tp.partition, max(0, highwater - (committed or 0)))
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            body, content_type = metrics.exposition()
+            return self.bytes(body, content_type=content_type)
+
+    @app.page("/users/{user_id}/state")
+    class UserStateView(View):
+        @app.table_route(table=table, match_info="user_id")
+        async def get(self, request: Request, user_id: str) -> Response:
+            stored = table.get(user_id.encode("utf-8"))
+            if stored is None:
+                return self.json({"user_id": user_id, "state": None}, status=404)
+            user = StoredUser.from_bytes(stored)
+            state = user.state
+            return self.json({"user_id": user_id, "catalog_fingerprint": state.catalog_fp,
+                              "badges": {bid: badge.to_json() for bid, badge in sorted(state.badges.items())},
+                              "outbox_events": [event_id for event_id, _ in user.outbox]})
+
+    return app
+
+
+def worker_command(args: Any) -> int:
+    """``badgestream worker``: validate the catalog, create topics, run the Faust worker until stopped."""
+    from faust.worker import Worker
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "catalog", None):
+        overrides["catalog_path"] = args.catalog
+    settings = Settings(**overrides)
+    catalog = load_catalog(settings.catalog_path)  # refuses start-up on a bad catalog, naming the line
+    log.info("catalog %s: %d badges", catalog.catalog_version, len(catalog.badges))
+    counts = ensure_topics(settings, required_topics(settings))
+    app = create_app(settings, catalog, input_partitions={t: counts[t] for t in settings.input_topics})
+    worker = Worker(app, loglevel=getattr(args, "loglevel", "info"), redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0

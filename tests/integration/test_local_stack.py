@@ -1,0 +1,63 @@
+"""``make run``'s path end to end: ``badgestream up`` starts its own broker, worker and sink, streams
+the demo events, shows the awards, and on Ctrl-C stops everything it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.kafka.broker import _pid_alive, free_port
+from tests.integration import harness
+
+pytestmark = pytest.mark.kafka
+
+
+def test_up_shows_awards_and_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS", "BADGESTREAM_DATABASE_URL")}
+    env.update(PYTHONPATH=str(harness.REPO), BADGESTREAM_WEB_PORT=str(free_port()),
+               BADGESTREAM_LOCAL_KAFKA_PORT=str(free_port()))
+    state = tmp_path / "state"
+    log_path = tmp_path / "up.log"
+    with log_path.open("wb") as log:
+        up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up", "--state-dir", str(state)], env=env,
+                              cwd=harness.REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        harness.wait_until(lambda: "press Ctrl-C" in log_path.read_text() or up.poll() is not None,
+                           timeout=400, what="the stack to show its results")
+        output = log_path.read_text()
+        assert up.poll() is None, output[-4000:]
+        expected = len(harness.offline_awards(harness.DEMO_EVENTS))
+        assert f"awards in the database: {expected}/{expected}" in output
+        assert "Leaderboard" in output
+        os.killpg(up.pid, signal.SIGINT)
+        assert up.wait(timeout=120) == 0, log_path.read_text()[-4000:]
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+    output = log_path.read_text()
+    pids = [int(p) for p in re.findall(r"(?:worker|sink) started \(pid (\d+)", output)]
+    broker_pid = re.search(r"starting broker pid (\d+)", output)
+    assert len(pids) == 2 and broker_pid, output[-3000:]
+    pids.append(int(broker_pid.group(1)))
+    time.sleep(0.5)
+    assert [p for p in pids if _pid_alive(p)] == [], "a process of the stack is still running"
+    assert "[kafka] stopped" in output
+
+    # The awards are in the SQLite default database, readable with `badgestream user`.
+    top = re.search(r"^1\s+(\S+)\s+(\d+)$", output, re.MULTILINE)
+    assert top, output[-3000:]
+    report = subprocess.run([sys.executable, "-m", "streams.cli", "user", top.group(1), "--json"],
+                            env={**env, "BADGESTREAM_DATABASE_URL": f"sqlite:///{state / 'badgestream.db'}"},
+                            cwd=harness.REPO, capture_output=True, text=True, check=True)
+    badges = json.loads(report.stdout)["badges"]
+    assert len(badges) == int(top.group(2))
