@@ -99,11 +99,10 @@ class StackConfig:
             "BADGESTREAM_CATALOG_PATH": str(self.catalog),
             "BADGESTREAM_DATA_DIR": str(self.data_dir / "worker"),
             "BADGESTREAM_WEB_PORT": str(free_port()),
+            **({"BADGESTREAM_DATABASE_URL": self.database_url} if self.database_url else {}),
             **self.extra_env,
             **overrides,
         }
-        if self.database_url:
-            env["BADGESTREAM_DATABASE_URL"] = self.database_url
         return env
 
 

@@ -129,9 +129,13 @@ def test_a_rule_change_lists_exactly_the_awards_that_no_longer_qualify_and_revok
 ) -> None:
     catalog_path = changed_catalog(tmp_path, "rule: {tiers: {bronze: 5, silver: 15, gold: 30}}",
                                    "rule: {tiers: {bronze: 8, silver: 20, gold: 30}}", "catalog-harder.yaml")
-    before = {a["award_id"] for a in harness.offline_awards(harness.DEMO_EVENTS)}
-    after = {a["award_id"] for a in harness.offline_awards(harness.DEMO_EVENTS, catalog_path)}
+    old = {a["award_id"]: a for a in harness.offline_awards(harness.DEMO_EVENTS)}
+    new = {a["award_id"]: a for a in harness.offline_awards(harness.DEMO_EVENTS, catalog_path)}
+    before, after = set(old), set(new)
     assert before - after, "the harder rule should take some awards away"
+    # Bronze stays for users with 8+ quizzes, but is now decided by their 8th quiz, not their 5th.
+    moved = {i for i in before & after if old[i]["event_id"] != new[i]["event_id"]}
+    assert moved
 
     copy = tmp_path / "awards.db"
     live_db = live.database_url or ""
@@ -143,8 +147,9 @@ def test_a_rule_change_lists_exactly_the_awards_that_no_longer_qualify_and_revok
     report = json.loads(shown.stdout)
     assert {r["award_id"] for r in report["no_longer_qualifying"]} == before - after
     assert {r["award_id"] for r in report["added"]} == after - before
+    assert {r["award_id"] for r in report["changed"]} == moved
     assert sorted(report["affected_users"]) == sorted(
-        {r["user_id"] for r in report["no_longer_qualifying"]} | {r["user_id"] for r in report["added"]}
+        {old[i]["user_id"] for i in (before - after) | moved} | {new[i]["user_id"] for i in after - before}
     )
 
     revoked = subprocess.run([*command, "--revoke"], env=env, cwd=harness.REPO, capture_output=True, text=True,
