@@ -49,4 +49,6 @@ class WorkerMetrics:
         self.consumer_lag.labels(topic, str(partition)).set(value)
 
     def exposition(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        # aiohttp takes the charset apart from the content type; the text format is UTF-8 anyway.
+        content_type = "; ".join(p.strip() for p in CONTENT_TYPE_LATEST.split(";") if "charset" not in p)
+        return generate_latest(self.registry), content_type

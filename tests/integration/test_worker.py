@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import urllib.request
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,6 +35,11 @@ badges:
     on: [quiz_completed]
     rule: {count: 5}
 """
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
 
 
 def quiz(event_id: str, user: str, day: int = 1, score: int = 7) -> bytes:
@@ -107,6 +114,9 @@ def test_bad_input_is_dead_lettered_while_good_events_around_it_are_processed(st
         dead = harness.consume(stack.bootstrap, stack.dlq_topic, expected=len(bad), timeout=120, watch=worker)
         awards = harness.consume(stack.bootstrap, stack.awards_topic, expected=2, timeout=60, watch=worker)
         assert worker.alive(), worker.log()[-3000:]
+        port = worker.env["BADGESTREAM_WEB_PORT"]
+        metrics = http_get(f"http://127.0.0.1:{port}/metrics")
+        state = json.loads(http_get(f"http://127.0.0.1:{port}/users/u-2/state"))
     finally:
         worker.stop()
         _cleanup(stack)
@@ -122,6 +132,15 @@ def test_bad_input_is_dead_lettered_while_good_events_around_it_are_processed(st
     # g2 was keyed "u-1" on purpose: the worker re-keyed it by user_id and still awarded u-2.
     got = sorted((r["user_id"], r["badge_id"]) for r in awards_from(awards))
     assert got == [("u-1", "first_quiz"), ("u-2", "first_quiz")]
+
+    # Observability: the counters saw all of it, and the state view answers for the key.
+    counts = Counter(re.findall(r'^badgestream_dead_letters_total\{reason="(\w+)"\} (\d+)', metrics, re.MULTILINE))
+    dead_by_code = {code: int(float(n)) for code, n in counts}
+    assert dead_by_code == dict(Counter(code for _, code in bad))
+    assert 'badgestream_awards_total{badge="first_quiz"} 2.0' in metrics
+    assert "badgestream_processing_seconds_bucket" in metrics
+    assert state["user_id"] == "u-2"
+    assert "first_quiz" in state["badges"]
 
 
 def test_kill9_and_restart_recovers_state_and_awards_nothing_twice(stack: StackConfig) -> None:
