@@ -104,9 +104,14 @@ class Engine:
             candidates.extend(self._reconcile(badges, before, errors))
 
         facts = EventFacts(event)
-        stored = badges.get
+        # Hot path: read decoded badges straight from the stored map (one C-level dict.get);
+        # only after a reconciliation can a listener's state already sit in this event's changes.
+        stored = badges.get if before else state.badges.decoded.get
+        undecoded = state.badges.undecoded
         for rule in listeners:
             current = stored(rule.id)
+            if current is None and undecoded and rule.id in undecoded:
+                current = state.badges.get(rule.id)
             if current is not None and rule.complete(current):
                 continue
             if rule.has_window and not rule.in_window(facts):
@@ -133,7 +138,7 @@ class Engine:
 
         awards = self._grant(badges, before, candidates, event) if candidates else ()
         progress = self._progress(badges, before, event) if before else ()
-        new_state = UserState(event.user_id, state.badges.with_changes(badges.changes),
+        new_state = UserState(event.user_id, state.badges.with_changes(badges),
                               UserState.remember(state.recent, digest), self.fingerprint)
         return Evaluation(state=new_state, awards=awards, progress=progress, errors=tuple(errors))
 
@@ -294,10 +299,6 @@ class _Overlay(dict[str, BadgeState]):
     def get(self, badge_id: str, default: Any = None) -> Any:
         state = dict.get(self, badge_id)
         return state if state is not None else self.base.get(badge_id, default)
-
-    @property
-    def changes(self) -> dict[str, BadgeState]:
-        return dict(self)
 
 
 def _held(badges: Mapping[str, BadgeState], badge_id: str) -> bool:

@@ -214,6 +214,16 @@ class BadgeMap(Mapping[str, BadgeState]):
             raise KeyError(badge_id)
         return state
 
+    @property
+    def decoded(self) -> Mapping[str, BadgeState]:
+        """The entries decoded so far (the engine's fast path; :meth:`get` covers the rest)."""
+        return self._decoded
+
+    @property
+    def undecoded(self) -> Mapping[str, Any]:
+        """Stored entries, some perhaps not decoded yet (those also in :attr:`decoded` are stale)."""
+        return self._raw
+
     def __contains__(self, badge_id: object) -> bool:
         return badge_id in self._decoded or badge_id in self._raw
 
