@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--output", default=None, help="write JSON lines to this file instead of sending")
     simulate.set_defaults(func=_lazy("streams.simulate:simulate_command"))
 
+    schema = sub.add_parser("schema", help="JSON Schemas of every wire model, for upstream teams")
+    schema.add_argument("action", choices=["export"])
+    schema.add_argument("directory", help="where to write the *.schema.json files")
+    schema.set_defaults(func=_lazy("streams.producer:schema_command"))
+
     up = sub.add_parser("up", help="the whole stack locally: broker, worker, sink, demo events, awards shown")
     up.add_argument("--catalog", default=None, help="catalog YAML (default: the demo catalog)")
     up.add_argument("--events", default=None, help="JSON-lines events to stream (default: the demo events)")

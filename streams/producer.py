@@ -228,3 +228,12 @@ def emit_command(args: Any) -> int:
         events.flush()
         print(envelope.model_dump_json())
     return 0
+
+
+def schema_command(args: Any) -> int:
+    """``badgestream schema export DIR``: the JSON Schemas upstream teams validate against, in any language."""
+    from schemas.export import export_json_schemas
+
+    for path in export_json_schemas(args.directory):
+        print(path)
+    return 0
