@@ -85,8 +85,12 @@ class Engine:
 
     # --- the one entry point ---------------------------------------------------------------------
 
-    def evaluate(self, state: UserState | None, event: EventEnvelope) -> Evaluation:
-        """Evaluate one event for its user; never raises for a valid envelope (failures go to ``errors``)."""
+    def evaluate(self, state: UserState | None, event: EventEnvelope, *, with_progress: bool = True) -> Evaluation:
+        """Evaluate one event for its user; never raises for a valid envelope (failures go to ``errors``).
+
+        ``with_progress=False`` skips building progress records (replay only needs awards and state);
+        state and awards are the same either way.
+        """
         if state is None:
             state = UserState.empty(event.user_id)
         listeners = self._by_type.get(event.type)
@@ -137,7 +141,7 @@ class Engine:
                 candidates.append(rule)
 
         awards = self._grant(badges, before, candidates, event) if candidates else ()
-        progress = self._progress(badges, before, event) if before else ()
+        progress = self._progress(badges, before, event) if before and with_progress else ()
         new_state = UserState(event.user_id, state.badges.with_changes(badges),
                               UserState.remember(state.recent, digest), self.fingerprint)
         return Evaluation(state=new_state, awards=awards, progress=progress, errors=tuple(errors))

@@ -69,7 +69,7 @@ def evaluate_stream(engine: Engine, catalog: Catalog, messages: Iterable[bytes],
         except InvalidEventError:
             result.invalid += 1
             continue
-        evaluation = engine.evaluate(states.get(event.user_id), event)
+        evaluation = engine.evaluate(states.get(event.user_id), event, with_progress=False)
         if evaluation.duplicate:
             result.duplicates += 1
             continue

@@ -91,6 +91,10 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         web_host=settings.web_host,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Batch what the worker produces (state changelog, awards, progress): without linger each
+        # record went out in a produce request of its own.
+        producer_linger=0.005,
+        producer_max_batch_size=262_144,
         table_standby_replicas=0,
         broker_commit_livelock_soft_timeout=600.0,
         stream_wait_empty=True,
@@ -218,10 +222,22 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     return app
 
 
-def worker_command(args: Any) -> int:
-    """``badgestream worker``: validate the catalog, create topics, run the Faust worker until stopped."""
+def _quiet_worker_class() -> Any:
     from faust.worker import Worker
 
+    class ServiceWorker(Worker):
+        """Faust's worker without the terminal spinner: to spin on every log record, the spinner
+        sets the root logger to DEBUG at levels >= WARN, which makes aiokafka build a debug record for
+        every message it sends and costs a large share of the worker's time."""
+
+        def _setup_spinner_handler(self, logger: Any, level: int) -> None:
+            self.spinner = None
+
+    return ServiceWorker
+
+
+def worker_command(args: Any) -> int:
+    """``badgestream worker``: validate the catalog, create topics, run the Faust worker until stopped."""
     overrides: dict[str, Any] = {}
     if getattr(args, "catalog", None):
         overrides["catalog_path"] = args.catalog
@@ -230,6 +246,6 @@ def worker_command(args: Any) -> int:
     log.info("catalog %s: %d badges", catalog.catalog_version, len(catalog.badges))
     counts = ensure_topics(settings, required_topics(settings))
     app = create_app(settings, catalog, input_partitions={t: counts[t] for t in settings.input_topics})
-    worker = Worker(app, loglevel=getattr(args, "loglevel", "info"), redirect_stdouts=False)
+    worker = _quiet_worker_class()(app, loglevel=getattr(args, "loglevel", "info"), redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0

@@ -16,6 +16,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -99,6 +100,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=2000.0, help="events/s of the latency phase")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the latency phase")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--py-spy", default=None, metavar="FILE",
+                        help="record the worker with py-spy (collapsed stacks) into FILE")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-worker-"))
@@ -138,8 +141,11 @@ def main() -> int:
            "BADGESTREAM_APP_ID": settings.app_id, "BADGESTREAM_WEB_PORT": str(web_port),
            "BADGESTREAM_DATA_DIR": str(workdir / "worker")}
     log = (workdir / "worker.log").open("wb")
-    worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"], env=env, cwd=REPO,
-                              stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-m", "streams.cli", "worker", "-l", "warn"]
+    if args.py_spy:
+        command = [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "50", "-o",
+                   str(Path(args.py_spy).resolve()), "--", *command]
+    worker = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         # Warm up: one event through, so partitions are assigned and tables recovered.
         warm = orjson.dumps({"event_id": "warm-1", "type": "user_logged_in", "user_id": "warm",
@@ -214,7 +220,7 @@ def main() -> int:
         else:
             print("latency: no awards received", flush=True)
     finally:
-        worker.terminate()
+        worker.send_signal(signal.SIGINT if args.py_spy else signal.SIGTERM)
         try:
             worker.wait(60)
         except subprocess.TimeoutExpired:

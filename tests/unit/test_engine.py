@@ -293,3 +293,26 @@ def test_engine_refuses_unknown_evaluator_and_checks_catalog() -> None:
 def test_hidden_badges_are_awarded_like_any_other() -> None:
     eng = engine("badges:\n  - {id: secret, hidden: true, on: [quiz], rule: {count: 1}}\n")
     assert award_keys([eng.evaluate(None, event("quiz"))]) == {("secret", None, 1)}
+
+
+def test_without_progress_records_state_and_awards_are_the_same() -> None:
+    from pathlib import Path
+
+    from schemas.catalog import load_catalog
+    from schemas.events import parse_event
+
+    root = Path(__file__).resolve().parents[2]
+    demo = Engine(load_catalog(root / "deploy" / "demo" / "catalog.yaml"))
+    with_progress: dict[str, UserState] = {}
+    without: dict[str, UserState] = {}
+    progress_seen = 0
+    for line in (root / "deploy" / "demo" / "events.jsonl").read_bytes().splitlines():
+        envelope = parse_event(line)
+        full = demo.evaluate(with_progress.get(envelope.user_id), envelope)
+        lean = demo.evaluate(without.get(envelope.user_id), envelope, with_progress=False)
+        assert lean.awards == full.awards
+        assert lean.progress == ()
+        assert lean.state.to_bytes() == full.state.to_bytes()
+        progress_seen += len(full.progress)
+        with_progress[envelope.user_id], without[envelope.user_id] = full.state, lean.state
+    assert progress_seen > 0
