@@ -143,8 +143,9 @@ def main() -> int:
     log = (workdir / "worker.log").open("wb")
     command = [sys.executable, "-m", "streams.cli", "worker", "-l", "warn"]
     if args.py_spy:
-        command = [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "50", "-o",
-                   str(Path(args.py_spy).resolve()), "--", *command]
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        command = [py_spy, "record", "--format", "raw", "--rate", "50", "-o", str(Path(args.py_spy).resolve()),
+                   "--", *command]
     worker = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         # Warm up: one event through, so partitions are assigned and tables recovered.
