@@ -9,6 +9,7 @@ duplicate event's awards. One agent instance per partition (no ``concurrency > 1
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from schemas.catalog import Catalog, load_catalog
 from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope
 from streams.metrics import WorkerMetrics
+from streams.output import OutputProducer
 from streams.processor import EventProcessor, StoredUser, dead_letter
 from streams.settings import Settings
 from streams.topics import ensure_topics, partition_for, repartition_topic_name, required_topics
@@ -112,16 +114,16 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
                         key_serializer="raw", value_serializer="raw")
     evaluated = app.topic(*aligned, by_user.get_topic_name(), key_serializer="raw", value_serializer="raw",
                           partitions=partitions)
-    awards = app.topic(settings.awards_topic, key_serializer="raw", value_serializer="raw")
-    progress = app.topic(settings.progress_topic, key_serializer="raw", value_serializer="raw")
-    dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+    output = OutputProducer(settings)
+    output_ready = asyncio.Event()
+    awards_topic, progress_topic, dlq_topic = settings.awards_topic, settings.progress_topic, settings.dlq_topic
     # bytes key and value types select Faust's "raw" serializers: the state is our own encoding.
     table = app.Table(STATE_TABLE, partitions=partitions, default=None, key_type=bytes, value_type=bytes)
     repartition_name = by_user.get_topic_name()
 
     def reject(message: Any, error: InvalidEventError) -> None:
         metrics.dead_letter(error.code)
-        dlq.send_soon(key=message.key, force=True, value=dead_letter(
+        output.send(dlq_topic, message.key, dead_letter(
             message.key, message.value, message.topic, message.partition, message.offset, error,
             failed_at=datetime.now(UTC)))
 
@@ -135,8 +137,14 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             reject(message, InvalidEventError("unexpected_error", f"{type(exc).__name__}: {exc}"))
         return None
 
+    @app.task
+    async def chain_output_flush() -> None:
+        output.chain_into(app.producer)
+        output_ready.set()
+
     @app.agent(evaluated, name="evaluate")
     async def evaluate(stream: faust.StreamT[bytes]) -> None:
+        await output_ready.wait()  # nothing is produced before commits flush the output producer
         async for event in stream.events():
             message = event.message
             began = time.perf_counter()
@@ -150,7 +158,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             ):
                 # Keyed by something else, or placed by another partitioner: re-key so that this
                 # user's events all meet the one table partition holding their state.
-                by_user.send_soon(key=user_key, value=message.value, force=True)
+                output.send(repartition_name, user_key, message.value)
                 metrics.observe(envelope.type, "forwarded", time.perf_counter() - began)
                 continue
             try:
@@ -163,9 +171,10 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             if outcome.new_state is not None:
                 table[user_key] = outcome.new_state
             for value in outcome.awards:
-                awards.send_soon(key=user_key, value=value, force=True)
+                output.send(awards_topic, user_key, value)
             for value in outcome.progress:
-                progress.send_soon(key=user_key, value=value, force=True)
+                output.send(progress_topic, user_key, value)
+            output.poll()
             if outcome.evaluation is not None:
                 for failure in outcome.evaluation.errors:
                     metrics.evaluator_error(failure.badge_id, failure.kind)
@@ -183,10 +192,11 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         @app.agent(rekeyed, name="rekey")
         async def rekey(stream: faust.StreamT[bytes]) -> None:
             """Input topics whose partitioning differs from the state table: only re-key by user_id."""
+            await output_ready.wait()
             async for event in stream.events():
                 envelope = decode(event.message)
                 if envelope is not None:
-                    by_user.send_soon(key=envelope.user_id.encode("utf-8"), value=event.message.value, force=True)
+                    output.send(repartition_name, envelope.user_id.encode("utf-8"), event.message.value)
 
     @app.timer(5.0)
     async def report_lag() -> None:

@@ -1,0 +1,75 @@
+"""The worker's producer for awards, progress, dead letters and re-keyed events.
+
+librdkafka (confluent-kafka) sends these instead of Faust's Python producer: per record it costs a
+few microseconds instead of the tens that made output the larger half of the worker's time.
+At-least-once stays intact because :meth:`OutputProducer.flush` is chained into Faust's producer
+flush, which Faust awaits before every offset commit: no input offset is committed before the
+records its processing produced are acknowledged by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from schemas.errors import BadgestreamError
+from streams.settings import Settings
+
+log = logging.getLogger("badgestream.output")
+
+
+class OutputDeliveryError(BadgestreamError):
+    """The broker refused records the worker produced; the input offsets are not committed."""
+
+
+class OutputProducer:
+    def __init__(self, settings: Settings) -> None:
+        self._producer = Producer(settings.confluent_config(**{
+            "enable.idempotence": True,  # keeps per-partition order through retries
+            "acks": "all",
+            "linger.ms": 2,
+            "partitioner": "murmur2_random",  # the Java client's, as Faust uses for the state table
+            "client.id": f"{settings.app_id}-output",
+        }))
+        self._failures: list[str] = []
+        self.sent = 0
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}: {err}")
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, on_delivery=self._on_delivery)
+                break
+            except BufferError:  # librdkafka's queue is full: let it drain
+                self._producer.poll(0.05)
+        self.sent += 1
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def flush_blocking(self, timeout: float = 60.0) -> None:
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise OutputDeliveryError(f"{remaining} output records not acknowledged after {timeout:.0f}s")
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise OutputDeliveryError(f"{len(failures)} output records failed: " + "; ".join(failures[:5]))
+
+    async def flush(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.flush_blocking)
+
+    def chain_into(self, faust_producer: Any) -> None:
+        """Make Faust's producer flush (awaited before each offset commit) flush this producer too."""
+        original = faust_producer.flush
+
+        async def flush() -> None:
+            await original()
+            await self.flush()
+
+        faust_producer.flush = flush
