@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,21 +83,15 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    from deploy.kafka.broker import LocalBroker, free_port
+    from deploy.kafka.broker import throwaway_broker
     from schemas.errors import ConfigurationError
 
-    data_dir = Path(tempfile.mkdtemp(prefix="badgestream-kafka-"))
-    broker = LocalBroker(data_dir=data_dir, port=free_port())
-    try:
-        broker.start()
-    except ConfigurationError as exc:
-        shutil.rmtree(data_dir, ignore_errors=True)
-        unavailable(f"the local Kafka broker ({exc})")
-    try:
-        yield broker.bootstrap
-    finally:
-        broker.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            bootstrap = stack.enter_context(throwaway_broker())
+        except ConfigurationError as exc:
+            unavailable(f"the local Kafka broker ({exc})")
+        yield bootstrap
 
 
 @pytest.fixture
@@ -141,22 +133,15 @@ def postgres_server_url() -> Iterator[str]:
     if configured:
         yield configured
         return
-    from deploy.kafka.broker import free_port
-    from deploy.postgres.server import LocalPostgres
+    from deploy.postgres.server import throwaway_postgres
     from schemas.errors import ConfigurationError
 
-    data_dir = Path(tempfile.mkdtemp(prefix="badgestream-pg-"))
-    server = LocalPostgres(data_dir=data_dir, port=free_port())
-    try:
-        server.start()
-    except ConfigurationError as exc:
-        shutil.rmtree(data_dir, ignore_errors=True)
-        unavailable(f"PostgreSQL ({exc})")
-    try:
-        yield server.url()
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(throwaway_postgres())
+        except ConfigurationError as exc:
+            unavailable(f"PostgreSQL ({exc})")
+        yield url
 
 
 def _fresh_postgres_database(server_url: str) -> Iterator[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
 import shutil
 import sys
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench.worker.run import produce  # noqa: E402
-from deploy.kafka.broker import LocalBroker, free_port  # noqa: E402
+from deploy.kafka.broker import configured_or_throwaway_broker  # noqa: E402
 from schemas.catalog import load_catalog  # noqa: E402
 from streams.replay import read_input, replay  # noqa: E402
 from streams.settings import DEMO_CATALOG, Settings  # noqa: E402
@@ -43,13 +42,12 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="print the top of a cProfile of the replay")
     args = parser.parse_args()
 
+    with configured_or_throwaway_broker("bench-replay-kafka-") as bootstrap:
+        return run(args, bootstrap)
+
+
+def run(args: argparse.Namespace, bootstrap: str) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-replay-"))
-    broker = None
-    bootstrap = os.environ.get("BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = LocalBroker(data_dir=workdir / "kafka", port=free_port())
-        broker.start()
-        bootstrap = broker.bootstrap
     try:
         topic = f"bench-replay-{uuid.uuid4().hex[:8]}"
         settings = Settings(kafka_bootstrap_servers=bootstrap, input_topics=[topic], app_id="bench-replay")
@@ -86,8 +84,6 @@ def main() -> int:
         if profiler:
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
     finally:
-        if broker is not None:
-            broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -35,6 +35,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from deploy.kafka.broker import configured_or_throwaway_broker  # noqa: E402
+from deploy.postgres.server import throwaway_postgres  # noqa: E402
 from schemas.records import make_award_id  # noqa: E402
 from streams import database  # noqa: E402
 from streams.award_sink import AwardSink  # noqa: E402
@@ -49,40 +51,8 @@ def say(message: str) -> None:
     print(f"[bench.sink] {message}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def broker() -> Iterator[str]:
-    configured = os.environ.get("BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        yield configured
-        return
-    from deploy.kafka.broker import LocalBroker, free_port
-
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-sink-kafka-"))
-    local = LocalBroker(data_dir=data_dir, port=free_port())
-    local.start()
-    try:
-        yield local.bootstrap
-    finally:
-        local.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def postgres_server(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    from deploy.kafka.broker import free_port
-    from deploy.postgres.server import LocalPostgres
-
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-sink-pg-"))
-    server = LocalPostgres(data_dir=data_dir, port=free_port())
-    server.start()
-    try:
-        yield server.url()
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+def postgres_server(url: str | None) -> contextlib.AbstractContextManager[str]:
+    return contextlib.nullcontext(url) if url else throwaway_postgres("bench-sink-pg-")
 
 
 @contextlib.contextmanager
@@ -181,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     wanted = [name.strip() for name in args.databases.split(",") if name.strip()]
     results: dict[str, dict[str, float]] = {}
-    with broker() as bootstrap:
+    with configured_or_throwaway_broker("bench-sink-kafka-") as bootstrap:
         topic = f"bench-awards-{uuid.uuid4().hex[:8]}"
         seconds = fill_topic(bootstrap, topic, args.awards, args.users, args.partitions)
         say(f"filled {topic} with {args.awards} awards in {seconds:.1f}s")

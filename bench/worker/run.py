@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, Producer
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from deploy.kafka.broker import LocalBroker, free_port  # noqa: E402
+from deploy.kafka.broker import configured_or_throwaway_broker, free_port  # noqa: E402
 from schemas.events import parse_event  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.simulate import simulate_events  # noqa: E402
@@ -104,13 +104,12 @@ def main() -> int:
                         help="record the worker with py-spy (collapsed stacks) into FILE")
     args = parser.parse_args()
 
+    with configured_or_throwaway_broker("bench-worker-kafka-") as bootstrap:
+        return run(args, bootstrap)
+
+
+def run(args: argparse.Namespace, bootstrap: str) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-worker-"))
-    broker = None
-    bootstrap = os.environ.get("BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = LocalBroker(data_dir=workdir / "kafka", port=free_port())
-        broker.start()
-        bootstrap = broker.bootstrap
     suffix = uuid.uuid4().hex[:8]
     web_port = free_port()
     settings = Settings(kafka_bootstrap_servers=bootstrap, input_topics=[f"bench-events-{suffix}"],
@@ -188,12 +187,14 @@ def main() -> int:
 
         def collect() -> None:
             while not stop.is_set():
-                for message in consumer.consume(500, timeout=0.2):
-                    if message.error() is None:
-                        now = time.perf_counter()
-                        event_id = orjson.loads(message.value())["event_id"]
-                        if event_id in sent_at:
-                            received.append(now - sent_at[event_id])
+                # poll, not consume(n, timeout): consume waits for n messages or the timeout,
+                # which would add up to the timeout to every measured latency.
+                message = consumer.poll(0.05)
+                if message is not None and message.error() is None:
+                    now = time.perf_counter()
+                    event_id = orjson.loads(message.value())["event_id"]
+                    if event_id in sent_at:
+                        received.append(now - sent_at[event_id])
 
         collector = threading.Thread(target=collect)
         collector.start()
@@ -227,8 +228,6 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             worker.kill()
         log.close()
-        if broker is not None:
-            broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -17,8 +17,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,6 +294,30 @@ class LocalBroker:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+@contextlib.contextmanager
+def throwaway_broker(prefix: str = "badgestream-kafka-") -> Iterator[str]:
+    """A local broker in a temporary directory on a free port for the block; stopped and removed after."""
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    broker = LocalBroker(data_dir=data_dir, port=free_port())
+    try:
+        broker.start()
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def configured_or_throwaway_broker(prefix: str = "badgestream-kafka-") -> Iterator[str]:
+    """``BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS`` when set, else a :func:`throwaway_broker` (benchmarks)."""
+    configured = os.environ.get("BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    with throwaway_broker(prefix) as bootstrap:
+        yield bootstrap
 
 
 def min_heap(heap: str) -> str:

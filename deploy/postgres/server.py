@@ -15,7 +15,9 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +167,21 @@ class LocalPostgres:
         if result.returncode != 0:
             raise ConfigurationError(f"pg_ctl stop failed: {result.stderr.strip()}")
         _say("stopped")
+
+
+@contextlib.contextmanager
+def throwaway_postgres(prefix: str = "badgestream-pg-") -> Iterator[str]:
+    """A local cluster in a temporary directory on a free port for the block; stopped and removed after."""
+    from deploy.kafka.broker import free_port
+
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    server = LocalPostgres(data_dir=data_dir, port=free_port())
+    try:
+        server.start()
+        yield server.url()
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def cli(args: argparse.Namespace) -> int:
