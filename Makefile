@@ -37,7 +37,7 @@ run: setup ## the main job: broker, worker, sink, demo catalog and events, award
 	$(BIN)/badgestream up
 
 .PHONY: test
-test: setup ## run every test (starts and stops its own broker and PostgreSQL)
+test: setup lint ## lint, then every test (starts and stops its own broker and PostgreSQL)
 	@started=$$(date +%s); \
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	echo "[make test] pytest exit $$rc after $$(( $$(date +%s) - started ))s"; exit $$rc

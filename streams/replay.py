@@ -116,14 +116,15 @@ def read_input(settings: Settings, show_progress: bool = True) -> Iterable[bytes
             for message in consumer.consume(5000, timeout=1.0):
                 if message.error() is not None:
                     continue
-                key = (message.topic(), message.partition())
+                key = (str(message.topic()), int(message.partition() or 0))
+                offset = int(message.offset() or 0)
                 end = remaining.get(key)
-                if end is None or message.offset() >= end:
+                if end is None or offset >= end:
                     continue  # written after the replay started: not part of this replay
                 done += 1
                 value = message.value()
                 yield value if value is not None else b""
-                if message.offset() >= end - 1:
+                if offset >= end - 1:
                     del remaining[key]
             if progress is not None:
                 progress.update(done)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from aiokafka.partitioner import murmur2
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from schemas.errors import ConfigurationError
 from streams.settings import Settings
@@ -26,7 +26,7 @@ OUTPUT_TOPIC_CONFIG = {"retention.ms": str(30 * 24 * 3600 * 1000)}
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition the Java client (and Faust/aiokafka) pick for ``key``: murmur2, positive, modulo."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def repartition_topic_name(settings: Settings) -> str:

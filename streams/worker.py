@@ -202,7 +202,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     async def report_lag() -> None:
         consumer = app.consumer
         for tp in consumer.assignment():
-            committed = consumer._committed_offset.get(tp)  # faust keeps no public accessor
+            committed = getattr(consumer, "_committed_offset", {}).get(tp)  # faust has no public accessor
             try:
                 highwater = consumer.highwater(tp)
             except Exception:
@@ -218,7 +218,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
 
     @app.page("/users/{user_id}/state")
     class UserStateView(View):
-        @app.table_route(table=table, match_info="user_id")
+        @app.table_route(table=table, match_info="user_id")  # type: ignore[arg-type]
         async def get(self, request: Request, user_id: str) -> Response:
             stored = table.get(user_id.encode("utf-8"))
             if stored is None:

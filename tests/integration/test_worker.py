@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import urllib.request
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
