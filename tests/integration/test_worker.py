@@ -167,3 +167,28 @@ def test_kill9_and_restart_recovers_state_and_awards_nothing_twice(stack: StackC
     got = [(r["badge_id"], r["event_id"]) for r in awards_from(messages)]
     # five_quizzes needs the three events from before the crash: the state came back.
     assert sorted(got) == [("first_quiz", "e1"), ("five_quizzes", "e5")]
+
+
+def test_many_input_topics_including_one_partitioned_differently(stack: StackConfig) -> None:
+    """A second input topic with 1 partition (the state table has 2) is only re-keyed by user_id."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    _small_catalog(stack)
+    other = f"mobile-events-{stack.suffix}"
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    admin.create_topics([NewTopic(other, num_partitions=1, replication_factor=1)])[other].result(timeout=30)
+    worker = harness.worker(stack, BADGESTREAM_INPUT_TOPICS=f"{stack.input_topic},{other}").start()
+    try:
+        harness.produce_lines(stack.bootstrap, stack.input_topic, [quiz(f"a{i}", f"u-{i}", day=1) for i in range(6)])
+        harness.produce_lines(stack.bootstrap, other, [quiz(f"b{i}", f"u-{i}", day=2) for i in range(6)])
+        harness.produce_lines(stack.bootstrap, other, [quiz(f"c{i}", f"u-{i}", day=3) for i in range(6)])
+        harness.produce_lines(stack.bootstrap, stack.input_topic,
+                              [quiz(f"d{d}-{i}", f"u-{i}", day=d) for d in (4, 5) for i in range(6)])
+        messages = harness.consume(stack.bootstrap, stack.awards_topic, expected=12, timeout=120, watch=worker)
+        assert "rekey" in worker.log()
+    finally:
+        worker.stop()
+        _cleanup(stack)
+    got = sorted((r["user_id"], r["badge_id"]) for r in awards_from(messages))
+    # Five quizzes per user across both topics: the state saw all of them in one place.
+    assert got == sorted([(f"u-{i}", b) for i in range(6) for b in ("first_quiz", "five_quizzes")])
