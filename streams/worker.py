@@ -93,8 +93,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         web_host=settings.web_host,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        # Batch what the worker produces (state changelog, awards, progress): without linger each
-        # record went out in a produce request of its own.
+        # Batch the state changelog Faust produces: without linger each record went out in a
+        # produce request of its own. (Awards and progress go through streams/output.py.)
         producer_linger=0.005,
         producer_max_batch_size=262_144,
         table_standby_replicas=0,
@@ -105,8 +105,6 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 5),
     )
     metrics = WorkerMetrics(known_types=catalog.event_types())
-    app.badgestream_metrics = metrics  # type: ignore[attr-defined]
-    app.badgestream_catalog = catalog  # type: ignore[attr-defined]
 
     aligned = [t for t in settings.input_topics if input_partitions.get(t, partitions) == partitions]
     misaligned = [t for t in settings.input_topics if t not in aligned]
