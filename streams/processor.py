@@ -9,7 +9,10 @@ Stored value per user (the table holds bytes): a small header, the engine's ``Us
 an *outbox* — the award records of the last few events that produced awards. If the worker dies
 after writing state but before its awards reached Kafka, the redelivered event is a duplicate to
 the engine (its event_id is in the state) and would award nothing; the outbox lets the worker
-publish the very same award records (same award_id) again instead of losing them.
+publish the very same award records (same award_id) again instead of losing them. For the same
+reason the stored value keeps the user's *latest progress* per (badge, tier) — the record the sink
+would keep: newest ``updated_at``, later records winning ties — and a duplicate re-publishes it, so
+a progress record lost in a crash cannot leave its database row behind.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -28,7 +32,7 @@ from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope, parse_event
 from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord
 
-STORED_FORMAT = 1
+STORED_FORMAT = 2  # 1: state + outbox; 2: state + {"o": outbox, "p": latest progress}
 OUTBOX_EVENTS = 32  # award-producing events remembered per user for redelivery after a crash
 _HEADER = struct.Struct(">BI")  # format version, length of the state bytes
 
@@ -39,24 +43,51 @@ class StoredUser:
 
     state: UserState
     outbox: tuple[tuple[str, tuple[bytes, ...]], ...] = ()
+    # (badge_id, tier) -> [progress, target, updated_at ISO]: the newest progress record per key.
+    progress: dict[tuple[str, str | None], list[Any]] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         state = self.state.to_bytes()
-        outbox = orjson.dumps([[event_id, [a.decode() for a in awards]] for event_id, awards in self.outbox])
-        return _HEADER.pack(STORED_FORMAT, len(state)) + state + outbox
+        tail = orjson.dumps({
+            "o": [[event_id, [a.decode() for a in awards]] for event_id, awards in self.outbox],
+            "p": [[badge_id, tier, *value] for (badge_id, tier), value in self.progress.items()],
+        })
+        return _HEADER.pack(STORED_FORMAT, len(state)) + state + tail
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> StoredUser:
         version, length = _HEADER.unpack_from(raw)
-        if version != STORED_FORMAT:
-            raise ValueError(f"stored user state has format {version}, this worker reads {STORED_FORMAT}")
+        if version not in (1, STORED_FORMAT):
+            raise ValueError(f"stored user state has format {version}, this worker reads 1..{STORED_FORMAT}")
         start = _HEADER.size
         state = UserState.from_bytes(raw[start : start + length])
-        outbox_raw = raw[start + length :]
-        outbox = tuple(
-            (event_id, tuple(a.encode() for a in awards)) for event_id, awards in orjson.loads(outbox_raw)
-        ) if outbox_raw else ()
-        return cls(state=state, outbox=outbox)
+        tail_raw = raw[start + length :]
+        tail = orjson.loads(tail_raw) if tail_raw else None
+        if version == 1:
+            tail = {"o": tail or [], "p": []}
+        elif tail is None:
+            tail = {"o": [], "p": []}
+        outbox = tuple((event_id, tuple(a.encode() for a in awards)) for event_id, awards in tail["o"])
+        progress = {(badge_id, tier): value for badge_id, tier, *value in tail["p"]}
+        return cls(state=state, outbox=outbox, progress=progress)
+
+    def progress_records(self) -> list[bytes]:
+        """The latest progress record of every (badge, tier), as first published."""
+        return [progress_bytes(ProgressRecord(user_id=self.state.user_id, badge_id=badge_id, tier=tier,
+                                              progress=value[0], target=value[1], updated_at=value[2]))
+                for (badge_id, tier), value in self.progress.items()]
+
+    def with_progress(self, records: Sequence[ProgressRecord]) -> dict[tuple[str, str | None], list[Any]]:
+        """The latest-progress map after ``records``, by the sink's rule (newest updated_at, ties: later)."""
+        if not records:
+            return self.progress
+        latest = dict(self.progress)
+        for record in records:
+            key = (record.badge_id, record.tier)
+            current = latest.get(key)
+            if current is None or record.updated_at >= datetime.fromisoformat(current[2]):
+                latest[key] = [record.progress, record.target, record.updated_at.isoformat()]
+        return latest
 
     def awards_for(self, event_id: str) -> tuple[bytes, ...]:
         for seen_id, awards in self.outbox:
@@ -137,9 +168,11 @@ class EventProcessor:
         evaluation = self.engine.evaluate(previous.state, event)
         outcome = Outcome(user_id=event.user_id, event_type=event.type, evaluation=evaluation)
         if evaluation.duplicate:
-            # Nothing changes; re-publish what this event awarded, in case that was lost in a crash.
+            # Nothing changes; re-publish what this event awarded, and the latest progress, in case
+            # they were lost in a crash after the state was written (the sink absorbs repeats).
             outcome.status = "duplicate"
             outcome.awards = list(previous.awards_for(event.event_id))
+            outcome.progress = previous.progress_records()
             return outcome
         if not evaluation.matched:
             # No badge listens to this type: counted by the caller, no state write needed.
@@ -149,6 +182,7 @@ class EventProcessor:
         outcome.awards = [award_bytes(a) for a in evaluation.awards]
         outcome.progress = [progress_bytes(p) for p in evaluation.progress]
         outcome.new_state = StoredUser(
-            state=evaluation.state, outbox=previous.with_awards(event.event_id, outcome.awards)
+            state=evaluation.state, outbox=previous.with_awards(event.event_id, outcome.awards),
+            progress=previous.with_progress(evaluation.progress),
         ).to_bytes()
         return outcome
