@@ -457,8 +457,9 @@ class ExpressionInfo:
 def analyse_expression(source: str) -> ExpressionInfo:
     """Compile a ``when`` expression and check its limits; raises ``ValueError`` saying what is wrong.
 
-    Limits: at most :data:`MAX_EXPRESSION_CHARS` characters, and comprehension macros nested at most
-    :data:`MAX_COMPREHENSION_DEPTH` deep, which bounds the cost of one evaluation by the event's size.
+    Limits: at most :data:`MAX_EXPRESSION_CHARS` characters, comprehension macros nested at most
+    :data:`MAX_COMPREHENSION_DEPTH` deep, and a macro body that reads only its own variable; with lists
+    in events bounded by ``schemas.events.MAX_LIST_ITEMS`` this bounds the cost of one evaluation.
     """
     if len(source) > MAX_EXPRESSION_CHARS:
         raise ValueError(f"expression is {len(source)} characters, the limit is {MAX_EXPRESSION_CHARS}")
@@ -471,7 +472,9 @@ def analyse_expression(source: str) -> ExpressionInfo:
         raise ValueError(f"not valid CEL: {first}") from None
     tokens = _cel_tokens(source)
     stack: list[bool] = []
+    bound: list[str] = []  # the iteration variable of each open macro
     depth = deepest = 0
+    rereads: str | None = None  # a variable read again inside a macro body
     references: dict[str, set[str] | None] = {}
     for index, (kind, text) in enumerate(tokens):
         previous = tokens[index - 1][1] if index else ""
@@ -482,9 +485,13 @@ def analyse_expression(source: str) -> ExpressionInfo:
             if is_macro:
                 depth += 1
                 deepest = max(deepest, depth)
+                bound.append(following)
         elif kind == "punct" and text == ")" and stack and stack.pop():
             depth -= 1
+            bound.pop()
         elif kind == "ident" and text in WHEN_VARIABLES and previous != ".":
+            if depth and text not in bound and rereads is None:
+                rereads = text
             attribute = tokens[index + 2] if following == "." and index + 2 < len(tokens) else None
             used = references.setdefault(text, set())
             if attribute is not None and attribute[0] == "ident" and used is not None:
@@ -495,6 +502,14 @@ def analyse_expression(source: str) -> ExpressionInfo:
         raise ValueError(
             f"comprehension macros nest {deepest} deep, the limit is {MAX_COMPREHENSION_DEPTH} "
             "(each level multiplies the cost by the size of a list)"
+        )
+    if rereads is not None:
+        # data.xs.map(x, data.xs) builds a list-sized value for every item: cost grows with the
+        # square of the list (and this CEL binding copies accumulators, so worse). Inside a macro
+        # body only the macro's own variable and constants are allowed.
+        raise ValueError(
+            f"a comprehension macro's body reads '{rereads}' again, which multiplies the cost by the size "
+            "of the list; inside a macro use only its own variable and constants"
         )
     frozen = {name: (frozenset(used) if used is not None else None) for name, used in references.items()}
     return ExpressionInfo(source=source, program=program, references=frozen, comprehension_depth=deepest)

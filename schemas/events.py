@@ -31,6 +31,8 @@ MAX_DATA_DEPTH = 16
 
 MAX_SAFE_INTEGER = 2**53
 """Numbers beyond +-2**53 cannot round-trip through JavaScript or float and are refused."""
+MAX_LIST_ITEMS = 1000
+"""Longest list anywhere in ``data``: what one CEL comprehension over event data may iterate."""
 
 MIN_YEAR = 1970
 MAX_YEAR = 9000
@@ -68,6 +70,8 @@ def _check_data(value: Any, depth: int, path: str) -> None:
     elif isinstance(value, list):
         if depth > MAX_DATA_DEPTH:
             raise ValueError(f"{path}: nested deeper than {MAX_DATA_DEPTH} levels")
+        if len(value) > MAX_LIST_ITEMS:
+            raise ValueError(f"{path}: list has {len(value)} items, the limit is {MAX_LIST_ITEMS}")
         for index, item in enumerate(value):
             if isinstance(item, dict | list | int | float):
                 _check_data(item, depth + 1, f"{path}[{index}]")

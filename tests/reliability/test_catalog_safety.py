@@ -2,8 +2,8 @@
 a changed badge definition never silently mixes old progress with the new rule.
 
 Limits already covered by tests/unit (expression length, macro nesting, YAML alias bombs, rule
-bounds) are not repeated here. Two cost limits are missing — see the strict xfail tests below,
-which turn into failures (XPASS) once a limit is added, so the marker gets removed.
+bounds) are not repeated here. The two cost tests below found missing limits (lists in events are
+now at most 1000 items, and a macro body may read only its own variable).
 """
 
 from __future__ import annotations
@@ -112,17 +112,17 @@ print("finished")
 
 
 # 64 KiB of "[0,0,...]" holds ~32k list items.
-@pytest.mark.xfail(strict=True, reason=(
-    "missing limit: map/filter copy the accumulated list at every step in this CEL binding, so one "
-    "macro over a 32k-item list costs ~20 s of CPU per event (measured 8k items: 1.3 s)"))
 def test_a_macro_over_the_largest_list_an_event_may_hold_stays_cheap() -> None:
     assert _bounded_in_a_subprocess("data.xs.filter(x, x == 0).size() > 0", items=32_000) in (
         "refused-at-load", "refused-at-parse", "finished")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "missing limit: a macro body may mention the whole list again (data.xs.map(x, data.xs)), which "
-    "MAX_COMPREHENSION_DEPTH does not count: cubic cost, 1000 items already take ~30 s"))
+def test_a_macro_over_the_longest_list_allowed_finishes_within_the_cpu_limit() -> None:
+    from schemas.events import MAX_LIST_ITEMS
+
+    assert _bounded_in_a_subprocess("data.xs.filter(x, x == 0).size() > 0", items=MAX_LIST_ITEMS) == "finished"
+
+
 def test_a_macro_body_cannot_multiply_the_cost_by_the_list_again() -> None:
     assert _bounded_in_a_subprocess("data.xs.map(x, data.xs).size() > 0", items=2_000) in (
         "refused-at-load", "refused-at-parse", "finished")

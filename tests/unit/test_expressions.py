@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from evaluators.expressions import MEMO_ENTRIES, Expression
@@ -72,3 +73,27 @@ def test_limits(source: str, words: str) -> None:
 def test_one_level_of_macros_and_strings_that_look_like_macros_pass() -> None:
     assert analyse_expression("data.a.all(x, x > 0) && data.b.exists(y, y == 'z.map(')").comprehension_depth == 1
     assert analyse_expression(r"data.s == r'.exists(' // .all(x, y.all(z, 1))").comprehension_depth == 0
+
+
+def test_a_macro_body_may_read_only_its_own_variable() -> None:
+    for source in ("data.xs.map(x, data.xs).size() > 0", "data.xs.exists(x, x == data.y)",
+                   "data.xs.all(x, local.hour > x)"):
+        with pytest.raises(ValueError, match=r"reads '(data|local)' again"):
+            analyse_expression(source)
+    # The macro's own variable may shadow a name; reading the list itself before the macro is fine.
+    assert analyse_expression("[1].exists(data, data > 0)").comprehension_depth == 1
+    assert analyse_expression("data.xs.filter(x, x > 3).size() > data.n").comprehension_depth == 1
+
+
+def test_lists_in_event_data_are_bounded() -> None:
+    from schemas.errors import InvalidEventError
+    from schemas.events import MAX_LIST_ITEMS, parse_event
+
+    def raw(items: int) -> bytes:
+        return orjson.dumps({"event_id": "e", "type": "t", "user_id": "u", "occurred_at": "2026-06-06T10:00:00+00:00",
+                             "data": {"answers": {"xs": [0] * items}}})
+
+    assert len(parse_event(raw(MAX_LIST_ITEMS)).data["answers"]["xs"]) == MAX_LIST_ITEMS
+    with pytest.raises(InvalidEventError) as too_long:
+        parse_event(raw(MAX_LIST_ITEMS + 1))
+    assert too_long.value.code == "invalid_envelope" and "data.answers.xs" in too_long.value.reason
