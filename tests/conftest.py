@@ -53,6 +53,18 @@ def unavailable(what: str) -> None:
     pytest.skip(f"{what} is not available")
 
 
+def _started_or_unavailable(service: contextlib.AbstractContextManager[str], what: str) -> Iterator[str]:
+    """Yield what starting ``service`` gives (stopping it afterwards), or skip/fail when it cannot start."""
+    from schemas.errors import ConfigurationError
+
+    with contextlib.ExitStack() as stack:
+        try:
+            address = stack.enter_context(service)
+        except ConfigurationError as exc:
+            unavailable(f"{what} ({exc})")
+        yield address
+
+
 # --- Kafka ------------------------------------------------------------------------------------
 
 def _docker_answers() -> bool:
@@ -84,14 +96,8 @@ def kafka_bootstrap() -> Iterator[str]:
             yield container.get_bootstrap_server()
         return
     from deploy.kafka.broker import throwaway_broker
-    from schemas.errors import ConfigurationError
 
-    with contextlib.ExitStack() as stack:
-        try:
-            bootstrap = stack.enter_context(throwaway_broker())
-        except ConfigurationError as exc:
-            unavailable(f"the local Kafka broker ({exc})")
-        yield bootstrap
+    yield from _started_or_unavailable(throwaway_broker(), "the local Kafka broker")
 
 
 @pytest.fixture
@@ -134,14 +140,8 @@ def postgres_server_url() -> Iterator[str]:
         yield configured
         return
     from deploy.postgres.server import throwaway_postgres
-    from schemas.errors import ConfigurationError
 
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(throwaway_postgres())
-        except ConfigurationError as exc:
-            unavailable(f"PostgreSQL ({exc})")
-        yield url
+    yield from _started_or_unavailable(throwaway_postgres(), "PostgreSQL")
 
 
 def _fresh_postgres_database(server_url: str) -> Iterator[str]:
