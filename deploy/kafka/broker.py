@@ -214,7 +214,8 @@ class LocalBroker:
         cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
         result = subprocess.run(
             [java, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-             "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(self.config_file)],
+             # "=" form: a base64 id may start with "-", which argparse would take for an option.
+             "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(self.config_file)],
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
