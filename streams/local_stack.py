@@ -202,9 +202,7 @@ def show_results(database_url: str, users: int) -> None:
         with engine.connect() as conn:
             ranking = database.leaderboard(conn, limit=10)
             print("\nLeaderboard (users by badges held)")
-            print("\n".join(user_report._table(["RANK", "USER", "BADGES"],
-                                               [[str(rank), user_id, str(count)]
-                                                for rank, (user_id, count) in enumerate(ranking, start=1)])))
+            print(user_report.render_leaderboard(ranking))
             for user_id, _count in ranking[:users]:
                 print()
                 print(user_report.render_text(user_report.build_report(conn, user_id)))

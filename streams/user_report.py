@@ -136,16 +136,21 @@ def leaderboard_command(args: argparse.Namespace) -> int:
             ranking = database.leaderboard(conn, limit=args.limit)
     finally:
         engine.dispose()
-    entries: list[dict[str, Any]] = [{"rank": rank, "user_id": user_id, "badges": count}
-               for rank, (user_id, count) in enumerate(ranking, start=1)]
     if args.json:
+        entries = [{"rank": rank, "user_id": user_id, "badges": count}
+                   for rank, (user_id, count) in enumerate(ranking, start=1)]
         print(json.dumps(entries, indent=2))
-    elif entries:
-        print("\n".join(_table(["RANK", "USER", "BADGES"],
-                               [[str(e["rank"]), e["user_id"], str(e["badges"])] for e in entries])))
     else:
-        print("No badges awarded yet.")
+        print(render_leaderboard(ranking))
     return 0
+
+
+def render_leaderboard(ranking: list[tuple[str, int]]) -> str:
+    """The ranking as a readable table (``badgestream leaderboard`` and ``badgestream up``)."""
+    if not ranking:
+        return "No badges awarded yet."
+    rows = [[str(rank), user_id, str(count)] for rank, (user_id, count) in enumerate(ranking, start=1)]
+    return "\n".join(_table(["RANK", "USER", "BADGES"], rows))
 
 
 def db_command(args: argparse.Namespace) -> int:
