@@ -26,6 +26,9 @@ class WorkerMetrics:
         self.latency = Histogram("badgestream_processing_seconds", "Time to process one input event",
                                  buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                           0.25, 1.0), registry=self.registry)
+        self.input_rewinds = Counter("badgestream_input_rewinds_total",
+                                     "Times an input partition was read again instead of skipping records "
+                                     "(streams/consumer.py)", ["topic", "partition"], registry=self.registry)
         self.consumer_lag = Gauge("badgestream_consumer_lag", "Messages not yet committed, per input partition",
                                   ["topic", "partition"], registry=self.registry)
 
@@ -44,6 +47,9 @@ class WorkerMetrics:
 
     def evaluator_error(self, badge_id: str, kind: str) -> None:
         self.evaluator_errors.labels(badge_id, kind).inc()
+
+    def input_rewind(self, topic: str, partition: int) -> None:
+        self.input_rewinds.labels(topic, str(partition)).inc()
 
     def lag(self, topic: str, partition: int, value: int) -> None:
         self.consumer_lag.labels(topic, str(partition)).set(value)

@@ -23,6 +23,7 @@ from evaluators.registry import EvaluatorRegistry
 from schemas.catalog import Catalog, load_catalog
 from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope
+from streams import consumer as safe_consumer
 from streams.metrics import WorkerMetrics
 from streams.output import OutputProducer
 from streams.processor import EventProcessor, StoredUser, dead_letter
@@ -105,6 +106,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 5),
     )
     metrics = WorkerMetrics(known_types=catalog.event_types())
+    # Faust's own consumer can commit past input events nobody evaluated (streams/consumer.py).
+    safe_consumer.install(app, on_rewind=lambda tp: metrics.input_rewind(tp.topic, tp.partition))
 
     aligned = [t for t in settings.input_topics if input_partitions.get(t, partitions) == partitions]
     misaligned = [t for t in settings.input_topics if t not in aligned]
