@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, description="worker HTTP port: metrics and state view")
     web_host: str = "127.0.0.1"
     session_timeout_s: float = Field(
-        15.0, gt=0, description="consumer group session timeout: how soon a dead worker's partitions move"
+        15.0, gt=0, description="consumer group session timeout: how soon a dead worker's or sink's partitions move"
     )
 
     # Sink

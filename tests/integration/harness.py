@@ -109,7 +109,8 @@ class StackConfig:
 class Process:
     """A badgestream sub-command as a subprocess, its output in a log file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, module: str = "streams.cli") -> None:
+        self.module = module
         self.args = args
         self.env = env
         self.log_path = log_path
@@ -122,7 +123,7 @@ class Process:
             log.write(f"\n===== start {self.starts}: {' '.join(self.args)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", *self.args], env=self.env, cwd=REPO,
+                [sys.executable, "-m", self.module, *self.args], env=self.env, cwd=REPO,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         return self
@@ -139,6 +140,11 @@ class Process:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status, once the process ended by itself within ``timeout`` seconds."""
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
 
     def stop(self, timeout: float = 60) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
