@@ -33,6 +33,9 @@ class OutputProducer:
             "linger.ms": 2,
             "partitioner": "murmur2_random",  # the Java client's, as Faust uses for the state table
             "client.id": f"{settings.app_id}-output",
+            # Retry through a broker outage of any length (librdkafka's default gives up after 5
+            # min); a record the broker refuses for good still fails at once.
+            "message.timeout.ms": 0,
         }))
         self._failures: list[str] = []
         self.sent = 0
@@ -53,10 +56,22 @@ class OutputProducer:
     def poll(self) -> None:
         self._producer.poll(0)
 
-    def flush_blocking(self, timeout: float = 60.0) -> None:
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            raise OutputDeliveryError(f"{remaining} output records not acknowledged after {timeout:.0f}s")
+    def flush_blocking(self, timeout: float | None = None, report_every: float = 30.0) -> None:
+        """Wait until the broker acknowledged every record sent so far.
+
+        Without ``timeout`` this waits out a broker outage however long, saying so every
+        ``report_every`` seconds: input offsets are not committed meanwhile, so nothing is lost,
+        and the worker goes on by itself when the broker is back. A record that failed raises
+        :class:`OutputDeliveryError` (Faust then stops the worker before committing).
+        """
+        step = report_every if timeout is None else min(report_every, timeout)
+        waited = 0.0
+        while remaining := self._producer.flush(step):
+            waited += step
+            if timeout is not None and waited >= timeout:
+                raise OutputDeliveryError(f"{remaining} output records not acknowledged after {timeout:.0f}s")
+            log.warning("%d output records not acknowledged by the broker after %.0fs; waiting (input offsets "
+                        "are not committed meanwhile)", remaining, waited)
         if self._failures:
             failures, self._failures = self._failures, []
             raise OutputDeliveryError(f"{len(failures)} output records failed: " + "; ".join(failures[:5]))
