@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -233,6 +234,34 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     return app
 
 
+class RepeatFilter(logging.Filter):
+    """Lets the same message through at most once per ``interval`` seconds, then says how many
+    repeats it held back.
+
+    While the broker is down, aiokafka's producer retries metadata without backoff and logs each
+    failed connect: thousands of ERROR lines a second (aio-libs/aiokafka#1155)."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in the last {self.interval:.0f}s)"
+        return True
+
+
 def _quiet_worker_class() -> Any:
     from faust.worker import Worker
 
@@ -257,6 +286,7 @@ def worker_command(args: Any) -> int:
     log.info("catalog %s: %d badges", catalog.catalog_version, len(catalog.badges))
     counts = ensure_topics(settings, required_topics(settings))
     app = create_app(settings, catalog, input_partitions={t: counts[t] for t in settings.input_topics})
+    logging.getLogger("aiokafka.client").addFilter(RepeatFilter())
     worker = _quiet_worker_class()(app, loglevel=getattr(args, "loglevel", "info"), redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0

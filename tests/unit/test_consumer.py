@@ -176,3 +176,24 @@ def test_a_delivery_cut_short_is_not_a_read() -> None:
     # The flow stopped while 6 was being handed over: 6 must come again, the rest of the batch waits.
     loop = Loop([[5, 6, 7, 8], [6, 7, 8]], expected=5, cut=frozenset({6})).run()
     assert loop.delivered == [5, 6, 7, 8] and loop._expected[INPUT] == 9 and loop.seeks == []
+
+
+def test_repeated_log_lines_are_held_back_and_counted() -> None:
+    import logging
+
+    from streams.worker import RepeatFilter
+
+    clock = [100.0]
+    flt = RepeatFilter(interval=10.0, clock=lambda: clock[0])
+
+    def record(msg: str, *args: str) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka.client", logging.ERROR, __file__, 1, msg, args, None)
+
+    connect = "Unable connect to node with id %s: %s"
+    assert flt.filter(record(connect, "n1", "refused"))
+    assert [flt.filter(record(connect, "n1", "refused")) for _ in range(500)] == [False] * 500
+    assert flt.filter(record("Unable to update metadata from %s", "n1"))  # another message passes
+    clock[0] += 10.5
+    again = record(connect, "n1", "refused")
+    assert flt.filter(again)
+    assert again.getMessage() == "Unable connect to node with id n1: refused (and 500 more like it in the last 10s)"
