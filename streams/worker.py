@@ -258,7 +258,7 @@ class RepeatFilter(logging.Filter):
         self._last[key] = now
         held = self._held.pop(key, 0)
         if held:
-            record.msg = f"{record.msg} (and {held} more like it in the last {self.interval:.0f}s)"
+            record.msg = f"{record.msg} (and {held} more like it since the last one shown)"
         return True
 
 
@@ -286,7 +286,7 @@ def worker_command(args: Any) -> int:
     log.info("catalog %s: %d badges", catalog.catalog_version, len(catalog.badges))
     counts = ensure_topics(settings, required_topics(settings))
     app = create_app(settings, catalog, input_partitions={t: counts[t] for t in settings.input_topics})
-    logging.getLogger("aiokafka.client").addFilter(RepeatFilter())
+    logging.getLogger("aiokafka").addFilter(RepeatFilter())  # aiokafka/client.py logs as "aiokafka"
     worker = _quiet_worker_class()(app, loglevel=getattr(args, "loglevel", "info"), redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0

@@ -104,7 +104,8 @@ class OutputWatch:
     down the last figure read stands."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermark-probe"})
+        # log_level 2: this probe's own connect failures while the broker is down are expected.
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermark-probe", "log_level": 2})
         meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
         self.partitions = [TopicPartition(topic, p) for p in meta.partitions]
         self.last = 0

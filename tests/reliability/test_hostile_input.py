@@ -13,7 +13,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,6 +25,8 @@ from tests.integration.harness import StackConfig
 from tests.reliability import support
 
 pytestmark = pytest.mark.kafka
+
+STACK_NAME = "hostile"  # topic names of this module's stacks (tests/reliability/conftest.py)
 
 
 def _event(n: int, **changes: Any) -> dict[str, Any]:
@@ -169,14 +170,6 @@ def run_hostile(stack: StackConfig, valid_events: int, users: int, bad: int, see
     assert got_codes == expected_codes
     assert len(records) == len(bad_list) + 1
     support.assert_same_result(got, expected)
-
-
-@pytest.fixture
-def stack(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> Iterator[StackConfig]:
-    stack = StackConfig(bootstrap=kafka_bootstrap, suffix=unique_name("hostile"), data_dir=tmp_path, partitions=4,
-                        database_url=f"sqlite:///{tmp_path / 'awards.db'}").create_topics()
-    yield stack
-    support.cleanup_topics(stack.bootstrap, stack.suffix)
 
 
 def test_bad_records_are_dead_lettered_and_valid_events_processed(stack: StackConfig) -> None:

@@ -14,8 +14,6 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -25,6 +23,8 @@ from tests.integration.harness import StackConfig
 from tests.reliability import support
 
 pytestmark = pytest.mark.kafka
+
+STACK_NAME = "crash"  # topic names of this module's stacks (tests/reliability/conftest.py)
 
 
 class OutputWatch:
@@ -125,14 +125,6 @@ def run_with_worker_crashes(stack: StackConfig, events: int, users: int, kills: 
                   progress_rows=len(got.progress), duplicates=got.duplicates, rewinds=rewinds)
     assert worker.starts == kills + 1
     support.assert_same_result(got, expected)
-
-
-@pytest.fixture
-def stack(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> Iterator[StackConfig]:
-    stack = StackConfig(bootstrap=kafka_bootstrap, suffix=unique_name("crash"), data_dir=tmp_path, partitions=4,
-                        database_url=f"sqlite:///{tmp_path / 'awards.db'}").create_topics()
-    yield stack
-    support.cleanup_topics(stack.bootstrap, stack.suffix)
 
 
 def test_worker_kill9_during_a_run_gives_the_clean_result(stack: StackConfig) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka import ConsumerGroupState
@@ -25,6 +23,8 @@ from tests.reliability.test_worker_crash import OutputWatch
 
 pytestmark = pytest.mark.kafka
 
+STACK_NAME = "failover"  # topic names of this module's stacks (tests/reliability/conftest.py)
+
 
 def group_members(bootstrap: str, group: str) -> tuple[int, ConsumerGroupState | None]:
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -33,14 +33,6 @@ def group_members(bootstrap: str, group: str) -> tuple[int, ConsumerGroupState |
     except Exception:  # the group coordinator is not ready yet, or the group does not exist yet
         return 0, None
     return len(description.members), description.state
-
-
-@pytest.fixture
-def stack(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> Iterator[StackConfig]:
-    stack = StackConfig(bootstrap=kafka_bootstrap, suffix=unique_name("failover"), data_dir=tmp_path, partitions=4,
-                        database_url=f"sqlite:///{tmp_path / 'awards.db'}").create_topics()
-    yield stack
-    support.cleanup_topics(stack.bootstrap, stack.suffix)
 
 
 def test_the_survivor_takes_over_a_killed_workers_partitions_and_state(stack: StackConfig) -> None:
