@@ -126,12 +126,13 @@ class Loop(SafeConsumer):
             yield INPUT, SimpleNamespace(offset=offset, topic=INPUT.topic, tp=INPUT)
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:  # type: ignore[override]
-        delivery = coros[0]
+        delivery, stop = coros
+        stop.close()  # the flow-stop wait of the real wait_first: never needed here
         offset = delivery.cr_frame.f_locals["message"].offset
         if offset in self.cut:
             self.cut.discard(offset)
             delivery.close()
-            return SimpleNamespace(done=[coros[1]])
+            return SimpleNamespace(done=[stop])
         await delivery
         return SimpleNamespace(done=[delivery])
 
