@@ -26,6 +26,10 @@ without tables).
   from that position is it a real gap, such as transaction markers, and only then is it bridged.
 - **A delivery cut short is not a read.** If the flow stops before a message reaches its
   stream, the consumer does not advance its read position past it.
+- **Nothing before the seek.** Input records reach the streams only after the seek that ends
+  table recovery. Records fetched before it were dropped by Faust's stream (and acknowledged), or
+  evaluated against state that was still being restored. Partitions without a committed offset,
+  which Faust does not seek at all, are sought to where reading starts (the earliest offset).
 - **The head must be acknowledged.** It commits only a run of acknowledged offsets that starts
   exactly at the committed offset.
 - **No acknowledgement from a stale generation.** An acknowledgement made while the flow is
@@ -74,22 +78,54 @@ class SafeConsumer(AIOKafkaConsumer):
         #: Changes at the start and at the end of every seek: a delivery that overlapped a seek
         #: does not move the position (the seek set it).
         self._seek_epoch = 0
+        #: Input records are handed over only between a seek and the next rebalance. Before the
+        #: seek that ends table recovery, Faust's stream drops what it gets (and acks it) or, worse,
+        #: evaluates it against state still being restored.
+        self._input_ready = False
         self.rewinds = 0
 
     # --- positions ------------------------------------------------------------------------
 
     async def perform_seek(self) -> None:
+        self._input_ready = False
         self._seek_epoch += 1
         try:
             await super().perform_seek()
-            for tp, offset in self._read_offset.items():
-                if offset is not None and not self._is_changelog_tp(tp):
-                    # Sought to its committed offset. (No committed offset: no seek either, the
-                    # position and what we expect from it stay as they are.)
-                    self._expected[tp] = offset
-                    self._rewound_to.pop(tp, None)
+            starts = await self._seek_uncommitted()
+            for tp, offset in list(self._read_offset.items()):
+                if self._is_changelog_tp(tp):
+                    continue
+                if offset is None:
+                    offset = starts.get(tp)
+                    if offset is None:
+                        continue
+                    self._origin[tp] = offset
+                self._expected[tp] = offset
+                self._rewound_to.pop(tp, None)
+            log.info("input partitions sought to: %s", ", ".join(
+                f"{tp.topic}[{tp.partition}]={offset}{'' if tp not in starts else ' (no commit yet)'}"
+                for tp, offset in sorted(self._expected.items())) or "none")
+            self._input_ready = True
         finally:
             self._seek_epoch += 1
+
+    async def _seek_uncommitted(self) -> dict[TP, int]:
+        """Seek the input partitions without a committed offset to where reading starts.
+
+        Faust does not seek them at all, so they stay wherever the fetcher took them, possibly past
+        records it handed over before the seek and that were then dropped. Start from the earliest
+        offset (``consumer_auto_offset_reset``), as a consumer new to the partition does."""
+        unsought = [tp for tp, offset in self._read_offset.items()
+                    if offset is None and not self._is_changelog_tp(tp)]
+        if not unsought:
+            return {}
+        if self.app.conf.consumer_auto_offset_reset == "latest":
+            found = await self.highwaters(*unsought)
+        else:
+            found = await self.earliest_offsets(*unsought)
+        starts = {TP(tp.topic, tp.partition): int(offset) for tp, offset in found.items() if offset is not None}
+        await self._thread.seek_wait(starts)
+        return starts
 
     async def seek(self, partition: TP, offset: int) -> None:
         self._seek_epoch += 1
@@ -102,6 +138,7 @@ class SafeConsumer(AIOKafkaConsumer):
             self._seek_epoch += 1
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._input_ready = False  # a rebalance: nothing is read until the seek that follows it
         for tp in revoked:
             self._expected.pop(tp, None)
             self._rewound_to.pop(tp, None)
@@ -152,6 +189,9 @@ class SafeConsumer(AIOKafkaConsumer):
                     if is_changelog(tp):
                         if not await self._deliver_changelog(tp, message, callback, acks_enabled_for):
                             abandoned.add(tp)
+                        continue
+                    if not self._input_ready:
+                        abandoned.add(tp)  # read again after the seek that comes next
                         continue
                     want = expected.get(tp)
                     if want is not None and offset < want:
