@@ -82,6 +82,8 @@ class SafeConsumer(AIOKafkaConsumer):
         #: seek that ends table recovery, Faust's stream drops what it gets (and acks it) or, worse,
         #: evaluates it against state still being restored.
         self._input_ready = False
+        #: Input partitions whose records arrived before the seek and were set aside.
+        self._set_aside: set[TP] = set()
         self.rewinds = 0
 
     # --- positions ------------------------------------------------------------------------
@@ -91,8 +93,9 @@ class SafeConsumer(AIOKafkaConsumer):
         self._seek_epoch += 1
         try:
             await super().perform_seek()
+            sought = dict(self._read_offset)  # seek_wait below drops entries sought to offset 0
             starts = await self._seek_uncommitted()
-            for tp, offset in list(self._read_offset.items()):
+            for tp, offset in sought.items():
                 if self._is_changelog_tp(tp):
                     continue
                 if offset is None:
@@ -106,6 +109,12 @@ class SafeConsumer(AIOKafkaConsumer):
                 f"{tp.topic}[{tp.partition}]={offset}{'' if tp not in starts else ' (no commit yet)'}"
                 for tp, offset in sorted(self._expected.items())) or "none")
             self._input_ready = True
+            # What the fetcher handed over between the seeks above and now was set aside, and the
+            # fetcher has moved past it: seek those partitions once more to what we expect.
+            again = {tp: offset for tp in self._set_aside if (offset := self._expected.get(tp)) is not None}
+            self._set_aside.clear()
+            if again:
+                await self._thread.seek_wait(again)
         finally:
             self._seek_epoch += 1
 
@@ -192,6 +201,7 @@ class SafeConsumer(AIOKafkaConsumer):
                         continue
                     if not self._input_ready:
                         abandoned.add(tp)  # read again after the seek that comes next
+                        self._set_aside.add(tp)
                         continue
                     want = expected.get(tp)
                     if want is not None and offset < want:

@@ -96,6 +96,7 @@ class Loop(SafeConsumer):
         self._gap = defaultdict(IntervalTree)
         self._seek_epoch = 0
         self._input_ready = True
+        self._set_aside = set()
         self._commit_every = None
         self._n_acked = 0
         self.rewinds = 0
@@ -209,3 +210,4 @@ def test_nothing_is_handed_over_before_the_seek_that_ends_recovery() -> None:
     loop._input_ready = False
     loop.run()
     assert loop.delivered == [] and loop._expected[INPUT] is None
+    assert loop._set_aside == {INPUT}  # the seek that ends recovery seeks it once more
