@@ -243,7 +243,7 @@ class AwardSink:
             "enable.partition.eof": True,
             # How soon a dead sink's partitions move to another (librdkafka's default: 45 s).
             "session.timeout.ms": int(self.settings.session_timeout_s * 1000),
-            "heartbeat.interval.ms": int(min(3.0, self.settings.session_timeout_s / 5) * 1000),
+            "heartbeat.interval.ms": int(self.settings.heartbeat_interval_s * 1000),
             **self._consumer_overrides,
         })
         self._consumer = Consumer(config)

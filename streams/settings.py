@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def heartbeat_interval_s(self) -> float:
+        """Group heartbeat of the worker and the sink: a fifth of the session timeout, at most 3 s."""
+        return min(3.0, self.session_timeout_s / 5)
+
+    @property
     def database_url_value(self) -> str:
         return self.database_url.get_secret_value()
 

@@ -104,7 +104,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         stream_wait_empty=True,
         # Faust's 60 s default keeps a crashed worker's partitions idle for a minute.
         broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 5),
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
     metrics = WorkerMetrics(known_types=catalog.event_types())
     # Faust's own consumer can commit past input events nobody evaluated (streams/consumer.py).
