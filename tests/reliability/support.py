@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from evaluators.engine import Engine
@@ -203,6 +204,35 @@ def assert_same_result(got: DatabaseResult, expected: Expected) -> None:
 
 
 # --- a stack to crash ------------------------------------------------------------------------
+
+class OutputWatch:
+    """How many records the worker has produced so far (end offsets of its progress topic).
+
+    ``through_outage``: while the broker is down the last figure read stands, and the probe's own
+    connect failures are not logged; otherwise a failed read raises."""
+
+    def __init__(self, bootstrap: str, topic: str, through_outage: bool = False) -> None:
+        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "group.id": "watermark-probe"}
+        if through_outage:
+            config["log_level"] = 2
+        self.consumer = Consumer(config)
+        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+        self.partitions = [TopicPartition(topic, p) for p in meta.partitions]
+        self.through_outage = through_outage
+        self.last = 0
+
+    def produced(self) -> int:
+        timeout = 2 if self.through_outage else 10
+        try:
+            self.last = sum(self.consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in self.partitions)
+        except KafkaException:
+            if not self.through_outage:
+                raise
+        return self.last
+
+    def close(self) -> None:
+        self.consumer.close()
+
 
 def sink(stack: StackConfig, name: str = "sink", **env: str) -> Process:
     return Process(["sink"], stack.env(**env), stack.data_dir / f"{name}.log")

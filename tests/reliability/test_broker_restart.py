@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, Message
 
 from deploy.kafka.broker import LocalBroker
 from schemas.events import parse_event
@@ -97,26 +97,6 @@ def stack(broker: LocalBroker, unique_name: Callable[[str], str], tmp_path: Path
     # No topic clean-up: the broker and its data go away with the test.
     return StackConfig(bootstrap=broker.bootstrap, suffix=unique_name("brk"), data_dir=tmp_path, partitions=4,
                        database_url=f"sqlite:///{tmp_path / 'awards.db'}").create_topics()
-
-
-class OutputWatch:
-    """Records the worker has produced so far (end offsets of its progress topic); while the broker is
-    down the last figure read stands."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        # log_level 2: this probe's own connect failures while the broker is down are expected.
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermark-probe", "log_level": 2})
-        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
-        self.partitions = [TopicPartition(topic, p) for p in meta.partitions]
-        self.last = 0
-
-    def produced(self) -> int:
-        with contextlib.suppress(KafkaException):  # the broker is down: the last figure stands
-            self.last = sum(self.consumer.get_watermark_offsets(tp, timeout=2)[1] for tp in self.partitions)
-        return self.last
-
-    def close(self) -> None:
-        self.consumer.close()
 
 
 @dataclass
@@ -193,11 +173,11 @@ def run_with_broker_restart(stack: StackConfig, broker: LocalBroker, *, hard: bo
     assert stack.database_url is not None
     worker = harness.worker(stack, **support.FAST_FAILOVER).start()
     sink = support.sink(stack).start()
-    watch: OutputWatch | None = None
+    watch: support.OutputWatch | None = None
     began = time.monotonic()
     try:
         wait_for_line(worker, "]: Ready", timeout=90)
-        watch = OutputWatch(stack.bootstrap, stack.progress_topic)
+        watch = support.OutputWatch(stack.bootstrap, stack.progress_topic, through_outage=True)
         producer = PacedProducer(stack.settings(), lines, RATE).start()
         # Mid-run: the worker is processing and the producer still sending.
         point = int(clean_output * 0.2)

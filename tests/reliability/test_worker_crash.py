@@ -27,22 +27,6 @@ pytestmark = pytest.mark.kafka
 STACK_NAME = "crash"  # topic names of this module's stacks (tests/reliability/conftest.py)
 
 
-class OutputWatch:
-    """How many records the worker has produced so far (end offsets of its progress topic)."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.topic = topic
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermark-probe"})
-        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
-        self.partitions = [TopicPartition(topic, p) for p in meta.partitions]
-
-    def produced(self) -> int:
-        return sum(self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.partitions)
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
 def committed_offsets(stack: StackConfig) -> list[int]:
     group = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": stack.app_id})
     try:
@@ -75,7 +59,7 @@ def run_with_worker_crashes(stack: StackConfig, events: int, users: int, kills: 
     assert stack.database_url is not None
     worker = harness.worker(stack, **support.FAST_FAILOVER).start()
     sink = support.sink(stack).start()
-    watch = OutputWatch(stack.bootstrap, stack.progress_topic)
+    watch = support.OutputWatch(stack.bootstrap, stack.progress_topic)
     began = time.monotonic()
     try:
         # Paced, as live traffic: the worker is much faster than kill/restart cycles otherwise.
