@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))
 from bench.worker.run import produce  # noqa: E402
 from deploy.kafka.broker import configured_or_throwaway_broker  # noqa: E402
 from schemas.catalog import load_catalog  # noqa: E402
-from streams.replay import read_input, replay  # noqa: E402
+from streams.devstack.simulate import simulate_events  # noqa: E402
+from streams.kafka import INPUT_TOPIC_CONFIG, TopicSpec, ensure_topics  # noqa: E402
+from streams.replay.replay import read_input, replay  # noqa: E402
 from streams.settings import DEMO_CATALOG, Settings  # noqa: E402
-from streams.simulate import simulate_events  # noqa: E402
-from streams.topics import INPUT_TOPIC_CONFIG, TopicSpec, ensure_topics  # noqa: E402
 
 
 def main() -> int:

@@ -39,8 +39,8 @@ from deploy.kafka.broker import configured_or_throwaway_broker  # noqa: E402
 from deploy.postgres.server import throwaway_postgres  # noqa: E402
 from schemas.records import make_award_id  # noqa: E402
 from streams import database  # noqa: E402
-from streams.award_sink import AwardSink  # noqa: E402
 from streams.settings import Settings  # noqa: E402
+from streams.sink.award_sink import AwardSink  # noqa: E402
 
 CATALOG = {"catalog_version": "bench", "badges": [
     {"id": f"badge_{i}", "name": f"Badge {i}", "on": ["quiz_completed"], "rule": {"count": i + 1}} for i in range(20)

@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO))
 
 from deploy.kafka.broker import configured_or_throwaway_broker, free_port  # noqa: E402
 from schemas.events import parse_event  # noqa: E402
+from streams.devstack.simulate import simulate_events  # noqa: E402
+from streams.kafka import ensure_topics, required_topics  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.simulate import simulate_events  # noqa: E402
-from streams.topics import ensure_topics, required_topics  # noqa: E402
 
 EVENTS_TOTAL = re.compile(r"^badgestream_events_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
 
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace, bootstrap: str) -> int:
                         data_dir=workdir / "worker")
     ensure_topics(settings, required_topics(settings))
     ceiling_topic = f"bench-ceiling-{suffix}"
-    from streams.topics import TopicSpec
+    from streams.kafka import TopicSpec
 
     ensure_topics(settings, [TopicSpec(ceiling_topic, args.partitions, {})])
 

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from schemas.records import AwardRecord, ProgressRecord, make_award_id
-from streams import database
-from streams.cli import main as cli_main
-from streams.user_report import build_report, render_text
+from streams.cli.main import main as cli_main
+from streams.cli.user_report import build_report, render_text
+from streams.db import database
 
 T0 = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 

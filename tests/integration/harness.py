@@ -78,7 +78,7 @@ class StackConfig:
 
     def create_topics(self) -> StackConfig:
         """Create every topic up front, as an operator would, so no producer races the worker."""
-        from streams.topics import ensure_topics
+        from streams.kafka import ensure_topics
 
         ensure_topics(self.settings())
         return self

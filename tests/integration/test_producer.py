@@ -15,10 +15,10 @@ import pytest
 
 from schemas.catalog import load_catalog
 from schemas.errors import InvalidEventError
-from streams.producer import BadgeEvents
+from streams.devstack.simulate import simulate_events
+from streams.kafka import partition_for
+from streams.sdk.producer import BadgeEvents
 from streams.settings import Settings
-from streams.simulate import simulate_events
-from streams.topics import partition_for
 from tests.integration import harness
 
 pytestmark = pytest.mark.kafka
@@ -96,7 +96,7 @@ def test_producer_settings_turn_on_idempotence(kafka_bootstrap: str) -> None:
 
     class Recording(BadgeEvents):
         def __init__(self, settings: Settings) -> None:
-            import streams.producer as module
+            import streams.sdk.producer as module
 
             real = module.Producer
 

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from schemas.catalog import load_catalog
-from streams import database
-from streams.replay import apply_diff, database_awards, diff, replay
+from streams.db import database
+from streams.replay.replay import apply_diff, database_awards, diff, replay
 from streams.settings import Settings
 from tests.integration import harness
 from tests.integration.harness import StackConfig

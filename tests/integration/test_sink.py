@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord, make_award_id
-from streams import database
-from streams.award_sink import AwardSink, Backoff
+from streams.db import database
 from streams.settings import Settings
+from streams.sink.award_sink import AwardSink, Backoff
 
 pytestmark = pytest.mark.kafka
 
@@ -275,7 +275,7 @@ class TestAwardSink:
         with harness.sink(engine=engine) as sink:
             sink.run(until_caught_up=True)
             committed_before = harness.committed()
-            caplog.set_level(logging.WARNING, logger="streams.award_sink")
+            caplog.set_level(logging.WARNING, logger="streams.sink.award_sink")
             with database_outage(request, database_url):
                 harness.produce([award(f"u-{i}") for i in range(5, 25)])
                 runner = threading.Thread(target=sink.run, kwargs={"until_caught_up": True})

@@ -11,8 +11,8 @@ import os
 import sys
 from typing import Any
 
-from streams import award_sink
-from streams.cli import main
+from streams.cli.main import main
+from streams.sink import award_sink
 
 
 def crash_after(batches: int) -> None:

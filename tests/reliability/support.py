@@ -29,7 +29,7 @@ from evaluators.registry import EvaluatorRegistry
 from schemas.catalog import load_catalog
 from schemas.errors import InvalidEventError
 from schemas.events import parse_event
-from streams.simulate import simulate_events
+from streams.devstack.simulate import simulate_events
 from tests.integration import harness
 from tests.integration.harness import Process, StackConfig
 

@@ -4,7 +4,7 @@ result is identical to the clean run.
 The test runs its own single-node broker (deploy/kafka/broker.py) in its temporary directory on
 fixed ports, so that it can stop it and start it again on the same port with the same data. The
 worker and the sink run as subprocesses, the sink writes to SQLite; a producer thread sends the
-simulated stream through the project's SDK (``streams.producer.BadgeEvents``) at a steady rate.
+simulated stream through the project's SDK (``streams.sdk.producer.BadgeEvents``) at a steady rate.
 Once the worker has produced part of its output, the broker is stopped (SIGTERM, a controlled
 shutdown; or ``kill -9``), kept down for several seconds and started again. Nothing else is
 restarted: the worker, the sink and the producer must reconnect on their own, every event must be
@@ -31,7 +31,7 @@ from confluent_kafka import KafkaError, Message
 
 from deploy.kafka.broker import LocalBroker
 from schemas.events import parse_event
-from streams.producer import BadgeEvents
+from streams.sdk.producer import BadgeEvents
 from streams.settings import Settings
 from tests.integration import harness
 from tests.integration.harness import Process, StackConfig

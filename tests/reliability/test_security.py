@@ -74,7 +74,7 @@ def assert_secure(config: dict[str, Any], settings: Settings) -> None:
 
 
 def test_topic_admin_gets_the_security_settings(monkeypatch: pytest.MonkeyPatch, sasl_settings: Settings) -> None:
-    from streams import topics
+    from streams import kafka as topics
 
     admin = Recorder(raise_on_build=True)
     monkeypatch.setattr(topics, "AdminClient", admin)
@@ -86,7 +86,7 @@ def test_topic_admin_gets_the_security_settings(monkeypatch: pytest.MonkeyPatch,
 def test_sink_consumer_and_dead_letter_producer_get_the_security_settings(
     monkeypatch: pytest.MonkeyPatch, sasl_settings: Settings
 ) -> None:
-    from streams import award_sink
+    from streams.sink import award_sink
 
     consumer, producer = Recorder(), Recorder()
     monkeypatch.setattr(award_sink, "Consumer", consumer)
@@ -103,7 +103,7 @@ def test_sink_consumer_and_dead_letter_producer_get_the_security_settings(
 
 
 def test_producer_sdk_gets_the_security_settings(monkeypatch: pytest.MonkeyPatch, sasl_settings: Settings) -> None:
-    from streams import producer as sdk
+    from streams.sdk import producer as sdk
 
     recorder = Recorder()
     monkeypatch.setattr(sdk, "Producer", recorder)
@@ -116,7 +116,8 @@ def test_producer_sdk_gets_the_security_settings(monkeypatch: pytest.MonkeyPatch
 def test_replay_reader_and_publisher_get_the_security_settings(
     monkeypatch: pytest.MonkeyPatch, sasl_settings: Settings
 ) -> None:
-    from streams import database, replay
+    from streams.db import database
+    from streams.replay import replay
 
     consumer, producer = Recorder(raise_on_build=True), Recorder(raise_on_build=True)
     monkeypatch.setattr(replay, "Consumer", consumer)
@@ -139,7 +140,7 @@ def test_replay_reader_and_publisher_get_the_security_settings(
 def test_worker_output_producer_gets_the_security_settings(
     monkeypatch: pytest.MonkeyPatch, sasl_settings: Settings
 ) -> None:
-    from streams import output
+    from streams.worker import output
 
     recorder = Recorder()
     monkeypatch.setattr(output, "Producer", recorder)
@@ -152,13 +153,13 @@ def test_faust_worker_gets_sasl_and_tls_credentials(
 ) -> None:
     import ssl
 
-    from streams import output
+    from streams.worker import output
 
     monkeypatch.setattr(output, "Producer", Recorder())  # its own test above; no connection attempts here
 
     from faust.auth import SASLCredentials
 
-    from streams.worker import broker_credentials, create_app
+    from streams.worker.app import broker_credentials, create_app
 
     settings = sasl_settings.model_copy(update={"kafka_ssl_cafile": None, "data_dir": tmp_path / "worker"})
     credentials = broker_credentials(settings)

@@ -23,8 +23,8 @@ import orjson
 import pytest
 
 from schemas.catalog import load_catalog
-from streams.processor import EventProcessor
-from streams.worker import build_engine
+from streams.worker.app import build_engine
+from streams.worker.processor import EventProcessor
 from tests.integration import harness
 from tests.integration.harness import Process, StackConfig
 from tests.reliability import support

@@ -104,7 +104,7 @@ def run_with_worker_crashes(stack: StackConfig, events: int, users: int, kills: 
     record.notes.append(f"wall time {time.monotonic() - began:.0f}s; worker starts {worker.starts}; the "
                         f"award topic holds {len(published)} records, {republished} of them re-published "
                         f"after a crash (absorbed by the sink); input partitions read again instead of "
-                        f"skipped (streams/consumer.py): {rewinds}")
+                        f"skipped (streams/worker/consumer.py): {rewinds}")
     record.report(awards_expected=len(expected.awards), awards_in_db=got.rows,
                   progress_rows=len(got.progress), duplicates=got.duplicates, rewinds=rewinds)
     assert worker.starts == kills + 1
@@ -127,8 +127,8 @@ def test_worker_kill9_five_times_during_50k_events(stack: StackConfig) -> None:
 def test_a_redelivered_event_republishes_the_latest_progress_lost_in_a_crash() -> None:
     """The case the live test found: state (changelog) written, progress record lost with the process."""
     from schemas.catalog import load_catalog
-    from streams.processor import EventProcessor
-    from streams.worker import build_engine
+    from streams.worker.app import build_engine
+    from streams.worker.processor import EventProcessor
 
     catalog = load_catalog(harness.DEMO_CATALOG)
     processor = EventProcessor(catalog, build_engine(catalog))

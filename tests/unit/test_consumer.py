@@ -1,4 +1,4 @@
-"""The commit arithmetic of streams/consumer.py: never past an offset that was not acknowledged.
+"""The commit arithmetic of streams/worker/consumer.py: never past an offset that was not acknowledged.
 
 Faust's own ``_new_offset`` is the reference for what goes wrong (faust #606): with the committed
 offset at N and N+1.. acknowledged, it commits past N although N was never processed.
@@ -16,7 +16,7 @@ from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.consumer import SafeConsumer
+from streams.worker.consumer import SafeConsumer
 
 INPUT = TP("user-events", 0)
 CHANGELOG = TP("app-user-state-changelog", 0)
@@ -184,7 +184,7 @@ def test_a_delivery_cut_short_is_not_a_read() -> None:
 def test_repeated_log_lines_are_held_back_and_counted() -> None:
     import logging
 
-    from streams.worker import RepeatFilter
+    from streams.worker.app import RepeatFilter
 
     clock = [100.0]
     flt = RepeatFilter(interval=10.0, clock=lambda: clock[0])

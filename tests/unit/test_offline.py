@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deploy.demo.make_events import build
-from streams.cli import main
+from streams.cli.main import main
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "demo"
 

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the Faust worker: events in, awards out")
     worker.add_argument("--catalog", default=None, help="badge catalog YAML (default: BADGESTREAM_CATALOG_PATH)")
     worker.add_argument("-l", "--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"])
-    worker.set_defaults(func=_lazy("streams.worker:worker_command"))
+    worker.set_defaults(func=_lazy("streams.worker.app:worker_command"))
 
     replay = sub.add_parser("replay", help="recompute awards from the input topics and diff against the database")
     replay.add_argument("--catalog", default=None, help="catalog to replay with (default: BADGESTREAM_CATALOG_PATH)")
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="print the whole diff as JSON")
     replay.add_argument("--show", type=int, default=20, help="rows shown per section")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
-    replay.set_defaults(func=_lazy("streams.replay:replay_command"))
+    replay.set_defaults(func=_lazy("streams.replay.replay:replay_command"))
 
     emit = sub.add_parser("emit", help="send one event, or a JSON-lines file of events")
     emit.add_argument("type", nargs="?", help="event type, e.g. quiz_completed")
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     emit.add_argument("--file", help="JSON-lines file of events to send instead")
     emit.add_argument("--topic", default=None, help="default: the first input topic")
     emit.add_argument("--no-catalog-checks", action="store_true", help="skip the catalog's per-type data checks")
-    emit.set_defaults(func=_lazy("streams.producer:emit_command"))
+    emit.set_defaults(func=_lazy("streams.sdk.producer:emit_command"))
 
     simulate = sub.add_parser("simulate", help="a realistic synthetic event stream, reproducible by seed")
     simulate.add_argument("--users", type=int, default=1000)
@@ -79,12 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--start", default=None, help="first day, YYYY-MM-DD (default 2026-05-01)")
     simulate.add_argument("--output", default=None, help="write JSON lines to this file instead of sending")
-    simulate.set_defaults(func=_lazy("streams.simulate:simulate_command"))
+    simulate.set_defaults(func=_lazy("streams.devstack.simulate:simulate_command"))
 
     schema = sub.add_parser("schema", help="JSON Schemas of every wire model, for upstream teams")
     schema.add_argument("action", choices=["export"])
     schema.add_argument("directory", help="where to write the *.schema.json files")
-    schema.set_defaults(func=_lazy("streams.producer:schema_command"))
+    schema.set_defaults(func=_lazy("streams.sdk.producer:schema_command"))
 
     up = sub.add_parser("up", help="the whole stack locally: broker, worker, sink, demo events, awards shown")
     up.add_argument("--catalog", default=None, help="catalog YAML (default: the demo catalog)")
@@ -93,42 +93,42 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--show-users", type=int, default=3, help="how many users' badges to print")
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every award")
     up.add_argument("--once", action="store_true", help="stop everything after showing the results")
-    up.set_defaults(func=_lazy("streams.local_stack:up_command"))
+    up.set_defaults(func=_lazy("streams.devstack.up:up_command"))
 
     # --- offline: the pure engine over files ----------------------------------------------
     evaluate = sub.add_parser("evaluate", help="run the badge engine over a JSON-lines file of events, offline")
     evaluate.add_argument("--catalog", required=True, help="badge catalog YAML")
     evaluate.add_argument("events", help="JSON-lines file of events ('-' for stdin)")
-    evaluate.set_defaults(func=_lazy("streams.offline:evaluate_command"))
+    evaluate.set_defaults(func=_lazy("streams.cli.offline:evaluate_command"))
 
     catalog = sub.add_parser("catalog", help="badge catalog tools")
     catalog_actions = catalog.add_subparsers(dest="catalog_action", required=True, metavar="ACTION")
     catalog_validate = catalog_actions.add_parser("validate", help="check a catalog and explain every error")
     catalog_validate.add_argument("file", help="badge catalog YAML")
-    catalog_validate.set_defaults(func=_lazy("streams.offline:catalog_validate_command"))
+    catalog_validate.set_defaults(func=_lazy("streams.cli.offline:catalog_validate_command"))
 
     # --- award sink and database ----------------------------------------------------------
     sink = sub.add_parser("sink", help="write awards and progress from Kafka into the database")
     sink.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
     sink.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (default: run)")
-    sink.set_defaults(func=_lazy("streams.award_sink:run_sink"))
+    sink.set_defaults(func=_lazy("streams.sink.award_sink:run_sink"))
 
     db = sub.add_parser("db", help="database schema: migrate with Alembic")
     db.add_argument("action", choices=["upgrade"], help="upgrade: bring the schema to the latest migration")
     db.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
-    db.set_defaults(func=_lazy("streams.user_report:db_command"))
+    db.set_defaults(func=_lazy("streams.cli.user_report:db_command"))
 
     user = sub.add_parser("user", help="a user's badges and progress, from the database")
     user.add_argument("user_id")
     user.add_argument("--json", action="store_true", help="machine-readable output")
     user.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
-    user.set_defaults(func=_lazy("streams.user_report:user_command"))
+    user.set_defaults(func=_lazy("streams.cli.user_report:user_command"))
 
     leaderboard = sub.add_parser("leaderboard", help="users by number of badges held")
     leaderboard.add_argument("--limit", type=int, default=10)
     leaderboard.add_argument("--json", action="store_true", help="machine-readable output")
     leaderboard.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
-    leaderboard.set_defaults(func=_lazy("streams.user_report:leaderboard_command"))
+    leaderboard.set_defaults(func=_lazy("streams.cli.user_report:leaderboard_command"))
 
     return parser
 

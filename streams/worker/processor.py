@@ -1,6 +1,6 @@
 """One input message in, everything the worker must do about it out — with no Faust and no I/O.
 
-The Faust agent in ``streams/worker.py`` only reads the stored state, calls :meth:`EventProcessor.process`
+The Faust agent in ``streams/worker/app.py`` only reads the stored state, calls :meth:`EventProcessor.process`
 and acts on the :class:`Outcome`: store the new state, produce awards, progress and dead letters, or
 forward the message to the repartition topic. Keeping the decision here makes it testable with
 literal bytes, and identical between the live worker and replay.

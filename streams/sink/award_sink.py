@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from schemas.errors import SinkError
 from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord, make_award_id
-from streams import database
+from streams.db import database
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ class AwardSink:
     def _ensure_topics(self) -> None:
         """The topics the sink reads and its dead-letter topic exist before it subscribes (brokers
         usually do not auto-create topics, and ours does not)."""
-        from streams.topics import INPUT_TOPIC_CONFIG, OUTPUT_TOPIC_CONFIG, TopicSpec, ensure_topics
+        from streams.kafka import INPUT_TOPIC_CONFIG, OUTPUT_TOPIC_CONFIG, TopicSpec, ensure_topics
 
         n = self.settings.topic_partitions
         ensure_topics(self.settings, [TopicSpec(self.settings.awards_topic, n, OUTPUT_TOPIC_CONFIG),

@@ -1,6 +1,6 @@
 """The Faust application: input topics in, per-user state in a RocksDB table, awards/progress/DLQ out.
 
-Agents act, the engine decides: each message goes through :class:`streams.processor.EventProcessor`
+Agents act, the engine decides: each message goes through :class:`streams.worker.processor.EventProcessor`
 and the agent only stores the new state and produces what the outcome says. Delivery is
 at-least-once (Faust flushes the producer before it commits input offsets) made safe by idempotency:
 deterministic award ids, event-id dedupe in the state, and the per-user outbox that re-publishes a
@@ -24,12 +24,12 @@ from evaluators.registry import EvaluatorRegistry
 from schemas.catalog import Catalog, load_catalog
 from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope
-from streams import consumer as safe_consumer
-from streams.metrics import WorkerMetrics
-from streams.output import OutputProducer
-from streams.processor import EventProcessor, StoredUser, dead_letter
+from streams.kafka import ensure_topics, partition_for, repartition_topic_name, required_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics, partition_for, repartition_topic_name, required_topics
+from streams.worker import consumer as safe_consumer
+from streams.worker.metrics import WorkerMetrics
+from streams.worker.output import OutputProducer
+from streams.worker.processor import EventProcessor, StoredUser, dead_letter
 
 log = logging.getLogger("badgestream.worker")
 
@@ -96,7 +96,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         # Batch the state changelog Faust produces: without linger each record went out in a
-        # produce request of its own. (Awards and progress go through streams/output.py.)
+        # produce request of its own. (Awards and progress go through streams/worker/output.py.)
         producer_linger=0.005,
         producer_max_batch_size=262_144,
         table_standby_replicas=0,
@@ -107,7 +107,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
     metrics = WorkerMetrics(known_types=catalog.event_types())
-    # Faust's own consumer can commit past input events nobody evaluated (streams/consumer.py).
+    # Faust's own consumer can commit past input events nobody evaluated (streams/worker/consumer.py).
     safe_consumer.install(app, on_rewind=lambda tp: metrics.input_rewind(tp.topic, tp.partition))
 
     aligned = [t for t in settings.input_topics if input_partitions.get(t, partitions) == partitions]

@@ -139,7 +139,7 @@ def up_command(args: argparse.Namespace) -> int:
             "BADGESTREAM_DATA_DIR": str(var / "worker"),
         }
         settings = Settings(kafka_bootstrap_servers=bootstrap, catalog_path=catalog_path)
-        from streams.topics import ensure_topics
+        from streams.kafka import ensure_topics
 
         ensure_topics(settings)
         children = [
@@ -172,7 +172,7 @@ def stream_events(settings: Settings, events_path: Path, catalog_path: Path) -> 
     from evaluators.engine import Engine
     from evaluators.registry import EvaluatorRegistry
     from schemas.events import parse_event
-    from streams.producer import BadgeEvents
+    from streams.sdk.producer import BadgeEvents
 
     catalog = load_catalog(catalog_path)
     engine = Engine(catalog, EvaluatorRegistry.from_entry_points())
@@ -195,7 +195,8 @@ def stream_events(settings: Settings, events_path: Path, catalog_path: Path) -> 
 
 def show_results(database_url: str, users: int) -> None:
     """The leaderboard and the top users' badges and progress, as ``badgestream user`` prints them."""
-    from streams import database, user_report
+    from streams.cli import user_report
+    from streams.db import database
 
     engine = database.make_engine(database_url)
     try:

@@ -37,8 +37,8 @@ from schemas.catalog import Catalog, load_catalog
 from schemas.errors import InvalidEventError
 from schemas.events import parse_event
 from schemas.records import AwardRecord
-from streams import database
-from streams.progress import Progress
+from streams.console import Progress
+from streams.db import database
 from streams.settings import Settings
 
 NATURAL_KEY = ("user_id", "badge_id", "tier", "occurrence")

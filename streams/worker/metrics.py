@@ -28,7 +28,7 @@ class WorkerMetrics:
                                           0.25, 1.0), registry=self.registry)
         self.input_rewinds = Counter("badgestream_input_rewinds_total",
                                      "Times an input partition was read again instead of skipping records "
-                                     "(streams/consumer.py)", ["topic", "partition"], registry=self.registry)
+                                     "(streams/worker/consumer.py)", ["topic", "partition"], registry=self.registry)
         self.consumer_lag = Gauge("badgestream_consumer_lag", "Messages not yet committed, per input partition",
                                   ["topic", "partition"], registry=self.registry)
 

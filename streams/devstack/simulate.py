@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from streams.progress import Progress
+from streams.console import Progress
 
 TIME_ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney", "America/Sao_Paulo",
               "Asia/Kolkata")
@@ -97,7 +97,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         print(f"wrote {args.events} events for {args.users} users to {out_path}", file=sys.stderr)
         return 0
     from schemas.events import parse_event
-    from streams.producer import BadgeEvents
+    from streams.sdk.producer import BadgeEvents
     from streams.settings import Settings
 
     interval = 1.0 / args.rate if args.rate else 0.0

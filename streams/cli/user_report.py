@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from streams import database
+from streams.db import database
 from streams.settings import Settings, mask_url
 
 

@@ -1,0 +1,1 @@
+"""The ``badgestream`` command line."""

@@ -1,0 +1,1 @@
+"""The award database: tables, migrations, reads and writes."""

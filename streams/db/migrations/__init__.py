@@ -1,0 +1,1 @@
+"""Alembic migrations of the award database, run programmatically by ``streams.db.database.upgrade``."""

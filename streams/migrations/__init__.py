@@ -1,1 +1,0 @@
-"""Alembic migrations of the award database, run programmatically by ``streams.database.upgrade``."""

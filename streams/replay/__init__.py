@@ -1,0 +1,1 @@
+"""Replay: recompute awards from the input topics, diff against the database, apply."""

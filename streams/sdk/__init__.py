@@ -1,0 +1,1 @@
+"""The producer SDK upstream services use to emit events."""

@@ -1,0 +1,1 @@
+"""The award sink: award and progress topics in, durable database rows out."""

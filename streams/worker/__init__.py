@@ -1,0 +1,1 @@
+"""The worker: the Faust app, its per-event processor, output producer, safe consumer and metrics."""
