@@ -318,7 +318,7 @@ def test_sink_command_stops_cleanly_on_sigterm(
     import subprocess
     import sys
 
-    pytest.importorskip("schemas.catalog", reason="the catalog loader (schemas/catalog.py) is not there yet")
+    pytest.importorskip("schemas.catalog", reason="the catalog loader (schemas/catalog/) is not there yet")
     harness = Harness(kafka_bootstrap, topic_factory, unique_name("sink-cli"), sqlite_url)
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(json.dumps(CATALOG))  # JSON is YAML

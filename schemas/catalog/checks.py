@@ -1,0 +1,121 @@
+"""Checks that need the whole catalog: duplicate ids, unknown references, cycles, CEL, custom evaluator names.
+
+Every problem is reported as a message naming file, line, badge and field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterator
+
+from schemas.catalog.cel import analyse_expression
+from schemas.catalog.models import Badge, BadgesRule, Catalog, EvaluatorRule
+from schemas.errors import CatalogError
+
+
+class CatalogProblems(CatalogError):
+    """Every problem found in a catalog; ``problems`` lists them one by one, the message joins them."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"invalid catalog {source} ({count}):\n  " + "\n  ".join(problems))
+
+
+def _describe(source: str, line: int | None, badge: str | None, field: str, message: str) -> str:
+    where = f"{source}:{line}" if line is not None else source
+    what = f"badge {badge!r}, field {field!r}" if badge is not None else f"field {field!r}"
+    return f"{where}: {what}: {message}"
+
+
+def _find_cycles(catalog: Catalog) -> list[list[str]]:
+    """Cycles among ``requires`` and meta-badge lists, each once, in catalog order."""
+    edges: dict[str, list[str]] = {}
+    for badge in catalog.badges:
+        targets = list(badge.requires)
+        if isinstance(badge.rule, BadgesRule):
+            targets += badge.rule.badges
+        edges.setdefault(badge.id, []).extend(t for t in targets if t in catalog.badges_by_id)
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles: list[list[str]] = []
+
+    def visit(start: str) -> None:
+        # Iterative depth-first search: a long chain of prerequisites must not hit the recursion limit.
+        path: list[str] = [start]
+        iters: list[Iterator[str]] = [iter(edges.get(start, []))]
+        state[start] = 1
+        while iters:
+            nxt = next(iters[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                iters.pop()
+            elif state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                iters.append(iter(edges.get(nxt, [])))
+
+    for badge in catalog.badges:
+        if badge.id not in state:
+            visit(badge.id)
+    return cycles
+
+
+def catalog_problems(
+    catalog: Catalog, registry: Container[str] | None = None, also_known: Container[str] = frozenset()
+) -> list[str]:
+    """Every cross-badge problem of an (individually valid) catalog, as messages naming badge, field, line.
+
+    ``also_known``: ids of badges that exist but were left out (invalid on their own); not "unknown".
+    """
+    source = catalog.source
+    known = catalog.badges_by_id
+    problems: list[str] = []
+    first_seen: dict[str, int] = {}
+    for index, badge in enumerate(catalog.badges):
+        def say(field: str, message: str, *path: str | int, _i: int = index, _b: Badge = badge) -> None:
+            problems.append(_describe(source, catalog.line_of("badges", _i, *path), _b.id, field, message))
+
+        if badge.id in first_seen:
+            say("id", f"duplicate badge id (first defined on line {first_seen[badge.id]})", "id")
+        else:
+            first_seen[badge.id] = catalog.line_of("badges", index, "id") or index + 1
+        for position, required in enumerate(badge.requires):
+            if required == badge.id:
+                say("requires", "a badge cannot require itself", "requires", position)
+            elif required not in known and required not in also_known:
+                say("requires", f"unknown badge {required!r}", "requires", position)
+        if isinstance(badge.rule, BadgesRule):
+            for position, listed in enumerate(badge.rule.badges):
+                if listed == badge.id:
+                    say("rule.badges", "a meta-badge cannot list itself", "rule", "badges", position)
+                elif listed not in known and listed not in also_known:
+                    say("rule.badges", f"unknown badge {listed!r}", "rule", "badges", position)
+        if badge.when is not None:
+            try:
+                analyse_expression(badge.when)
+            except ValueError as exc:
+                say("when", str(exc), "when")
+        if isinstance(badge.rule, EvaluatorRule) and registry is not None and badge.rule.name not in registry:
+            say("rule.evaluator", f"unknown custom evaluator {badge.rule.name!r}", "rule", "evaluator")
+    for cycle in _find_cycles(catalog):
+        start = catalog.badges_by_id[cycle[0]]
+        index = catalog.badges.index(start)
+        field = "rule.badges" if isinstance(start.rule, BadgesRule) and cycle[1] in start.rule.badges else "requires"
+        problems.append(
+            _describe(source, catalog.line_of("badges", index, *field.split(".")), start.id, field,
+                      "cycle among requires/badges: " + " -> ".join(cycle))
+        )
+    return problems
+
+
+def validate_catalog(catalog: Catalog, registry: Container[str] | None = None) -> None:
+    """Raise :class:`CatalogProblems` if the catalog refers to unknown badges or evaluators, loops, or has bad CEL.
+
+    ``registry`` is anything that answers ``name in registry`` (an ``EvaluatorRegistry``); without it
+    custom evaluator names are not checked (the engine checks them with its own registry).
+    """
+    problems = catalog_problems(catalog, registry)
+    if problems:
+        raise CatalogProblems(catalog.source, problems)
