@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from deploy.kafka.broker import configured_or_throwaway_broker  # noqa: E402
 from deploy.postgres.server import throwaway_postgres  # noqa: E402
 from schemas.records import make_award_id  # noqa: E402
-from streams import database  # noqa: E402
+from streams import db  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.sink.award_sink import AwardSink  # noqa: E402
 
@@ -125,7 +125,7 @@ def measure(bootstrap: str, topic: str, url: str, awards: int, batch_size: int) 
         stats = sink.run(until_caught_up=True)
         finished = time.monotonic()
         with sink.engine.connect() as conn:
-            rows = database.count_rows(conn)["user_badges"]
+            rows = db.count_rows(conn)["user_badges"]
     if rows != awards or stats.messages != awards:
         raise RuntimeError(f"expected {awards} awards, the sink read {stats.messages} and the table has {rows}")
     return {

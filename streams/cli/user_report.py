@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from streams.db import database
+from streams import db
 from streams.settings import Settings, mask_url
 
 
@@ -34,8 +34,8 @@ def _when(value: datetime | None) -> str | None:
 
 def build_report(conn: Connection, user_id: str) -> dict[str, Any]:
     """The user's awards and visible progress as plain data (the ``--json`` output)."""
-    catalog = database.load_badges(conn)
-    awards = database.user_awards(conn, user_id)
+    catalog = db.load_badges(conn)
+    awards = db.user_awards(conn, user_id)
     held = {(a.badge_id, a.tier) for a in awards if a.revoked_at is None}
     held_badges = {badge_id for badge_id, _tier in held}
 
@@ -57,7 +57,7 @@ def build_report(conn: Connection, user_id: str) -> dict[str, Any]:
         })
 
     progress = []
-    for row in database.user_progress(conn, user_id):
+    for row in db.user_progress(conn, user_id):
         info = catalog.get(row.badge_id)
         if info is not None and info.hidden and row.badge_id not in held_badges:
             continue  # hidden until earned
@@ -116,9 +116,9 @@ def render_text(report: dict[str, Any]) -> str:
 
 def user_command(args: argparse.Namespace) -> int:
     """``badgestream user USER_ID [--json] [--database-url URL]``."""
-    engine = database.make_engine(_database_url(args))
+    engine = db.make_engine(_database_url(args))
     try:
-        database.require_schema(engine)
+        db.require_schema(engine)
         with engine.connect() as conn:
             report = build_report(conn, args.user_id)
     finally:
@@ -129,11 +129,11 @@ def user_command(args: argparse.Namespace) -> int:
 
 def leaderboard_command(args: argparse.Namespace) -> int:
     """``badgestream leaderboard [--limit N] [--json] [--database-url URL]``: users by badges held."""
-    engine = database.make_engine(_database_url(args))
+    engine = db.make_engine(_database_url(args))
     try:
-        database.require_schema(engine)
+        db.require_schema(engine)
         with engine.connect() as conn:
-            ranking = database.leaderboard(conn, limit=args.limit)
+            ranking = db.leaderboard(conn, limit=args.limit)
     finally:
         engine.dispose()
     if args.json:
@@ -156,10 +156,10 @@ def render_leaderboard(ranking: list[tuple[str, int]]) -> str:
 def db_command(args: argparse.Namespace) -> int:
     """``badgestream db upgrade [--database-url URL]``: migrate the schema to the latest revision."""
     url = _database_url(args)
-    database.upgrade(url)
-    engine = database.make_engine(url)
+    db.upgrade(url)
+    engine = db.make_engine(url)
     try:
-        revision = database.current_revision(engine)
+        revision = db.current_revision(engine)
     finally:
         engine.dispose()
     print(f"database {mask_url(url)} is at revision {revision}")

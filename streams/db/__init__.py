@@ -1,1 +1,60 @@
-"""The award database: tables, migrations, reads and writes."""
+"""The award database: tables, migrations, writes and reads.
+
+The sink, the replay and the query commands all go through these functions, so the idempotency
+rules live in one place (``writes``). ``tables`` defines the schema, ``engine`` creates engines and
+runs the migrations, ``reads`` answers the query surface; this module names what callers use.
+"""
+
+from streams.db.engine import current_revision, make_engine, require_schema, upgrade
+from streams.db.reads import (
+    BadgeInfo,
+    UserAward,
+    UserProgress,
+    count_rows,
+    leaderboard,
+    load_badges,
+    user_awards,
+    user_progress,
+)
+from streams.db.tables import ID_LENGTH, NO_TIER, badges, metadata, user_badge_progress, user_badges
+from streams.db.writes import (
+    WriteResult,
+    catalog_rows,
+    catalog_version,
+    latest_progress,
+    revoke_award,
+    upsert_awards,
+    upsert_progress,
+    write_catalog,
+    write_records,
+)
+
+__all__ = [
+    "ID_LENGTH",
+    "NO_TIER",
+    "BadgeInfo",
+    "UserAward",
+    "UserProgress",
+    "WriteResult",
+    "badges",
+    "catalog_rows",
+    "catalog_version",
+    "count_rows",
+    "current_revision",
+    "latest_progress",
+    "leaderboard",
+    "load_badges",
+    "make_engine",
+    "metadata",
+    "require_schema",
+    "revoke_award",
+    "upgrade",
+    "upsert_awards",
+    "upsert_progress",
+    "user_awards",
+    "user_badge_progress",
+    "user_badges",
+    "user_progress",
+    "write_catalog",
+    "write_records",
+]

@@ -195,13 +195,13 @@ def stream_events(settings: Settings, events_path: Path, catalog_path: Path) -> 
 
 def show_results(database_url: str, users: int) -> None:
     """The leaderboard and the top users' badges and progress, as ``badgestream user`` prints them."""
+    from streams import db
     from streams.cli import user_report
-    from streams.db import database
 
-    engine = database.make_engine(database_url)
+    engine = db.make_engine(database_url)
     try:
         with engine.connect() as conn:
-            ranking = database.leaderboard(conn, limit=10)
+            ranking = db.leaderboard(conn, limit=10)
             print("\nLeaderboard (users by badges held)")
             print(user_report.render_leaderboard(ranking))
             for user_id, _count in ranking[:users]:

@@ -37,8 +37,8 @@ from schemas.catalog import Catalog, load_catalog
 from schemas.errors import InvalidEventError
 from schemas.events import parse_event
 from schemas.records import AwardRecord
+from streams import db
 from streams.console import Progress
-from streams.db import database
 from streams.settings import Settings
 
 NATURAL_KEY = ("user_id", "badge_id", "tier", "occurrence")
@@ -176,7 +176,7 @@ class ReplayDiff:
 
 
 def database_awards(engine: sa.Engine) -> dict[str, dict[str, Any]]:
-    table = database.user_badges
+    table = db.user_badges
     with engine.connect() as conn:
         rows = conn.execute(sa.select(table.c.award_id, table.c.user_id, table.c.badge_id, table.c.tier,
                                       table.c.occurrence, table.c.awarded_at, table.c.event_id,
@@ -204,7 +204,9 @@ def diff(replayed: dict[str, AwardRecord], stored: dict[str, dict[str, Any]]) ->
     return ReplayDiff(added=added, no_longer_qualifying=gone, changed=changed, reinstatable=reinstatable)
 
 
-def apply_diff(settings: Settings, db: sa.Engine, found: ReplayDiff, *, add: bool, revoke: bool) -> dict[str, int]:
+def apply_diff(
+    settings: Settings, awards_db: sa.Engine, found: ReplayDiff, *, add: bool, revoke: bool
+) -> dict[str, int]:
     """Write additions (backfill) and/or revocations to the database in one transaction, then
     publish them on the award topic for downstream consumers."""
     backfilled = [a.model_copy(update={"backfill": True}) for a in found.added] if add else []
@@ -216,8 +218,8 @@ def apply_diff(settings: Settings, db: sa.Engine, found: ReplayDiff, *, add: boo
                 occurrence=row["occurrence"], awarded_at=row["awarded_at"], event_id=row["event_id"],
                 catalog_version="replay", kind="revocation"))
     now = datetime.now(UTC)
-    with db.begin() as conn:
-        result = database.upsert_awards(conn, [*backfilled, *revocations], now=now)
+    with awards_db.begin() as conn:
+        result = db.upsert_awards(conn, [*backfilled, *revocations], now=now)
     producer = Producer(settings.confluent_config(**{"enable.idempotence": True, "partitioner": "murmur2_random"}))
     for record in [*backfilled, *revocations]:
         producer.produce(settings.awards_topic, key=record.user_id.encode(), value=record.model_dump_json().encode())
@@ -272,20 +274,20 @@ def replay_command(args: argparse.Namespace) -> int:
     catalog = load_catalog(settings.catalog_path)
     print(f"replaying {', '.join(settings.input_topics)} with catalog {catalog.catalog_version}", file=sys.stderr)
     result = replay(settings, catalog, show_progress=not args.quiet)
-    db = database.make_engine(settings.database_url_value)
+    awards_db = db.make_engine(settings.database_url_value)
     try:
-        database.upgrade(db)
-        found = diff(result.awards, database_awards(db))
+        db.upgrade(awards_db)
+        found = diff(result.awards, database_awards(awards_db))
         if args.json:
             print(json.dumps(found.as_json(), indent=2))
         else:
             print(render(found, result, args.show))
         if args.apply or args.revoke:
-            applied = apply_diff(settings, db, found, add=args.apply, revoke=args.revoke)
+            applied = apply_diff(settings, awards_db, found, add=args.apply, revoke=args.revoke)
             print(f"applied: {applied['added']} awards added (backfill), {applied['revoked']} revoked",
                   file=sys.stderr)
         elif not found.empty:
             print("nothing written: --apply adds the missing awards, --revoke revokes the others", file=sys.stderr)
     finally:
-        db.dispose()
+        awards_db.dispose()
     return 0

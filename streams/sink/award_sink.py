@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from schemas.errors import SinkError
 from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord, make_award_id
-from streams.db import database
+from streams import db
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class BatchResult:
     awards: int
     progress: int
     dead_letters: int
-    written: database.WriteResult
+    written: db.WriteResult
     committed: bool
 
 
@@ -131,9 +131,9 @@ def _validation_reason(exc: ValidationError, limit: int = 500) -> str:
 
 def _check_ids(record: AwardRecord | ProgressRecord, names: Sequence[str], raw: bytes) -> str | None:
     lengths = [len(getattr(record, name) or "") for name in names]
-    if max(lengths) > database.ID_LENGTH:
-        name = names[next(i for i, n in enumerate(lengths) if n > database.ID_LENGTH)]
-        return f"{name} is longer than {database.ID_LENGTH} characters"
+    if max(lengths) > db.ID_LENGTH:
+        name = names[next(i for i, n in enumerate(lengths) if n > db.ID_LENGTH)]
+        return f"{name} is longer than {db.ID_LENGTH} characters"
     # A NUL can only be in a JSON string as the escape \u0000: look for it in the raw bytes first.
     if b"\\u0000" in raw:
         for name in names:
@@ -206,7 +206,7 @@ class AwardSink:
         log_every_batches: int = 100,
     ) -> None:
         self.settings = settings
-        self.engine = engine or database.make_engine(settings.database_url_value)
+        self.engine = engine or db.make_engine(settings.database_url_value)
         self.backoff = backoff or Backoff()
         self.log_every_batches = log_every_batches
         self.stats = SinkStats()
@@ -226,11 +226,11 @@ class AwardSink:
         """Migrate the database, write the catalog, subscribe. Waits out a database outage like step 2 does."""
         if self._consumer is not None:
             return
-        self._retry_database("migrate", lambda: database.upgrade(self.engine))
+        self._retry_database("migrate", lambda: db.upgrade(self.engine))
         if self._write_catalog:
             catalog = self._catalog if self._catalog is not None else self._load_catalog()
-            count = self._retry_database("write the catalog", lambda: database.write_catalog(self.engine, catalog))
-            log.info("catalog %s: %d badges written to %s", database.catalog_version(catalog), count, self._url)
+            count = self._retry_database("write the catalog", lambda: db.write_catalog(self.engine, catalog))
+            log.info("catalog %s: %d badges written to %s", db.catalog_version(catalog), count, self._url)
         self._ensure_topics()
         self._producer = Producer(self.settings.confluent_config(**{"acks": "all", "enable.idempotence": True,
                                                                     "linger.ms": 5}))
@@ -476,9 +476,9 @@ class AwardSink:
             if self._wait(delay, stop_event):
                 raise SinkStopped("stopped while dead letters were undelivered")
 
-    def _write(self, decoded: DecodedBatch) -> database.WriteResult:
+    def _write(self, decoded: DecodedBatch) -> db.WriteResult:
         with self.engine.begin() as conn:
-            return database.write_records(conn, decoded.awards, decoded.progress)
+            return db.write_records(conn, decoded.awards, decoded.progress)
 
     def _commit(self, offsets: list[TopicPartition]) -> bool:
         try:

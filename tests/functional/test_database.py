@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from schemas.records import AwardRecord, ProgressRecord, make_award_id
+from streams import db
 from streams.cli.main import main as cli_main
 from streams.cli.user_report import build_report, render_text
-from streams.db import database
 
 T0 = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 
@@ -58,32 +58,32 @@ def progress(user: str = "u-1", badge: str = "quiz_master", tier: str | None = "
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    database.upgrade(database_url)
-    engine = database.make_engine(database_url)
+    db.upgrade(database_url)
+    engine = db.make_engine(database_url)
     yield engine
     engine.dispose()
 
 
 def write(engine: Engine, awards: list[AwardRecord] = (), progress_records: list[ProgressRecord] = (),  # type: ignore[assignment]
-          *, now: datetime | None = None) -> database.WriteResult:
+          *, now: datetime | None = None) -> db.WriteResult:
     with engine.begin() as conn:
-        return database.write_records(conn, list(awards), list(progress_records), now=now)
+        return db.write_records(conn, list(awards), list(progress_records), now=now)
 
 
 class TestDatabaseContract:
     """Every test runs on SQLite and on PostgreSQL (``database_url`` is parametrised)."""
 
     def test_migrations_from_empty_match_the_models(self, database_url: str) -> None:
-        engine = database.make_engine(database_url)
+        engine = db.make_engine(database_url)
         try:
-            assert database.current_revision(engine) is None
-            database.upgrade(database_url)
-            database.upgrade(database_url)  # a second start is a no-op
-            assert database.current_revision(engine) == "0001"
+            assert db.current_revision(engine) is None
+            db.upgrade(database_url)
+            db.upgrade(database_url)  # a second start is a no-op
+            assert db.current_revision(engine) == "0001"
             with engine.connect() as conn:
                 context = MigrationContext.configure(conn, opts={"compare_type": True})
-                assert compare_metadata(context, database.metadata) == []
-                assert database.count_rows(conn) == {"badges": 0, "user_badges": 0, "user_badge_progress": 0}
+                assert compare_metadata(context, db.metadata) == []
+                assert db.count_rows(conn) == {"badges": 0, "user_badges": 0, "user_badge_progress": 0}
         finally:
             engine.dispose()
 
@@ -93,8 +93,8 @@ class TestDatabaseContract:
         assert write(engine, batch).awards_inserted == 0  # the same batch delivered again
         assert write(engine, [*batch, *batch]).awards_inserted == 0  # and duplicated within a batch
         with engine.connect() as conn:
-            assert database.count_rows(conn)["user_badges"] == 3
-            got = database.user_awards(conn, "u-1")
+            assert db.count_rows(conn)["user_badges"] == 3
+            got = db.user_awards(conn, "u-1")
         assert [(a.badge_id, a.tier, a.event_id) for a in got] == [("first_quiz", None, "e-1"),
                                                                    ("quiz_master", "bronze", "e-10")]
         assert got[0].awarded_at == T0 and got[0].awarded_at.tzinfo is not None
@@ -106,8 +106,8 @@ class TestDatabaseContract:
         forged = award().model_copy(update={"award_id": "someone-elses-id"})
         assert write(engine, [forged]).awards_inserted == 0
         with engine.connect() as conn:
-            tiers = conn.execute(sa.select(database.user_badges.c.tier)).scalars().all()
-        assert tiers == [database.NO_TIER]
+            tiers = conn.execute(sa.select(db.user_badges.c.tier)).scalars().all()
+        assert tiers == [db.NO_TIER]
 
     def test_repeatable_occurrences_are_distinct_awards(self, engine: Engine) -> None:
         assert write(engine, [award(badge="recruiter", occurrence=k, event=f"e-{k}") for k in (1, 2, 3)]) \
@@ -119,10 +119,10 @@ class TestDatabaseContract:
         assert write(engine, [award(kind="revocation")], now=revoked_at).revocations_applied == 1
         # Redelivered revocation and redelivered grant change nothing: the first revocation time stays.
         assert write(engine, [award(kind="revocation"), award()], now=revoked_at + timedelta(days=1)) \
-            == database.WriteResult()
+            == db.WriteResult()
         with engine.connect() as conn:
-            (row,) = database.user_awards(conn, "u-1")
-            assert database.leaderboard(conn) == []
+            (row,) = db.user_awards(conn, "u-1")
+            assert db.leaderboard(conn) == []
         assert row.revoked_at == revoked_at
 
     def test_revocation_before_its_award_is_kept(self, engine: Engine) -> None:
@@ -130,15 +130,15 @@ class TestDatabaseContract:
         write(engine, [award(kind="revocation")], now=T0)
         write(engine, [award()])
         with engine.connect() as conn:
-            (row,) = database.user_awards(conn, "u-1")
+            (row,) = db.user_awards(conn, "u-1")
         assert row.revoked_at == T0 and row.event_id == "e-1"
 
     def test_revoke_award(self, engine: Engine) -> None:
         write(engine, [award()])
         with engine.begin() as conn:
-            assert database.revoke_award(conn, award().award_id, at=T0) is True
-            assert database.revoke_award(conn, award().award_id) is False
-            assert database.revoke_award(conn, "unknown") is False
+            assert db.revoke_award(conn, award().award_id, at=T0) is True
+            assert db.revoke_award(conn, award().award_id) is False
+            assert db.revoke_award(conn, "unknown") is False
 
     def test_progress_never_moves_backwards(self, engine: Engine) -> None:
         write(engine, progress_records=[progress(value=10, at=T0)])
@@ -147,14 +147,14 @@ class TestDatabaseContract:
         later = T0 + timedelta(minutes=5)
         write(engine, progress_records=[progress(value=30, at=later), progress(value=20, at=T0 + timedelta(minutes=1))])
         with engine.connect() as conn:
-            (row,) = database.user_progress(conn, "u-1")
+            (row,) = db.user_progress(conn, "u-1")
         assert (row.progress, row.updated_at) == (30, later)
 
     def test_progress_with_equal_time_takes_the_later_record(self, engine: Engine) -> None:
         write(engine, progress_records=[progress(value=3), progress(value=4)])
         write(engine, progress_records=[progress(value=7, target=10)])
         with engine.connect() as conn:
-            (row,) = database.user_progress(conn, "u-1")
+            (row,) = db.user_progress(conn, "u-1")
         assert (row.progress, row.target) == (7, 10)
 
     @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -169,18 +169,18 @@ class TestDatabaseContract:
         write(engine, progress_records=records[:cut])
         newest_time = max(s for s, _ in values)
         with engine.connect() as conn:
-            (row,) = database.user_progress(conn, user)
+            (row,) = db.user_progress(conn, user)
         assert row.updated_at == T0 + timedelta(seconds=newest_time)
         assert row.progress in {v for s, v in values if s == newest_time}
 
     def test_catalog_is_upserted_by_id_with_its_version(self, engine: Engine) -> None:
-        assert database.write_catalog(engine, CATALOG) == 4
+        assert db.write_catalog(engine, CATALOG) == 4
         changed = {**CATALOG, "catalog_version": "2026-12-01",
                    "badges": [{**CATALOG["badges"][0], "name": "First Quiz!"}]}
-        database.write_catalog(engine, changed)
+        db.write_catalog(engine, changed)
         with engine.connect() as conn:
-            badges = database.load_badges(conn)
-            row = conn.execute(sa.select(database.badges).where(database.badges.c.id == "quiz_master")).one()
+            badges = db.load_badges(conn)
+            row = conn.execute(sa.select(db.badges).where(db.badges.c.id == "quiz_master")).one()
         assert badges["first_quiz"].name == "First Quiz!"
         assert badges["first_quiz"].catalog_version == "2026-12-01"
         assert badges["quiz_master"].catalog_version == "2026-11-26"  # no longer listed, kept for its awards
@@ -194,10 +194,10 @@ class TestDatabaseContract:
         from streams.settings import DEMO_CATALOG
 
         catalog = load_catalog(DEMO_CATALOG)
-        assert database.write_catalog(engine, catalog) == len(catalog.badges)
+        assert db.write_catalog(engine, catalog) == len(catalog.badges)
         with engine.connect() as conn:
-            badges = database.load_badges(conn)
-            rows = {row.id: row for row in conn.execute(sa.select(database.badges))}
+            badges = db.load_badges(conn)
+            rows = {row.id: row for row in conn.execute(sa.select(db.badges))}
         assert set(badges) == {badge.id for badge in catalog.badges}
         assert {b.catalog_version for b in badges.values()} == {catalog.catalog_version}
         for badge in catalog.badges:
@@ -207,7 +207,7 @@ class TestDatabaseContract:
         assert tiered and all([t["tier"] for t in rows[b.id].tiers] == list(b.rule.tiers) for b in tiered)
 
     def test_user_report_shows_badges_progress_and_hides_unearned_hidden_badges(self, engine: Engine) -> None:
-        database.write_catalog(engine, CATALOG)
+        db.write_catalog(engine, CATALOG)
         write(engine,
               [award(event="e-1"),
                award(badge="quiz_master", tier="bronze", at=T0 + timedelta(days=1), event="e-10"),
@@ -236,7 +236,7 @@ class TestDatabaseContract:
     def test_user_and_leaderboard_commands(
         self, engine: Engine, database_url: str, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        database.write_catalog(engine, CATALOG)
+        db.write_catalog(engine, CATALOG)
         write(engine, [award(), award(user="u-2"), award(user="u-2", badge="quiz_master", tier="bronze")],
               [progress(user="u-2", value=37)])
         assert cli_main(["user", "u-2", "--database-url", database_url]) == 0

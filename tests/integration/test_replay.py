@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from schemas.catalog import load_catalog
-from streams.db import database
+from streams import db
 from streams.replay.replay import apply_diff, database_awards, diff, replay
 from streams.settings import Settings
 from tests.integration import harness
@@ -74,11 +74,11 @@ def changed_catalog(tmp: Path, old: str, new: str, name: str) -> Path:
 def test_replay_reproduces_the_live_award_set_exactly(live: StackConfig) -> None:
     settings = settings_for(live, harness.DEMO_CATALOG)
     result = replay(settings, load_catalog(harness.DEMO_CATALOG), show_progress=False)
-    db = database.make_engine(settings.database_url_value)
+    awards_db = db.make_engine(settings.database_url_value)
     try:
-        found = diff(result.awards, database_awards(db))
+        found = diff(result.awards, database_awards(awards_db))
     finally:
-        db.dispose()
+        awards_db.dispose()
     assert result.events == len(harness.read_events())
     assert len(result.awards) == award_count(settings.database_url_value)
     assert found.empty, found.as_json()
@@ -102,26 +102,26 @@ def test_a_new_badge_is_awarded_retroactively_and_apply_twice_changes_nothing(
     copy = tmp_path / "awards.db"
     copy.write_bytes(Path(settings.database_url_value.removeprefix("sqlite:///")).read_bytes())
     settings = settings.model_copy(update={"database_url": settings.database_url.__class__(f"sqlite:///{copy}")})
-    db = database.make_engine(settings.database_url_value)
+    awards_db = db.make_engine(settings.database_url_value)
     try:
         result = replay(settings, load_catalog(catalog_path), show_progress=False)
-        found = diff(result.awards, database_awards(db))
+        found = diff(result.awards, database_awards(awards_db))
         assert sorted((a.user_id, a.badge_id, a.awarded_at.isoformat(), a.event_id) for a in found.added) == sorted(
             (a["user_id"], a["badge_id"], a["awarded_at"].replace("Z", "+00:00"), a["event_id"]) for a in expected
         )
         assert not found.no_longer_qualifying and not found.changed
-        first = apply_diff(settings, db, found, add=True, revoke=False)
+        first = apply_diff(settings, awards_db, found, add=True, revoke=False)
         assert first == {"added": len(expected), "revoked": 0}
-        with db.connect() as conn:
-            flags = conn.execute(sa.select(database.user_badges.c.backfill).where(
-                database.user_badges.c.badge_id == "regular_visitor")).scalars().all()
+        with awards_db.connect() as conn:
+            flags = conn.execute(sa.select(db.user_badges.c.backfill).where(
+                db.user_badges.c.badge_id == "regular_visitor")).scalars().all()
         assert flags and all(flags)
         # Applying the same replay again writes nothing; a fresh diff is empty.
-        second = apply_diff(settings, db, found, add=True, revoke=False)
+        second = apply_diff(settings, awards_db, found, add=True, revoke=False)
         assert second == {"added": 0, "revoked": 0}
-        assert diff(result.awards, database_awards(db)).empty
+        assert diff(result.awards, database_awards(awards_db)).empty
     finally:
-        db.dispose()
+        awards_db.dispose()
 
 
 def test_a_rule_change_lists_exactly_the_awards_that_no_longer_qualify_and_revokes_them(
@@ -155,13 +155,13 @@ def test_a_rule_change_lists_exactly_the_awards_that_no_longer_qualify_and_revok
     revoked = subprocess.run([*command, "--revoke"], env=env, cwd=harness.REPO, capture_output=True, text=True,
                              check=True)
     assert f"{len(before - after)} revoked" in revoked.stderr
-    db = database.make_engine(f"sqlite:///{copy}")
+    awards_db = db.make_engine(f"sqlite:///{copy}")
     try:
-        with db.connect() as conn:
-            rows = conn.execute(sa.select(database.user_badges.c.award_id).where(
-                database.user_badges.c.revoked_at.is_not(None))).scalars().all()
+        with awards_db.connect() as conn:
+            rows = conn.execute(sa.select(db.user_badges.c.award_id).where(
+                db.user_badges.c.revoked_at.is_not(None))).scalars().all()
     finally:
-        db.dispose()
+        awards_db.dispose()
     assert set(rows) == before - after  # marked revoked, never deleted
     messages = harness.consume(live.bootstrap, live.awards_topic, idle=3, timeout=60)
     revocations = {json.loads(m.value())["award_id"] for m in messages

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord, make_award_id
-from streams.db import database
+from streams import db
 from streams.settings import Settings
 from streams.sink.award_sink import AwardSink, Backoff
 
@@ -62,7 +62,7 @@ class Harness:
         )
         self.bootstrap = bootstrap
         self.producer = Producer({"bootstrap.servers": bootstrap})
-        self.engine = database.make_engine(database_url)
+        self.engine = db.make_engine(database_url)
 
     def sink(self, **kwargs: Any) -> AwardSink:
         kwargs.setdefault("catalog", CATALOG)
@@ -101,7 +101,7 @@ class Harness:
 
     def rows(self) -> dict[str, int]:
         with self.engine.connect() as conn:
-            return database.count_rows(conn)
+            return db.count_rows(conn)
 
     def dead_letters(self, expected: int, timeout: float = 30) -> list[DeadLetterRecord]:
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"read-{self.settings.sink_dlq_topic}",
@@ -216,7 +216,7 @@ class TestAwardSink:
         assert stats.messages == 32
         assert harness.rows() == {"badges": 2, "user_badges": 30, "user_badge_progress": 1}
         with harness.engine.connect() as conn:
-            assert database.user_progress(conn, "u-1")[0].progress == 9
+            assert db.user_progress(conn, "u-1")[0].progress == 9
         assert harness.committed() == before
 
     def test_progress_reordered_across_batches_never_moves_backwards(self, harness: Harness) -> None:
@@ -226,7 +226,7 @@ class TestAwardSink:
             harness.produce([progress("u-1", 10, seconds=10), progress("u-1", 20, seconds=20)])  # late arrivals
             sink.run(until_caught_up=True)
         with harness.engine.connect() as conn:
-            (row,) = database.user_progress(conn, "u-1")
+            (row,) = db.user_progress(conn, "u-1")
         assert (row.progress, row.updated_at) == (40, T0 + timedelta(seconds=40))
 
     def test_revocation_through_the_sink(self, harness: Harness) -> None:
@@ -235,8 +235,8 @@ class TestAwardSink:
         with harness.sink() as sink:
             sink.run(until_caught_up=True)
         with harness.engine.connect() as conn:
-            assert database.user_awards(conn, "u-1")[0].revoked_at is not None
-            assert database.leaderboard(conn) == [("u-2", 1)]
+            assert db.user_awards(conn, "u-1")[0].revoked_at is not None
+            assert db.leaderboard(conn) == [("u-2", 1)]
         assert harness.rows()["user_badges"] == 2  # revoked, not deleted
 
     def test_undecodable_records_go_to_the_dlq_and_do_not_block_the_partition(self, harness: Harness) -> None:
@@ -271,7 +271,7 @@ class TestAwardSink:
         self, harness: Harness, database_url: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
     ) -> None:
         harness.produce([award(f"u-{i}") for i in range(5)])
-        engine = database.make_engine(database_url, sqlite_busy_timeout_ms=100)
+        engine = db.make_engine(database_url, sqlite_busy_timeout_ms=100)
         with harness.sink(engine=engine) as sink:
             sink.run(until_caught_up=True)
             committed_before = harness.committed()

@@ -116,7 +116,7 @@ def test_producer_sdk_gets_the_security_settings(monkeypatch: pytest.MonkeyPatch
 def test_replay_reader_and_publisher_get_the_security_settings(
     monkeypatch: pytest.MonkeyPatch, sasl_settings: Settings
 ) -> None:
-    from streams.db import database
+    from streams import db
     from streams.replay import replay
 
     consumer, producer = Recorder(raise_on_build=True), Recorder(raise_on_build=True)
@@ -125,13 +125,13 @@ def test_replay_reader_and_publisher_get_the_security_settings(
     with pytest.raises(Recorded):
         list(replay.read_input(sasl_settings, show_progress=False))
     found = replay.ReplayDiff(added=[], no_longer_qualifying=[], changed=[], reinstatable=[])
-    db = database.make_engine(sasl_settings.database_url_value)
-    database.upgrade(db)
+    awards_db = db.make_engine(sasl_settings.database_url_value)
+    db.upgrade(awards_db)
     try:
         with pytest.raises(Recorded):
-            replay.apply_diff(sasl_settings, db, found, add=True, revoke=False)
+            replay.apply_diff(sasl_settings, awards_db, found, add=True, revoke=False)
     finally:
-        db.dispose()
+        awards_db.dispose()
     assert consumer.configs and producer.configs
     for config in consumer.configs + producer.configs:
         assert_secure(config, sasl_settings)

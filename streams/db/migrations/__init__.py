@@ -1,1 +1,1 @@
-"""Alembic migrations of the award database, run programmatically by ``streams.db.database.upgrade``."""
+"""Alembic migrations of the award database, run programmatically by ``streams.db.upgrade``."""

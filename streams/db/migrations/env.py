@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection handed over by ``streams.db.database.upgrade`` (no alembic.ini).
+"""Alembic environment: runs on the connection handed over by ``streams.db.upgrade`` (no alembic.ini).
 
 ``render_as_batch`` lets later migrations alter SQLite tables (SQLite has almost no ALTER TABLE).
 """
@@ -8,11 +8,11 @@ from __future__ import annotations
 from alembic import context
 
 from schemas.errors import ConfigurationError
-from streams.db.database import metadata
+from streams.db.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise ConfigurationError("migrations run through streams.db.database.upgrade(url), which supplies the connection")
+    raise ConfigurationError("migrations run through streams.db.upgrade(url), which supplies the connection")
 
 context.configure(
     connection=connection,

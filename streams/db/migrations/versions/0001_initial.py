@@ -4,9 +4,9 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-26
 
-Written out in full rather than imported from ``streams.db.database`` so that later changes to the
+Written out in full rather than imported from ``streams.db.tables`` so that later changes to the
 table definitions never rewrite history. ``tier`` is NOT NULL with '' for untiered badges, so the
-unique keys hold on SQLite and PostgreSQL alike (see ``streams.db.database``).
+unique keys hold on SQLite and PostgreSQL alike (see ``streams.db.tables``).
 """
 
 from __future__ import annotations

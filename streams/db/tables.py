@@ -1,0 +1,110 @@
+"""The award database: table definitions, engine set-up, migrations entry point and every read and write of it.
+
+The sink, the worker (catalog at start-up) and the query commands all go through these functions,
+so the idempotency rules live in one place: awards are inserted once per ``award_id`` (a
+duplicate is success), revocations only ever set ``revoked_at``, and progress only moves to a
+newer ``updated_at``.
+
+Null tiers: the wire carries ``tier: null`` for untiered badges, but the database stores ``''``
+(``NO_TIER``) in a NOT NULL column. A NULL inside a unique key never conflicts (in both SQLite and
+PostgreSQL before 15's NULLS NOT DISTINCT), so ``(user, badge, NULL, 1)`` could be inserted twice;
+the empty string makes the unique constraints hold on both databases. Readers get ``None`` back.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+NO_TIER = ""
+"""Stored in ``tier`` for untiered badges: see the module docstring."""
+
+ID_LENGTH = 255
+"""Longest id the sink accepts (user, badge, tier, event, award): PostgreSQL btree entries are bounded."""
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware.
+
+    SQLite has no timestamp type: SQLAlchemy stores text and drops the offset, so every value is
+    converted to UTC first, which also keeps the text comparable (``updated_at >= ...``).
+    Naive datetimes are taken to be UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+_Id = sa.String(ID_LENGTH)
+
+badges = sa.Table(
+    "badges",
+    metadata,
+    sa.Column("id", _Id, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("trigger_events", sa.JSON, nullable=False),
+    sa.Column("rule_kind", sa.String(64), nullable=True),
+    sa.Column("target", sa.Float, nullable=True),
+    sa.Column("tiers", sa.JSON, nullable=True),
+    sa.Column("hidden", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("repeatable", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("definition", sa.JSON, nullable=False),
+    sa.Column("catalog_version", sa.String(ID_LENGTH), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+user_badges = sa.Table(
+    "user_badges",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("award_id", _Id, nullable=False, unique=True),
+    sa.Column("user_id", _Id, nullable=False),
+    sa.Column("badge_id", _Id, nullable=False),
+    sa.Column("tier", _Id, nullable=False, server_default=NO_TIER),
+    sa.Column("occurrence", sa.Integer, nullable=False),
+    sa.Column("awarded_at", UTCDateTime, nullable=False),
+    sa.Column("event_id", _Id, nullable=False),
+    sa.Column("evaluation_metadata", sa.JSON, nullable=False),
+    sa.Column("backfill", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("catalog_version", sa.String(ID_LENGTH), nullable=False),
+    sa.UniqueConstraint("user_id", "badge_id", "tier", "occurrence"),
+)
+
+user_badge_progress = sa.Table(
+    "user_badge_progress",
+    metadata,
+    sa.Column("user_id", _Id, primary_key=True),
+    sa.Column("badge_id", _Id, primary_key=True),
+    sa.Column("tier", _Id, primary_key=True, server_default=NO_TIER),
+    sa.Column("progress", sa.Float, nullable=False),
+    sa.Column("target", sa.Float, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
