@@ -23,7 +23,7 @@ from schemas.catalog import load_catalog
 from schemas.errors import ConfigurationError
 from streams.settings import Settings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_EVENTS = REPO_ROOT / "deploy" / "demo" / "events.jsonl"
 
 
