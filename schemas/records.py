@@ -31,11 +31,24 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class EventSource(_Record):
+    """Where a deciding event was first read: its input topic, partition and offset.
+
+    For an event re-keyed through the internal topic this is still its original input position.
+    """
+
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+
+
 class AwardRecord(_Record):
     """One award on ``badge-awards``, keyed by user_id.
 
     ``kind`` is ``award`` for a grant and ``revocation`` when a replay retracts an award that no
     longer qualifies; ``backfill`` marks awards found by a replay, so notifiers can stay quiet.
+    ``source`` is the evidence (None where it is not known, e.g. awards written before it existed);
+    ``points`` are the points this award grants (0 when the badge gives none).
     """
 
     award_id: str
@@ -49,6 +62,8 @@ class AwardRecord(_Record):
     metadata: dict[str, Any] = Field(default_factory=dict)
     kind: Literal["award", "revocation"] = "award"
     backfill: bool = False
+    source: EventSource | None = None
+    points: int = Field(default=0, ge=0)
 
 
 class ProgressRecord(_Record):

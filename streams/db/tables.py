@@ -95,6 +95,10 @@ user_badges = sa.Table(
     sa.Column("backfill", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
     sa.Column("catalog_version", sa.String(ID_LENGTH), nullable=False),
+    sa.Column("source_topic", _Id, nullable=True),
+    sa.Column("source_partition", sa.Integer, nullable=True),
+    sa.Column("source_offset", sa.BigInteger, nullable=True),
+    sa.Column("points", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("user_id", "badge_id", "tier", "occurrence"),
 )
 

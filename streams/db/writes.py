@@ -90,6 +90,10 @@ def _award_row(record: AwardRecord, revoked_at: datetime | None) -> dict[str, An
         "backfill": record.backfill,
         "revoked_at": revoked_at,
         "catalog_version": record.catalog_version,
+        "source_topic": record.source.topic if record.source else None,
+        "source_partition": record.source.partition if record.source else None,
+        "source_offset": record.source.offset if record.source else None,
+        "points": record.points,
     }
 
 

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from schemas.records import AwardRecord, ProgressRecord, make_award_id
+from schemas.records import AwardRecord, EventSource, ProgressRecord, make_award_id
 from streams import db
 from streams.cli.main import main as cli_main
 from streams.cli.user_report import build_report, render_text
@@ -79,11 +79,34 @@ class TestDatabaseContract:
             assert db.current_revision(engine) is None
             db.upgrade(database_url)
             db.upgrade(database_url)  # a second start is a no-op
-            assert db.current_revision(engine) == "0001"
+            assert db.current_revision(engine) == "0002"
             with engine.connect() as conn:
                 context = MigrationContext.configure(conn, opts={"compare_type": True})
                 assert compare_metadata(context, db.metadata) == []
                 assert db.count_rows(conn) == {"badges": 0, "user_badges": 0, "user_badge_progress": 0}
+        finally:
+            engine.dispose()
+
+    def test_rows_written_before_0002_read_as_unknown_source_and_no_points(self, database_url: str) -> None:
+        engine = db.make_engine(database_url)
+        try:
+            db.upgrade(engine, "0001")
+            with engine.begin() as conn:
+                conn.execute(sa.text(
+                    "INSERT INTO user_badges (award_id, user_id, badge_id, tier, occurrence, awarded_at, event_id, "
+                    "evaluation_metadata, backfill, catalog_version) VALUES ('a-1', 'u-1', 'first_quiz', '', 1, "
+                    "'2026-11-21 09:30:00+00:00', 'e-1', '{}', false, 'v1')"
+                ))
+            db.upgrade(engine)
+            assert db.current_revision(engine) == "0002"
+            with engine.connect() as conn:
+                row = conn.execute(sa.select(db.user_badges)).one()
+            assert (row.source_topic, row.source_partition, row.source_offset, row.points) == (None, None, None, 0)
+            write(engine, [award(user="u-2").model_copy(update={
+                "source": EventSource(topic="user-events", partition=3, offset=41), "points": 25})])
+            with engine.connect() as conn:
+                row = conn.execute(sa.select(db.user_badges).where(db.user_badges.c.user_id == "u-2")).one()
+            assert (row.source_topic, row.source_partition, row.source_offset, row.points) == ("user-events", 3, 41, 25)
         finally:
             engine.dispose()
 
@@ -261,5 +284,5 @@ class TestDatabaseContract:
         assert "run `badgestream db upgrade`" in err
         assert cli_main(["db", "upgrade", "--database-url", database_url]) == 0
         out = capsys.readouterr().out
-        assert "is at revision 0001" in out and "badgestream-local" not in out  # the password is masked
+        assert "is at revision 0002" in out and "badgestream-local" not in out  # the password is masked
         assert cli_main(["user", "u-1", "--database-url", database_url]) == 0
