@@ -12,7 +12,10 @@ state is never mutated (a new :class:`UserState` shares whatever did not change)
 5. awards: badges whose rule is met and whose prerequisites are held are granted, and every
    award re-checks the badges that depend on it — meta-badges and badges requiring it — in a
    cascade, in catalog order, until nothing more is due;
-6. one progress record per (badge, tier) whose progress changed.
+6. one progress record per (badge, tier) whose progress changed;
+7. nudges: for badges declaring ``nudge`` (never hidden ones), one record per threshold that the
+   remaining amount crossed with this event — above it before, at or below it (and above 0) after.
+   Derived from the progress before and after, so it needs no state of its own.
 """
 
 from __future__ import annotations
@@ -29,21 +32,22 @@ from evaluators.facts import EventFacts
 from evaluators.registry import EvaluatorRegistry
 from evaluators.rules import CompiledBadge, MetaBadge, compile_badge
 from evaluators.state import BadgeMap, BadgeState, UserState, event_digest
-from schemas.catalog import Catalog, validate_catalog
+from schemas.catalog import Catalog, Nudge, validate_catalog
 from schemas.errors import EvaluatorError
 from schemas.events import EventEnvelope
-from schemas.records import AwardRecord, ProgressRecord, make_award_id
+from schemas.records import AwardRecord, NudgeRecord, ProgressRecord, make_award_id, make_nudge_id
 
 __all__ = ["BadgeFailure", "Engine", "Evaluation"]
 
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
-    """What one event did to one user. Store ``state``; publish ``awards`` and ``progress``; count ``errors``."""
+    """What one event did to one user: store ``state``; publish awards, progress, nudges; count ``errors``."""
 
     state: UserState
     awards: tuple[AwardRecord, ...] = ()
     progress: tuple[ProgressRecord, ...] = ()
+    nudges: tuple[NudgeRecord, ...] = ()
     errors: tuple[BadgeFailure, ...] = ()
     duplicate: bool = False
     matched: bool = True
@@ -79,6 +83,9 @@ class Engine:
         self._dependents = {b: tuple(rules) for b, rules in dependents.items()}
         # Re-checked after a catalog change: their condition may hold now without any new event.
         self._standing = tuple(r for r in self._rules.values() if isinstance(r, MetaBadge) or r.requires)
+        self._nudging: dict[str, Nudge] = {
+            badge.id: badge.nudge for badge in catalog.badges if badge.nudge is not None and not badge.hidden
+        }
 
     def listens_to(self, event_type: str) -> bool:
         return event_type in self._by_type
@@ -142,9 +149,10 @@ class Engine:
 
         awards = self._grant(badges, before, candidates, event) if candidates else ()
         progress = self._progress(badges, before, event) if before and with_progress else ()
+        nudges = self._nudges(badges, before, event) if before and self._nudging else ()
         new_state = UserState(event.user_id, state.badges.with_changes(badges),
                               UserState.remember(state.recent, digest), self.fingerprint)
-        return Evaluation(state=new_state, awards=awards, progress=progress, errors=tuple(errors))
+        return Evaluation(state=new_state, awards=awards, progress=progress, nudges=nudges, errors=tuple(errors))
 
     # --- steps -----------------------------------------------------------------------------------
 
@@ -259,6 +267,42 @@ class Engine:
                     "target": target,
                     "updated_at": event.occurred_at,
                 }))
+        return tuple(records)
+
+    def _nudges(
+        self, badges: _Overlay, before: dict[str, BadgeState | None], event: EventEnvelope
+    ) -> tuple[NudgeRecord, ...]:
+        """A nudge per threshold t the remaining amount crossed with this event: ``0 < after <= t < before``.
+
+        Progress only grows (a changed definition restarts it: then it counts from 0 again), so each
+        (tier, occurrence, threshold) is crossed at most once; a repeatable badge's next occurrence
+        is measured against its own target from the same cumulative progress.
+        """
+        records: list[NudgeRecord] = []
+        for badge_id, previous in before.items():
+            nudge = self._nudging.get(badge_id)
+            if nudge is None:
+                continue
+            rule = self._rules[badge_id]
+            current = badges[badge_id]
+            old: dict[str | None, float] = {}
+            if previous is not None and previous.fp == current.fp:
+                old = {tier: progress for tier, progress, _ in rule.progress(previous)}
+            occurrence = current.base + rule.units(current) + 1 if rule.repeatable else 1
+            for tier, progress, target in rule.progress(current):
+                left = target - progress
+                if left <= 0:
+                    continue
+                was = target - old.get(tier, 0.0)
+                for threshold in nudge.thresholds(tier):
+                    if left <= threshold < was:
+                        records.append(NudgeRecord(
+                            nudge_id=make_nudge_id(event.user_id, badge_id, tier, occurrence, threshold),
+                            user_id=event.user_id, badge_id=badge_id, tier=tier, occurrence=occurrence,
+                            threshold=threshold, remaining=left, progress=progress, target=target,
+                            nudged_at=event.occurred_at, event_id=event.event_id,
+                            catalog_version=self.catalog_version,
+                        ))
         return tuple(records)
 
 

@@ -10,15 +10,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 AWARD_ID_NAMESPACE = "badgestream/award/v1"
+NUDGE_ID_NAMESPACE = "badgestream/nudge/v1"
 
 
 def make_award_id(user_id: str, badge_id: str, tier: str | None, occurrence: int) -> str:
-    """The award id is a pure function of (user, badge, tier, occurrence): a replayed award keeps it.
+    """The award id is a pure function of (user, badge, tier, occurrence): a replayed award keeps it."""
+    return _stable_id(AWARD_ID_NAMESPACE, user_id, badge_id, tier or "", str(occurrence))
 
-    A SHA-256 over the length-prefixed parts (so no choice of ids can collide by concatenation),
+
+def make_nudge_id(user_id: str, badge_id: str, tier: str | None, occurrence: int, threshold: int) -> str:
+    """The nudge id, a pure function of (user, badge, tier, occurrence, threshold), like the award id."""
+    return _stable_id(NUDGE_ID_NAMESPACE, user_id, badge_id, tier or "", str(occurrence), str(threshold))
+
+
+def _stable_id(*parts: str) -> str:
+    """A SHA-256 over the length-prefixed parts (so no choice of ids can collide by concatenation),
     cut to 32 hex characters: 128 bits, as wide as a UUID.
     """
-    parts = (AWARD_ID_NAMESPACE, user_id, badge_id, tier or "", str(occurrence))
     digest = hashlib.sha256()
     for part in parts:
         raw = part.encode("utf-8")
@@ -75,6 +83,29 @@ class ProgressRecord(_Record):
     progress: float
     target: float
     updated_at: datetime
+
+
+class NudgeRecord(_Record):
+    """"Only ``remaining`` to go": a user came within a declared threshold of a badge (or tier), on ``badge-nudges``.
+
+    Emitted once per (user, badge, tier, occurrence, threshold), when the remaining amount first
+    falls to or below ``threshold`` (and is still above 0); ``nudge_id`` is a pure function of those
+    five, so a replayed or redelivered nudge is recognisably the same. ``nudged_at`` and ``event_id``
+    are those of the event that brought the user there.
+    """
+
+    nudge_id: str
+    user_id: str
+    badge_id: str
+    tier: str | None = None
+    occurrence: int = Field(default=1, ge=1)
+    threshold: int = Field(ge=1)
+    remaining: float
+    progress: float
+    target: float
+    nudged_at: datetime
+    event_id: str
+    catalog_version: str
 
 
 class DeadLetterRecord(_Record):

@@ -47,6 +47,8 @@ def required_topics(settings: Settings) -> list[TopicSpec]:
     specs += [
         TopicSpec(settings.awards_topic, n, OUTPUT_TOPIC_CONFIG),
         TopicSpec(settings.progress_topic, n, OUTPUT_TOPIC_CONFIG),
+        TopicSpec(settings.nudges_topic, n, OUTPUT_TOPIC_CONFIG),
+        TopicSpec(settings.notify_dlq_topic, n, INPUT_TOPIC_CONFIG),
         TopicSpec(settings.dlq_topic, n, INPUT_TOPIC_CONFIG),
         TopicSpec(settings.sink_dlq_topic, n, INPUT_TOPIC_CONFIG),
         TopicSpec(repartition_topic_name(settings), n, OUTPUT_TOPIC_CONFIG),

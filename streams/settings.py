@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     )
     awards_topic: str = "badge-awards"
     progress_topic: str = "badge-progress"
+    nudges_topic: str = Field("badge-nudges", description="nudges (\"N to go\") decided by the engine")
     dlq_topic: str = "badge-events-dlq"
     sink_dlq_topic: str = "badge-sink-dlq"
     topic_partitions: int = Field(4, ge=1, description="partitions of every topic the project creates")
@@ -66,6 +67,29 @@ class Settings(BaseSettings):
     sink_group_id: str = "badgestream-sink"
     sink_batch_size: int = Field(1000, ge=1)
     sink_batch_timeout_ms: int = Field(200, ge=1)
+
+    # Notifier (docs/notifications.md)
+    webhook_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="webhook endpoints, comma-separated, all signed with webhook_secret"
+    )
+    webhook_secret: SecretStr | None = Field(None, description="Standard Webhooks secret, whsec_<base64>")
+    webhook_config: Path | None = Field(None, description="YAML file of endpoints (url, secret, types, backfill)")
+    notify_group_id: str = "badgestream-notify"
+    notify_dlq_topic: str = "badge-notify-dlq"
+    notify_outbox: Path = Field(Path("var/notify-outbox.sqlite"), description="durable queue of pending deliveries")
+    notify_concurrency: int = Field(8, ge=1, le=1000, description="requests in flight per endpoint")
+    notify_timeout_s: float = Field(10.0, gt=0, description="per-request timeout")
+    notify_retry_base_s: float = Field(1.0, gt=0, description="first retry delay; doubles per attempt, jittered")
+    notify_retry_max_delay_s: float = Field(600.0, gt=0, description="longest delay between two attempts")
+    notify_max_age_s: float = Field(86400.0, gt=0, description="retries stop (DLQ) this long after the first attempt")
+    notify_metrics_port: int = Field(9108, ge=0, description="notifier /metrics port (0: none)")
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("input_topics", mode="before")
     @classmethod

@@ -8,7 +8,17 @@ from __future__ import annotations
 from collections.abc import Container, Iterator
 
 from schemas.catalog.cel import analyse_expression
-from schemas.catalog.models import Badge, BadgesRule, Catalog, EvaluatorRule
+from schemas.catalog.models import (
+    Badge,
+    BadgesRule,
+    Catalog,
+    CountRule,
+    DistinctRule,
+    EvaluatorRule,
+    StreakRule,
+    SumRule,
+    TiersRule,
+)
 from schemas.errors import CatalogError
 
 
@@ -62,6 +72,62 @@ def _find_cycles(catalog: Catalog) -> list[list[str]]:
     return cycles
 
 
+def rule_targets(badge: Badge) -> dict[str | None, float] | None:
+    """What each tier (None: the badge) of a rule must reach; None for a custom evaluator (known only when it runs)."""
+    rule = badge.rule
+    if isinstance(rule, TiersRule):
+        return {tier: target for tier, target in rule.tiers.items()}
+    if isinstance(rule, CountRule | DistinctRule):
+        return {None: rule.count}
+    if isinstance(rule, SumRule):
+        return {None: rule.at_least}
+    if isinstance(rule, StreakRule):
+        return {None: rule.length}
+    if isinstance(rule, BadgesRule):
+        return {None: rule.needed}
+    return None
+
+
+def nudge_problems(badge: Badge) -> list[tuple[str, str, tuple[str | int, ...]]]:
+    """(field, message, YAML path) for each bad ``nudge`` threshold: duplicates, not below the target, unknown tiers."""
+    nudge = badge.nudge
+    if nudge is None:
+        return []
+    targets = rule_targets(badge)
+    if targets is None:
+        return [("nudge", "a custom evaluator's target is known only when it runs: it cannot be nudged", ("nudge",))]
+    problems: list[tuple[str, str, tuple[str | int, ...]]] = []
+
+    def check(thresholds: list[int], field: str, path: tuple[str | int, ...], tiers: list[str | None]) -> None:
+        seen: set[int] = set()
+        for position, threshold in enumerate(thresholds):
+            if threshold in seen:
+                problems.append((field, f"threshold {threshold} is listed twice", (*path, position)))
+                continue
+            seen.add(threshold)
+            for tier in tiers:
+                target = targets[tier]
+                if threshold >= target:
+                    what = f"tier {tier!r}'s target" if tier is not None else "the target"
+                    problems.append((field, f"threshold {threshold} is not below {what} ({target:g}): "
+                                            "a nudge must come before the award", (*path, position)))
+                    break
+
+    tiered = isinstance(badge.rule, TiersRule)
+    if nudge.tiers and not tiered:
+        problems.append(("nudge.tiers", "per-tier thresholds need a tiered rule", ("nudge", "tiers")))
+    overridden = {tier for tier in nudge.tiers if tier in targets}
+    check(nudge.remaining, "nudge.remaining", ("nudge", "remaining"),
+          [tier for tier in targets if tier not in overridden])
+    for tier, tier_nudge in nudge.tiers.items():
+        if tiered and tier not in targets:
+            problems.append((f"nudge.tiers.{tier}", f"unknown tier {tier!r} (tiers: {', '.join(map(str, targets))})",
+                             ("nudge", "tiers", tier)))
+        elif tiered:
+            check(tier_nudge.remaining, f"nudge.tiers.{tier}.remaining", ("nudge", "tiers", tier, "remaining"), [tier])
+    return problems
+
+
 def catalog_problems(
     catalog: Catalog, registry: Container[str] | None = None, also_known: Container[str] = frozenset()
 ) -> list[str]:
@@ -97,6 +163,8 @@ def catalog_problems(
                 analyse_expression(badge.when)
             except ValueError as exc:
                 say("when", str(exc), "when")
+        for field, message, path in nudge_problems(badge):
+            say(field, message, *path)
         if isinstance(badge.rule, EvaluatorRule) and registry is not None and badge.rule.name not in registry:
             say("rule.evaluator", f"unknown custom evaluator {badge.rule.name!r}", "rule", "evaluator")
     for cycle in _find_cycles(catalog):

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictInt,
     computed_field,
     field_validator,
     model_validator,
@@ -247,6 +248,40 @@ def _expand_rule(value: Any) -> Any:
     raise ValueError(f"rule {kind!r} expects a mapping, got {body!r}")
 
 
+# --- nudges -------------------------------------------------------------------------------------
+
+MAX_NUDGE_THRESHOLDS = 16
+Threshold = Annotated[StrictInt, Field(ge=1, le=MAX_TARGET)]
+
+
+class TierNudge(_Model):
+    """The thresholds of one tier, replacing the badge's own for that tier."""
+
+    remaining: list[Threshold] = Field(min_length=1, max_length=MAX_NUDGE_THRESHOLDS)
+
+
+class Nudge(_Model):
+    """``nudge: {remaining: [5, 1]}``: tell the user when only that much is left to earn the badge (or tier).
+
+    ``remaining`` applies to the badge, or to every tier of a tiered badge; ``tiers`` gives some
+    tiers their own thresholds. The checks against the targets are in ``checks.nudge_problems``.
+    """
+
+    remaining: list[Threshold] = Field(default_factory=list, max_length=MAX_NUDGE_THRESHOLDS)
+    tiers: dict[str, TierNudge] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _some_thresholds(self) -> Nudge:
+        if not self.remaining and not self.tiers:
+            raise ValueError("a nudge needs 'remaining' thresholds (or per-tier ones under 'tiers')")
+        return self
+
+    def thresholds(self, tier: str | None) -> tuple[int, ...]:
+        """The thresholds that apply to ``tier`` (None for an untiered badge), largest first."""
+        chosen = self.tiers[tier].remaining if tier is not None and tier in self.tiers else self.remaining
+        return tuple(sorted(set(chosen), reverse=True))
+
+
 # --- badges --------------------------------------------------------------------------------------
 
 
@@ -284,6 +319,7 @@ class Badge(_Model):
     requires: list[BadgeId] = Field(default_factory=list)
     repeatable: bool = False
     hidden: bool = False
+    nudge: Nudge | None = None
     rule: Rule
 
     @model_validator(mode="before")

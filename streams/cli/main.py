@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="run the badge engine over a JSON-lines file of events, offline")
     evaluate.add_argument("--catalog", required=True, help="badge catalog YAML")
     evaluate.add_argument("events", help="JSON-lines file of events ('-' for stdin)")
+    evaluate.add_argument("--nudges", action="store_true", help="print the nudges too (badge-nudges records)")
     evaluate.set_defaults(func=_lazy("streams.cli.offline:evaluate_command"))
 
     catalog = sub.add_parser("catalog", help="badge catalog tools")

@@ -2,7 +2,8 @@
 
 ``badgestream evaluate --catalog FILE EVENTS.jsonl`` evaluates events in file order with exactly
 the engine, checks and evaluators the worker uses — no Kafka, no database — and prints every
-award as one JSON line (the ``badge-awards`` record) on stdout; invalid lines are reported on
+award as one JSON line (the ``badge-awards`` record) on stdout — with ``--nudges`` every nudge too,
+as its ``badge-nudges`` record, in the order decided; invalid lines are reported on
 stderr as ``line N: <code>: <reason>`` and skipped. ``badgestream catalog validate FILE`` explains
 every problem of a catalog, or summarises it.
 """
@@ -41,6 +42,8 @@ def evaluate_command(args: argparse.Namespace, out: IO[str] | None = None, err: 
     states: dict[str, UserState] = {}
     seen = Counter[str]()
     awards_by_badge = Counter[str]()
+    nudges = 0
+    with_nudges = bool(getattr(args, "nudges", False))
     failures = Counter[str]()
     try:
         lines = _lines(args.events)
@@ -70,13 +73,18 @@ def evaluate_command(args: argparse.Namespace, out: IO[str] | None = None, err: 
             for award in result.awards:
                 awards_by_badge[award.badge_id] += 1
                 out.write(award.model_dump_json() + "\n")
+            if with_nudges:
+                for nudge in result.nudges:
+                    nudges += 1
+                    out.write(nudge.model_dump_json() + "\n")
     except OSError as exc:
         raise CatalogError(f"{args.events}: cannot read the events: {exc.strerror or exc}") from None
     total_awards = sum(awards_by_badge.values())
     print(
         f"{seen['lines']} events: {seen['evaluated']} evaluated, {seen['duplicate']} duplicates, "
         f"{seen['unmatched']} with no listening badge, {seen['invalid']} invalid; "
-        f"{len(states)} users, {total_awards} awards (catalog {catalog.catalog_version})",
+        f"{len(states)} users, {total_awards} awards{f', {nudges} nudges' if with_nudges else ''} "
+        f"(catalog {catalog.catalog_version})",
         file=err,
     )
     for badge in catalog.badges:

@@ -176,6 +176,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
                 output.send(awards_topic, user_key, value)
             for value in outcome.progress:
                 output.send(progress_topic, user_key, value)
+            for value in outcome.nudges:
+                output.send(settings.nudges_topic, user_key, value)
             output.poll()
             if outcome.evaluation is not None:
                 for failure in outcome.evaluation.errors:

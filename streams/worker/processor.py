@@ -112,6 +112,7 @@ class Outcome:
     new_state: bytes | None = None  # None: leave the stored state alone
     awards: list[bytes] = field(default_factory=list)
     progress: list[bytes] = field(default_factory=list)
+    nudges: list[bytes] = field(default_factory=list)
     dead_letter: bytes | None = None
     error_code: str | None = None
     status: str = "processed"  # processed | duplicate | unmatched | dead_letter
@@ -181,6 +182,7 @@ class EventProcessor:
         outcome.award_records = evaluation.awards
         outcome.awards = [award_bytes(a) for a in evaluation.awards]
         outcome.progress = [progress_bytes(p) for p in evaluation.progress]
+        outcome.nudges = [n.model_dump_json().encode() for n in evaluation.nudges]
         outcome.new_state = StoredUser(
             state=evaluation.state, outbox=previous.with_awards(event.event_id, outcome.awards),
             progress=previous.with_progress(evaluation.progress),

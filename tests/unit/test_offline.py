@@ -78,3 +78,18 @@ def test_evaluate_with_a_bad_catalog_exits_2(tmp_path: Path, capsys: pytest.Capt
     bad.write_text("catalog_version: '1'\nbadges: [{id: a, rule: {count: 1}}]\n")
     assert main(["evaluate", "--catalog", str(bad), str(DEMO / "events.jsonl")]) == 2
     assert "'on' must list at least one event type" in capsys.readouterr().err
+
+
+def test_evaluate_prints_nudges_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--nudges", "--catalog", str(DEMO / "catalog.yaml"), str(DEMO / "events.jsonl")]) == 0
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]
+    nudges = [r for r in records if "nudge_id" in r]
+    assert {(n["badge_id"], n["threshold"]) for n in nudges} == {("quiz_master", 2), ("daily_warrior", 1)}
+    assert all(0 < n["remaining"] <= n["threshold"] for n in nudges)
+    assert len({n["nudge_id"] for n in nudges}) == len(nudges)  # once per (user, badge, tier, occurrence, threshold)
+    assert f"{len(nudges)} nudges" in err
+    # every user who got quiz_master gold was nudged for it first, in order
+    for award in (r for r in records if "award_id" in r and r["badge_id"] == "quiz_master" and r["tier"] == "gold"):
+        before = records[: records.index(award)]
+        assert any(n.get("nudge_id") and n["user_id"] == award["user_id"] and n["tier"] == "gold" for n in before)
