@@ -11,7 +11,9 @@ state is never mutated (a new :class:`UserState` shares whatever did not change)
 4. every badge listening to the type accumulates the event if it qualifies (window, ``when``);
 5. awards: badges whose rule is met and whose prerequisites are held are granted, and every
    award re-checks the badges that depend on it — meta-badges and badges requiring it — in a
-   cascade, in catalog order, until nothing more is due;
+   cascade, in catalog order, until nothing more is due; each award adds its badge's points to
+   the user's total, and once the cascade is done every level whose ``at`` the total reached is
+   awarded (several at once if need be), and what depends on those levels cascades again;
 6. one progress record per (badge, tier) whose progress changed;
 7. nudges: for badges declaring ``nudge`` (never hidden ones), one record per threshold that the
    remaining amount crossed with this event — above it before, at or below it (and above 0) after.
@@ -20,6 +22,7 @@ state is never mutated (a new :class:`UserState` shares whatever did not change)
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ from evaluators.facts import EventFacts
 from evaluators.registry import EvaluatorRegistry
 from evaluators.rules import CompiledBadge, MetaBadge, compile_badge
 from evaluators.state import BadgeMap, BadgeState, UserState, event_digest
-from schemas.catalog import Catalog, Nudge, validate_catalog
+from schemas.catalog import Catalog, Level, Nudge, validate_catalog
 from schemas.errors import EvaluatorError
 from schemas.events import EventEnvelope
 from schemas.records import AwardRecord, NudgeRecord, ProgressRecord, make_award_id, make_nudge_id
@@ -86,6 +89,11 @@ class Engine:
         self._nudging: dict[str, Nudge] = {
             badge.id: badge.nudge for badge in catalog.badges if badge.nudge is not None and not badge.hidden
         }
+        # By increasing ``at`` (the catalog refuses any other order), each with the state that marks it reached.
+        self._levels = tuple(
+            (rank, level, hashlib.sha256(f"level {level.id} {level.at}".encode()).hexdigest()[:16])
+            for rank, level in enumerate(catalog.levels, 1)
+        )
 
     def listens_to(self, event_type: str) -> bool:
         return event_type in self._by_type
@@ -111,7 +119,8 @@ class Engine:
         before: dict[str, BadgeState | None] = {}  # the previous state of every badge replaced
         errors: list[BadgeFailure] = []
         candidates: list[CompiledBadge] = []  # badges that may have an award due
-        if state.catalog_fp != self.fingerprint:
+        reconciled = state.catalog_fp != self.fingerprint
+        if reconciled:
             candidates.extend(self._reconcile(badges, before, errors))
 
         facts = EventFacts(event)
@@ -147,11 +156,14 @@ class Engine:
             if rule.due(updated):
                 candidates.append(rule)
 
-        awards = self._grant(badges, before, candidates, event) if candidates else ()
+        awards: tuple[AwardRecord, ...] = ()
+        points = state.points
+        if candidates or (reconciled and self._levels):
+            awards, points = self._grant(badges, before, candidates, event, points, recheck_levels=reconciled)
         progress = self._progress(badges, before, event) if before and with_progress else ()
         nudges = self._nudges(badges, before, event) if before and self._nudging else ()
         new_state = UserState(event.user_id, state.badges.with_changes(badges),
-                              UserState.remember(state.recent, digest), self.fingerprint)
+                              UserState.remember(state.recent, digest), self.fingerprint, points)
         return Evaluation(state=new_state, awards=awards, progress=progress, nudges=nudges, errors=tuple(errors))
 
     # --- steps -----------------------------------------------------------------------------------
@@ -188,12 +200,30 @@ class Engine:
         before: dict[str, BadgeState | None],
         candidates: list[CompiledBadge],
         event: EventEnvelope,
-    ) -> tuple[AwardRecord, ...]:
-        """Grant whatever is due, cascading to dependents; deterministic order (catalog order, then FIFO)."""
+        points: int,
+        *,
+        recheck_levels: bool = False,
+    ) -> tuple[tuple[AwardRecord, ...], int]:
+        """Grant whatever is due, cascading to dependents; deterministic order (catalog order, then FIFO).
+
+        Returns the awards and the user's new points total. Levels are checked when the badge
+        cascade has settled — and only if the total moved (or ``recheck_levels``, after a catalog
+        change) — and the badges that depend on a level reached cascade in turn.
+        """
         awards: list[AwardRecord] = []
         pending = deque(sorted({rule.id: rule for rule in candidates}.values(), key=lambda r: r.index))
         queued = {rule.id for rule in pending}
-        while pending:
+        levels_checked_at = None if recheck_levels else points
+        while True:
+            if not pending:
+                if not self._levels or points == levels_checked_at:
+                    break
+                levels_checked_at = points
+                for dependent in self._reach_levels(badges, points, event, awards):
+                    if dependent.id not in queued:
+                        queued.add(dependent.id)
+                        pending.append(dependent)
+                continue
             rule = pending.popleft()
             queued.discard(rule.id)
             current = badges.get(rule.id)
@@ -210,7 +240,9 @@ class Engine:
                 continue
             granted = current.copy()
             for tier, occurrence in due:
-                awards.append(self._award(rule, granted, tier, occurrence, event))
+                worth = rule.points(tier)
+                points += worth
+                awards.append(self._award(rule, granted, tier, occurrence, event, worth))
                 if tier is not None:
                     granted.tiers = (*granted.tiers, tier)
                 else:
@@ -222,23 +254,51 @@ class Engine:
                 if dependent.id not in queued:
                     queued.add(dependent.id)
                     pending.append(dependent)
-        return tuple(awards)
+        return tuple(awards), points
+
+    def _reach_levels(
+        self, badges: _Overlay, points: int, event: EventEnvelope, awards: list[AwardRecord]
+    ) -> list[CompiledBadge]:
+        """Award every level ``points`` reached and the user does not hold yet; returns what depends on them."""
+        dependents: list[CompiledBadge] = []
+        for rank, level, fp in self._levels:
+            if level.at > points:
+                break
+            if _held(badges, level.id):
+                continue  # a level once reached is kept: nothing to do, now or ever
+            reached = BadgeState(fp)
+            reached.granted = 1
+            badges[level.id] = reached
+            awards.append(self._level_award(rank, level, points, event))
+            dependents.extend(self._dependents.get(level.id, ()))
+        return dependents
 
     def _award(
-        self, rule: CompiledBadge, state: BadgeState, tier: str | None, occurrence: int, event: EventEnvelope
+        self, rule: CompiledBadge, state: BadgeState, tier: str | None, occurrence: int, event: EventEnvelope,
+        points: int,
     ) -> AwardRecord:
+        return self._record(rule.id, tier, occurrence, event, rule.award_metadata(state, tier, occurrence), points)
+
+    def _level_award(self, rank: int, level: Level, points: int, event: EventEnvelope) -> AwardRecord:
+        metadata = {"progress": points, "target": level.at, "level": rank, "levels": len(self._levels)}
+        return self._record(level.id, None, 1, event, metadata, 0)
+
+    def _record(self, badge_id: str, tier: str | None, occurrence: int, event: EventEnvelope,
+                metadata: dict[str, Any], points: int) -> AwardRecord:
         return _construct(AwardRecord, {
-            "award_id": make_award_id(event.user_id, rule.id, tier, occurrence),
+            "award_id": make_award_id(event.user_id, badge_id, tier, occurrence),
             "user_id": event.user_id,
-            "badge_id": rule.id,
+            "badge_id": badge_id,
             "tier": tier,
             "occurrence": occurrence,
             "awarded_at": event.occurred_at,
             "event_id": event.event_id,
             "catalog_version": self.catalog_version,
-            "metadata": rule.award_metadata(state, tier, occurrence),
+            "metadata": metadata,
             "kind": "award",
             "backfill": False,
+            "source": None,
+            "points": points,
         })
 
     def _progress(

@@ -4,7 +4,8 @@ A compiled rule is pure: ``accumulate`` takes a :class:`BadgeState` and the even
 returns a *new* state (or None when nothing changed); ``units`` says how many awards the rule has
 earned from that state. Every kind accumulates in a way that does not depend on the order of a
 user's events — a count, an exact sum of non-negative values, a set of distinct values, merged
-runs of day or week ordinals — so the award set is the same in any arrival order.
+runs of day or week ordinals — so the award set is the same in any arrival order. ``points``
+says what each award of the badge is worth.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class CompiledBadge:
         self.window_until = window.until.toordinal() if window is not None and window.until is not None else None
         self.has_window = window is not None
         self.when: Expression | None = Expression.compile(badge.when) if badge.when is not None else None
+        self._points = badge.points if badge.points is not None else 0
 
     # --- what each kind defines --------------------------------------------------------------
 
@@ -116,6 +118,13 @@ class CompiledBadge:
 
     def fresh(self) -> BadgeState:
         return BadgeState(self.fp)
+
+    def points(self, tier: str | None) -> int:
+        """What one award (of ``tier``) of this badge is worth; every occurrence of a repeatable one alike."""
+        points = self._points
+        if isinstance(points, int):
+            return points
+        return points.get(tier, 0) if tier is not None else 0
 
     def in_window(self, facts: EventFacts) -> bool:
         day = facts.day
@@ -296,6 +305,35 @@ def _add_to_runs(runs: tuple[tuple[int, int], ...], point: int) -> tuple[tuple[t
     return (*head, (start, end), *tail), end - start + 1
 
 
+def _longest_with_freezes(runs: tuple[tuple[int, int], ...], point: int, length: int, freezes: int) -> int:
+    """The most active periods, capped at ``length``, in a range around ``point`` skipping <= ``freezes`` periods.
+
+    Only ranges that hold ``point`` can have grown when it arrived, and one that reaches ``length``
+    can be trimmed (keeping ``point``, ends active) to span at most ``length + freezes`` periods; so
+    the runs within that distance of ``point`` suffice, cut at it. Any range found among them is
+    also a range of the full runs, so the answer never exceeds what the runs hold. Capping at
+    ``length`` makes the stored maximum the same in any arrival order.
+    """
+    reach = length + freezes
+    low, high = point - reach, point + reach
+    start = bisect_left(runs, (low, low))
+    if start > 0 and runs[start - 1][1] >= low:
+        start -= 1
+    near = [(max(a, low), min(b, high)) for a, b in runs[start : bisect_left(runs, (high + 1, high + 1))]]
+    best = active = skipped = 0
+    first = 0
+    for last, (a, b) in enumerate(near):
+        active += b - a + 1
+        if last > first:
+            skipped += a - near[last - 1][1] - 1
+        while skipped > freezes:  # drop runs from the left until the range is within budget again
+            active -= near[first][1] - near[first][0] + 1
+            skipped -= near[first + 1][0] - near[first][1] - 1
+            first += 1
+        best = max(best, active)
+    return min(best, length)
+
+
 class StreakBadge(CompiledBadge):
     kind = "streak"
 
@@ -305,6 +343,7 @@ class StreakBadge(CompiledBadge):
         assert isinstance(rule, StreakRule)
         self.weeks = rule.weeks is not None
         self.length = rule.length
+        self.freezes = rule.freezes
 
     def accumulate(self, state: BadgeState, facts: EventFacts) -> BadgeState | None:
         point = facts.week if self.weeks else facts.day
@@ -312,6 +351,8 @@ class StreakBadge(CompiledBadge):
         if added is None:
             return None
         runs, length = added
+        if self.freezes:
+            length = _longest_with_freezes(runs, point, self.length, self.freezes)
         new = state.copy()
         new.n = max(state.n, length)
         # Met (streaks are never repeatable): the runs are no longer needed, only the length reached.

@@ -8,7 +8,9 @@ What is kept, and what bounds it (README "Engine guarantees" repeats this):
   under, the awards granted (tier names or an occurrence count), and the rule's progress —
   a count, a sum, up to ``count`` distinct values (dropped once the rule is met), merged runs of
   day or week ordinals for a streak (dropped once met), or a custom evaluator's memory (at most
-  :data:`evaluators.base.MAX_MEMORY_BYTES`).
+  :data:`evaluators.base.MAX_MEMORY_BYTES`);
+* the user's points: one total over the awards granted (a number, not a list of awards). Levels
+  reached are badge entries like any other award.
 
 The engine never mutates a :class:`UserState` or :class:`BadgeState`: it builds new ones and
 shares what did not change, so a caller may keep the previous state (for example to retry).
@@ -254,14 +256,15 @@ class BadgeMap(Mapping[str, BadgeState]):
 class UserState:
     """Everything the engine remembers about one user. Build new ones; never change one in place."""
 
-    __slots__ = ("badges", "catalog_fp", "recent", "user_id")
+    __slots__ = ("badges", "catalog_fp", "points", "recent", "user_id")
 
     def __init__(self, user_id: str, badges: Mapping[str, BadgeState] | None = None, recent: bytes = b"",
-                 catalog_fp: str = "") -> None:
+                 catalog_fp: str = "", points: int = 0) -> None:
         self.user_id = user_id
         self.badges: BadgeMap = badges if isinstance(badges, BadgeMap) else BadgeMap(badges)
         self.recent = recent
         self.catalog_fp = catalog_fp
+        self.points = points  # the sum of the points of every award granted
 
     @classmethod
     def empty(cls, user_id: str) -> UserState:
@@ -304,9 +307,10 @@ class UserState:
 
     def to_bytes(self) -> bytes:
         """Versioned bytes: a header, a JSON body (orjson, keys sorted) and the raw event-id digests."""
-        body = orjson.dumps(
-            {"u": self.user_id, "c": self.catalog_fp, "b": self.badges.to_json()}, option=orjson.OPT_SORT_KEYS
-        )
+        fields: dict[str, Any] = {"u": self.user_id, "c": self.catalog_fp, "b": self.badges.to_json()}
+        if self.points:
+            fields["p"] = _number_out(self.points)  # absent when 0: states without points read as before
+        body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
         return _HEADER.pack(_MAGIC, STATE_FORMAT, len(body)) + body + self.recent
 
     @classmethod
@@ -328,7 +332,10 @@ class UserState:
             badges = body["b"]
             if not isinstance(badges, dict) or not all(isinstance(b, dict) and "f" in b for b in badges.values()):
                 raise StateDecodeError("stored user state has a malformed badge table")
-            return cls(str(body["u"]), BadgeMap(raw=badges), recent, str(body.get("c", "")))
+            points = _number_in(body.get("p", 0))
+            if not isinstance(points, int) or points < 0:
+                raise StateDecodeError(f"stored points must be a whole number >= 0, got {points!r}")
+            return cls(str(body["u"]), BadgeMap(raw=badges), recent, str(body.get("c", "")), points)
         except StateDecodeError:
             raise
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -340,6 +347,7 @@ class UserState:
             and self.user_id == other.user_id
             and self.catalog_fp == other.catalog_fp
             and self.recent == other.recent
+            and self.points == other.points
             and self.badges.to_json() == other.badges.to_json()
         )
 

@@ -1,4 +1,5 @@
-"""Checks that need the whole catalog: duplicate ids, unknown references, cycles, CEL, custom evaluator names.
+"""Checks that need the whole catalog: duplicate ids, unknown references, cycles, CEL, custom evaluator names,
+points that must match a badge's tiers, and levels (increasing, not clashing with a badge).
 
 Every problem is reported as a message naming file, line, badge and field.
 """
@@ -32,9 +33,11 @@ class CatalogProblems(CatalogError):
         super().__init__(f"invalid catalog {source} ({count}):\n  " + "\n  ".join(problems))
 
 
-def _describe(source: str, line: int | None, badge: str | None, field: str, message: str) -> str:
+def _describe(source: str, line: int | None, badge: str | None, field: str, message: str,
+              owner: str = "badge") -> str:
+    """``owner`` says what ``badge`` names: a badge, or a level (``levels:`` entries)."""
     where = f"{source}:{line}" if line is not None else source
-    what = f"badge {badge!r}, field {field!r}" if badge is not None else f"field {field!r}"
+    what = f"{owner} {badge!r}, field {field!r}" if badge is not None else f"field {field!r}"
     return f"{where}: {what}: {message}"
 
 
@@ -129,14 +132,16 @@ def nudge_problems(badge: Badge) -> list[tuple[str, str, tuple[str | int, ...]]]
 
 
 def catalog_problems(
-    catalog: Catalog, registry: Container[str] | None = None, also_known: Container[str] = frozenset()
+    catalog: Catalog, registry: Container[str] | None = None, also_known: Container[str] = frozenset(),
+    also_badges: Container[str] = frozenset(),
 ) -> list[str]:
     """Every cross-badge problem of an (individually valid) catalog, as messages naming badge, field, line.
 
-    ``also_known``: ids of badges that exist but were left out (invalid on their own); not "unknown".
+    ``also_known``: ids of badges or levels that exist but were left out (invalid on their own); not
+    "unknown". ``also_badges``: the badge ids among them, which a level id must not repeat either.
     """
     source = catalog.source
-    known = catalog.badges_by_id
+    known = {**catalog.badges_by_id, **catalog.levels_by_id}  # levels may be required or listed like badges
     problems: list[str] = []
     first_seen: dict[str, int] = {}
     for index, badge in enumerate(catalog.badges):
@@ -167,6 +172,17 @@ def catalog_problems(
             say(field, message, *path)
         if isinstance(badge.rule, EvaluatorRule) and registry is not None and badge.rule.name not in registry:
             say("rule.evaluator", f"unknown custom evaluator {badge.rule.name!r}", "rule", "evaluator")
+        if isinstance(badge.points, dict):
+            if not isinstance(badge.rule, TiersRule):
+                say("points", "a {tier: points} map needs a tiered rule; give one number instead", "points")
+            else:
+                missing = [tier for tier in badge.rule.tiers if tier not in badge.points]
+                unknown = [tier for tier in badge.points if tier not in badge.rule.tiers]
+                if missing:
+                    say("points", f"the points map omits tier(s) {', '.join(map(repr, missing))}", "points")
+                for tier in unknown:
+                    say("points", f"unknown tier {tier!r} (tiers: {', '.join(badge.rule.tiers)})", "points", tier)
+    problems += _level_problems(catalog, first_seen, also_badges)
     for cycle in _find_cycles(catalog):
         start = catalog.badges_by_id[cycle[0]]
         index = catalog.badges.index(start)
@@ -175,6 +191,30 @@ def catalog_problems(
             _describe(source, catalog.line_of("badges", index, *field.split(".")), start.id, field,
                       "cycle among requires/badges: " + " -> ".join(cycle))
         )
+    return problems
+
+
+def _level_problems(catalog: Catalog, badge_lines: dict[str, int], also_badges: Container[str]) -> list[str]:
+    """Levels: ``at`` strictly increasing, ids unique and not also a badge's."""
+    problems: list[str] = []
+    first_seen: dict[str, int] = {}
+    previous: int | None = None
+    for index, level in enumerate(catalog.levels):
+        def say(field: str, message: str, *path: str | int, _i: int = index, _id: str = level.id) -> None:
+            line = catalog.line_of("levels", _i, *path)
+            problems.append(_describe(catalog.source, line, _id, field, message, owner="level"))
+
+        if level.id in badge_lines:
+            say("id", f"level id clashes with the badge defined on line {badge_lines[level.id]}", "id")
+        elif level.id in also_badges:
+            say("id", "level id clashes with a badge id", "id")
+        if level.id in first_seen:
+            say("id", f"duplicate level id (first defined on line {first_seen[level.id]})", "id")
+        else:
+            first_seen[level.id] = catalog.line_of("levels", index, "id") or index + 1
+        if previous is not None and level.at <= previous:
+            say("at", f"levels must have strictly increasing 'at': {level.at} follows {previous}", "at")
+        previous = level.at
     return problems
 
 

@@ -13,7 +13,7 @@ from pydantic import (
 )
 
 from schemas.catalog.checks import CatalogProblems, _describe, catalog_problems, validate_catalog
-from schemas.catalog.models import MAX_CATALOG_BYTES, MAX_YAML_NODES, Badge, Catalog
+from schemas.catalog.models import MAX_CATALOG_BYTES, MAX_YAML_NODES, Badge, Catalog, Level
 from schemas.errors import CatalogError
 
 
@@ -81,6 +81,7 @@ def _validation_problems(
 ) -> list[str]:
     problems = []
     badges_raw = raw.get("badges") if isinstance(raw, dict) else None
+    levels_raw = raw.get("levels") if isinstance(raw, dict) else None
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
@@ -97,8 +98,16 @@ def _validation_problems(
             # The discriminated union puts the tag in the path: rule.count.count reads as rule.count.
             if len(field_path) >= 3 and field_path[0] == "rule" and field_path[1] == field_path[2]:
                 del field_path[1]
-        field = ".".join(str(p) for p in field_path) or ("badge" if badge else "catalog")
-        problems.append(_describe(source, line, badge, field, message))
+            # So does a union (points: a number or a map): points.int reads as points.
+            if len(field_path) >= 2 and field_path[0] == "points" and str(field_path[1]).startswith(("int", "dict")):
+                del field_path[1]
+        owner = "badge"
+        if len(loc) >= 2 and loc[0] == "levels" and isinstance(loc[1], int):
+            owner = "level"
+            badge = _badge_label(levels_raw[loc[1]] if isinstance(levels_raw, list) else None, loc[1])
+            field_path = list(loc[2:])
+        field = ".".join(str(p) for p in field_path) or (owner if badge else "catalog")
+        problems.append(_describe(source, line, badge, field, message, owner=owner))
     return problems
 
 
@@ -120,11 +129,26 @@ def _problems_among_valid_badges(
             if path[:2] == ("badges", index):
                 partial_lines[("badges", len(valid), *path[2:])] = line
         valid.append(badge)
-    partial = Catalog.model_construct(catalog_version="?", events={}, badges=valid)
+    levels_raw = raw.get("levels")
+    levels: list[Level] = []
+    for index, item in enumerate(levels_raw if isinstance(levels_raw, list) else []):
+        try:
+            level = Level.model_validate(item)
+        except ValidationError:
+            continue
+        for path, line in lines.items():
+            if path[:2] == ("levels", index):
+                partial_lines[("levels", len(levels), *path[2:])] = line
+        levels.append(level)
+    partial = Catalog.model_construct(catalog_version="?", events={}, badges=valid, levels=levels)
     partial._lines = partial_lines
     partial._source = source
-    present = {str(item["id"]) for item in badges_raw if isinstance(item, dict) and "id" in item}
-    return catalog_problems(partial, registry, also_known=present)
+    def ids(items: Any) -> set[str]:
+        return {str(item["id"]) for item in (items if isinstance(items, list) else [])
+                if isinstance(item, dict) and "id" in item}
+
+    return catalog_problems(partial, registry, also_known=ids(badges_raw) | ids(levels_raw),
+                            also_badges=ids(badges_raw))
 
 
 def _by_line(problems: list[str]) -> list[str]:

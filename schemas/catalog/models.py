@@ -34,6 +34,8 @@ MAX_DISTINCT = 10_000
 
 MAX_STREAK_DAYS = 3_660
 MAX_STREAK_WEEKS = 520
+MAX_POINTS = 1_000_000_000
+MAX_LEVELS = 1000
 MAX_EXPRESSION_CHARS = 1024
 MAX_COMPREHENSION_DEPTH = 1
 """CEL macros (``all``, ``exists``, ``map``, ...) may not nest: one level costs at most one pass over
@@ -173,17 +175,29 @@ class SumRule(_Model):
 
 
 class StreakRule(_Model):
-    """``days`` consecutive local calendar days, or ``weeks`` consecutive ISO weeks, each with a qualifying event."""
+    """``days`` consecutive local calendar days, or ``weeks`` consecutive ISO weeks, each with a qualifying event.
+
+    ``freezes``: how many inactive periods in total a streak may skip between its first and last
+    active one (skipped periods do not count towards the length); 0 is the plain streak.
+    """
 
     kind: Literal["streak"] = "streak"
     days: int | None = Field(default=None, ge=1, le=MAX_STREAK_DAYS)
     weeks: int | None = Field(default=None, ge=1, le=MAX_STREAK_WEEKS)
+    freezes: int = Field(default=0, ge=0, le=MAX_STREAK_DAYS)
 
     @model_validator(mode="after")
     def _one_unit(self) -> StreakRule:
         if (self.days is None) == (self.weeks is None):
             raise ValueError("a streak has exactly one of 'days' or 'weeks'")
         return self
+
+    @field_validator("freezes", mode="before")
+    @classmethod
+    def _freezes_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("freezes must be a whole number >= 0")
+        return value
 
     @property
     def length(self) -> int:
@@ -307,6 +321,31 @@ class Window(_Model):
         return self
 
 
+Points = Annotated[int, Field(ge=0, le=MAX_POINTS)] | dict[str, Annotated[int, Field(ge=0, le=MAX_POINTS)]]
+"""A badge's ``points``: one number for every award of it, or (tiered badges) ``{tier: points}`` naming every tier."""
+
+
+def _check_points(value: Any) -> Any:
+    """Refuse what no reading of ``points`` can mean, with a message that says why (not a union's two errors)."""
+
+    def check(number: Any, where: str) -> None:
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise ValueError(f"{where} must be a whole number >= 0, got {number!r}")
+        if number < 0:
+            raise ValueError(f"{where} must be >= 0, got {number}")
+        if number > MAX_POINTS:
+            raise ValueError(f"{where} must be at most {MAX_POINTS}, got {number}")
+
+    if value is None:
+        return value
+    if isinstance(value, dict):
+        for tier, number in value.items():
+            check(number, f"points of tier {tier!r}")
+    else:
+        check(value, "points")
+    return value
+
+
 class Badge(_Model):
     """One badge of the catalog (see DESIGN.md "Meaning, precisely")."""
 
@@ -320,6 +359,7 @@ class Badge(_Model):
     repeatable: bool = False
     hidden: bool = False
     nudge: Nudge | None = None
+    points: Points | None = None
     rule: Rule
 
     @model_validator(mode="before")
@@ -334,6 +374,11 @@ class Badge(_Model):
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return _expand_rule(value)
+
+    @field_validator("points", mode="before")
+    @classmethod
+    def _points(cls, value: Any) -> Any:
+        return _check_points(value)
 
     @field_validator("when")
     @classmethod
@@ -363,15 +408,48 @@ class Badge(_Model):
     @cached_property
     def fingerprint(self) -> str:
         """Hash of the fields that decide progress; stored state made under another one is not mixed in."""
+        rule = self.rule.model_dump(mode="json")
+        if rule.get("freezes") == 0:
+            del rule["freezes"]  # a plain streak keeps the fingerprint it had before freezes existed
+        # Not ``points``: they do not decide progress, and awards keep the points they were granted with.
         defining = {
             "on": sorted(self.on),
             "when": self.when,
             "window": self.window.model_dump(mode="json", by_alias=True) if self.window else None,
-            "rule": self.rule.model_dump(mode="json"),
+            "rule": rule,
             "requires": sorted(self.requires),
             "repeatable": self.repeatable,
         }
         return hashlib.sha256(orjson.dumps(defining, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+    def points_for(self, tier: str | None) -> int:
+        """The points one award of this badge (of ``tier``, for a tiered badge) grants; 0 when none are given."""
+        points = self.points
+        if points is None:
+            return 0
+        if isinstance(points, dict):
+            return points.get(tier, 0) if tier is not None else 0
+        return points
+
+
+class Level(_Model):
+    """A level: awarded (as an award with this id, no tier, 0 points) when a user's points first reach ``at``."""
+
+    id: BadgeId
+    name: str = ""
+    description: str = ""
+    at: int = Field(ge=1, le=MAX_POINTS * 1000)
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _at_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("at must be a whole number >= 1")
+        return value
 
     @property
     def display_name(self) -> str:
@@ -384,6 +462,7 @@ class Catalog(_Model):
     catalog_version: str = Field(min_length=1, max_length=128)
     events: dict[EventType, EventCheck] = Field(default_factory=dict)
     badges: list[Badge] = Field(default_factory=list)
+    levels: list[Level] = Field(default_factory=list, max_length=MAX_LEVELS)
 
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
     _source: str = PrivateAttr(default="<catalog>")
@@ -415,6 +494,10 @@ class Catalog(_Model):
     def badge(self, badge_id: str) -> Badge:
         return self.badges_by_id[badge_id]
 
+    @cached_property
+    def levels_by_id(self) -> dict[str, Level]:
+        return {level.id: level for level in self.levels}
+
     def event_types(self) -> set[str]:
         """Every event type the catalog knows: listened to by a badge or checked under ``events``."""
         types = set(self.events)
@@ -424,8 +507,11 @@ class Catalog(_Model):
 
     @cached_property
     def fingerprint(self) -> str:
-        """Hash over every badge's fingerprint: changes exactly when some badge's meaning changes."""
+        """Hash over every badge's fingerprint and the levels: changes exactly when some award's meaning changes."""
         parts = sorted(f"{badge.id}={badge.fingerprint}" for badge in self.badges)
+        # Levels only when there are some, so a catalog without them keeps its fingerprint; a
+        # changed level makes every stored state re-check its levels on the user's next event.
+        parts += [f"level {level.id}={level.at}" for level in self.levels]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     def validate_event_data(self, event: EventEnvelope) -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from evaluators.engine import Engine
 from evaluators.registry import EvaluatorRegistry
+from evaluators.rules import _add_to_runs, _longest_with_freezes
 from evaluators.state import UserState
 from schemas.catalog import load_catalog, parse_catalog
 from schemas.errors import CatalogError, InvalidEventError
@@ -23,24 +24,34 @@ from tests.unit.support import catalog
 
 PROPERTIES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# Every order-independent kind, with windows, CEL, prerequisites, repeats and cascading meta-badges.
-ORDER_FREE = Engine(catalog("""
+# Every order-independent kind, with windows, CEL, prerequisites, repeats, cascading meta-badges,
+# streak freezes, points and levels that badges list and require.
+ORDER_FREE_BADGES = """
     badges:
-      - {id: first, on: [quiz], rule: {count: 1}}
-      - {id: tiers, on: [quiz], rule: {tiers: {bronze: 2, silver: 4, gold: 7}}}
-      - {id: weekend, on: [quiz], when: "local.weekday >= 6", rule: {count: 2}}
+      - {id: first, on: [quiz], points: 3, rule: {count: 1}}
+      - {id: tiers, on: [quiz], points: {bronze: 1, silver: 2, gold: 4}, rule: {tiers: {bronze: 2, silver: 4, gold: 7}}}
+      - {id: weekend, on: [quiz], when: "local.weekday >= 6", points: 2, rule: {count: 2}}
       - {id: good, on: [quiz], when: "data.score >= 5", rule: {count: 2}}
       - {id: explorer, on: [quiz], rule: {distinct: {field: data.quiz_id, count: 3}}}
       - {id: points, on: [quiz], rule: {sum: {field: data.score, at_least: 12.5}}}
-      - {id: points_again, on: [quiz], repeatable: true, rule: {sum: {field: data.score, at_least: 10}}}
+      - {id: points_again, on: [quiz], repeatable: true, points: 1, rule: {sum: {field: data.score, at_least: 10}}}
       - {id: daily, on: [login], rule: {streak: {days: 3}}}
       - {id: weekly, on: [login, quiz], rule: {streak: {weeks: 2}}}
+      - {id: daily_frozen, on: [login], points: 5, rule: {streak: {days: 4, freezes: 2}}}
+      - {id: weekly_frozen, on: [quiz], rule: {streak: {weeks: 3, freezes: 1}}}
       - {id: march, on: [quiz], window: {from: "2026-03-01", until: "2026-03-15"}, rule: {count: 2}}
-      - {id: recruiter, on: [referral], requires: [first], repeatable: true, rule: {count: 2}}
-      - {id: scholar, rule: {badges: [first, explorer, daily]}}
+      - {id: recruiter, on: [referral], requires: [first], repeatable: true, points: 2, rule: {count: 2}}
+      - {id: scholar, points: 4, rule: {badges: [first, explorer, daily]}}
       - {id: two_of, rule: {badges: [weekend, good, march, points], at_least: 2}}
       - {id: top, rule: {badges: [scholar, two_of]}}
-"""))
+      - {id: levelled, rule: {badges: [silver_level, daily]}}
+      - {id: gated, on: [referral], requires: [bronze_level], points: 3, rule: {count: 1}}
+    levels:
+      - {id: bronze_level, at: 3}
+      - {id: silver_level, at: 8}
+      - {id: gold_level, at: 15}
+"""
+ORDER_FREE = Engine(catalog(ORDER_FREE_BADGES))
 DEMO = Engine(load_catalog(Path(__file__).resolve().parents[2] / "deploy" / "demo" / "catalog.yaml"),
               EvaluatorRegistry.builtin())
 REPEATABLE = {"points_again", "recruiter"}
@@ -73,12 +84,15 @@ def user_events(draw: st.DrawFn, user: str = "u1") -> list[EventEnvelope]:
 def award_set(engine: Engine, events: list[EventEnvelope]) -> tuple[set[tuple[str, str | None, int]], UserState | None]:
     state: UserState | None = None
     awards: list[tuple[str, str | None, int]] = []
+    points = 0
     for event in events:
         result = engine.evaluate(state, event)
         state = result.state
         awards.extend((a.badge_id, a.tier, a.occurrence) for a in result.awards)
+        points += sum(a.points for a in result.awards)
     counts = Counter(awards)
     assert all(n == 1 for n in counts.values()), f"awarded twice: {counts}"
+    assert state is None or state.points == points  # the stored total is the sum over the awards granted
     return set(awards), state
 
 
@@ -112,6 +126,48 @@ def test_any_order_gives_the_same_award_set(events: list[EventEnvelope], rnd: An
     shuffled = list(events)
     rnd.shuffle(shuffled)
     assert award_set(ORDER_FREE, events)[0] == award_set(ORDER_FREE, shuffled)[0]
+
+
+@PROPERTIES
+@given(user_events())
+def test_levels_follow_the_points_total(events: list[EventEnvelope]) -> None:
+    awards, state = award_set(ORDER_FREE, events)
+    total = state.points if state is not None else 0
+    levels = {level.id for level in ORDER_FREE.catalog.levels if level.at <= total}
+    assert {b for b, _, _ in awards if b.endswith("_level")} == levels
+
+
+# The same catalog with ``freezes: 0`` spelled out on the plain streaks, and without any freeze streak.
+PLAIN = ORDER_FREE_BADGES.replace("{days: 3}", "{days: 3, freezes: 0}").replace("freezes: 2", "freezes: 0")
+PLAIN_IMPLICIT = ORDER_FREE_BADGES.replace(", freezes: 2", "")
+
+
+@PROPERTIES
+@given(user_events())
+def test_freezes_zero_gives_exactly_the_plain_streak(events: list[EventEnvelope]) -> None:
+    spelled, implicit = Engine(catalog(PLAIN)), Engine(catalog(PLAIN_IMPLICIT))
+    state_a: UserState | None = None
+    state_b: UserState | None = None
+    for event in events:
+        a, b = spelled.evaluate(state_a, event), implicit.evaluate(state_b, event)
+        assert (a.awards, a.progress, a.state.to_bytes()) == (b.awards, b.progress, b.state.to_bytes())
+        state_a, state_b = a.state, b.state
+
+
+@PROPERTIES
+@given(st.sets(st.integers(0, 60), min_size=1, max_size=25), st.integers(1, 8), st.data())
+def test_run_detection_with_no_freezes_finds_runs_only(points: set[int], length: int,
+                                                                   data: st.DataObject) -> None:
+    runs: tuple[tuple[int, int], ...] = ()
+    for p in sorted(points):
+        added = _add_to_runs(runs, p)
+        assert added is not None
+        runs = added[0]
+    point = data.draw(st.sampled_from(sorted(points)))
+    holding = next(b - a + 1 for a, b in runs if a <= point <= b)
+    longest = max(b - a + 1 for a, b in runs)
+    # At least the run holding the point (the one that can have grown), never more than a real run.
+    assert min(length, holding) <= _longest_with_freezes(runs, point, length, 0) <= min(length, longest)
 
 
 @PROPERTIES
