@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what badgestream needs from the OS on a fresh Debian/Ubuntu machine: Java 17+ and Maven
 # (the local Kafka broker is fetched from Maven Central and run on the JVM) and the PostgreSQL
-# server (tests run against a throwaway cluster). Does nothing when everything is already there.
+# server (tests run against a throwaway cluster), and Chromium (the browser tests of the profile
+# pages drive it headless through Playwright). Does nothing when everything is already there.
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,7 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 python3 - <<'PY' || { echo "badgestream needs Python >= 3.11 (python3 is $(python3 --version 2>&1))" >&2; exit 1; }
 import sys
 sys.exit(0 if sys.version_info >= (3, 11) else 1)

@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(1000, ge=1)
     sink_batch_timeout_ms: int = Field(200, ge=1)
 
+    # Read API (`badgestream api`)
+    api_host: str = Field("127.0.0.1", description="address the read API binds; 0.0.0.0 exposes it")
+    api_port: int = Field(8000, ge=0, le=65535, description="port of the read API")
+    api_token: SecretStr | None = Field(
+        None, description="bearer token every /v1 call must carry; unset: none needed, include_hidden refused"
+    )
+    api_cache_ttl_s: float = Field(
+        5.0, ge=0, description="seconds the API may serve holder counts, rankings and the catalog before re-reading"
+    )
+    api_workers: int = Field(1, ge=1, description="uvicorn worker processes of the read API")
+
     # Notifier (docs/notifications.md)
     webhook_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="webhook endpoints, comma-separated, all signed with webhook_secret"

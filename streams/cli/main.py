@@ -131,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     leaderboard.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
     leaderboard.set_defaults(func=_lazy("streams.cli.user_report:leaderboard_command"))
 
+    api = sub.add_parser("api", help="the read API and profile pages over the award database (HTTP)")
+    api.add_argument("--host", default=None, help="bind address (default: BADGESTREAM_API_HOST, 127.0.0.1)")
+    api.add_argument("--port", type=int, default=None, help="port (default: BADGESTREAM_API_PORT, 8000)")
+    api.add_argument("--workers", type=int, default=None, help="uvicorn processes (default: BADGESTREAM_API_WORKERS)")
+    api.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
+    api.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    api.add_argument("--access-log", action="store_true", help="log every request")
+    api.set_defaults(func=_lazy("streams.api.serve:api_command"))
+
     return parser
 
 

@@ -37,7 +37,6 @@ def build_report(conn: Connection, user_id: str) -> dict[str, Any]:
     catalog = db.load_badges(conn)
     awards = db.user_awards(conn, user_id)
     held = {(a.badge_id, a.tier) for a in awards if a.revoked_at is None}
-    held_badges = {badge_id for badge_id, _tier in held}
 
     badges = []
     for award in awards:
@@ -57,13 +56,8 @@ def build_report(conn: Connection, user_id: str) -> dict[str, Any]:
         })
 
     progress = []
-    for row in db.user_progress(conn, user_id):
+    for row in db.visible_progress(catalog, held, db.user_progress(conn, user_id)):
         info = catalog.get(row.badge_id)
-        if info is not None and info.hidden and row.badge_id not in held_badges:
-            continue  # hidden until earned
-        repeatable = info.repeatable if info is not None else False
-        if (row.badge_id, row.tier) in held and not repeatable:
-            continue  # earned: nothing left to progress towards
         progress.append({
             "badge_id": row.badge_id,
             "name": info.name if info else row.badge_id,

@@ -7,14 +7,23 @@ runs the migrations, ``reads`` answers the query surface; this module names what
 
 from streams.db.engine import current_revision, make_engine, require_schema, upgrade
 from streams.db.reads import (
+    AwardEvidence,
     BadgeInfo,
+    HeldAward,
+    Holders,
+    Standing,
     UserAward,
     UserProgress,
+    award_evidence,
     count_rows,
+    held_awards,
+    holders,
     leaderboard,
     load_badges,
+    standings,
     user_awards,
     user_progress,
+    visible_progress,
 )
 from streams.db.tables import ID_LENGTH, NO_TIER, badges, metadata, user_badge_progress, user_badges
 from streams.db.writes import (
@@ -32,15 +41,22 @@ from streams.db.writes import (
 __all__ = [
     "ID_LENGTH",
     "NO_TIER",
+    "AwardEvidence",
     "BadgeInfo",
+    "HeldAward",
+    "Holders",
+    "Standing",
     "UserAward",
     "UserProgress",
     "WriteResult",
+    "award_evidence",
     "badges",
     "catalog_rows",
     "catalog_version",
     "count_rows",
     "current_revision",
+    "held_awards",
+    "holders",
     "latest_progress",
     "leaderboard",
     "load_badges",
@@ -48,6 +64,7 @@ __all__ = [
     "metadata",
     "require_schema",
     "revoke_award",
+    "standings",
     "upgrade",
     "upsert_awards",
     "upsert_progress",
@@ -55,6 +72,7 @@ __all__ = [
     "user_badge_progress",
     "user_badges",
     "user_progress",
+    "visible_progress",
     "write_catalog",
     "write_records",
 ]

@@ -48,6 +48,28 @@ class UserProgress:
     updated_at: datetime
 
 
+def visible_progress(
+    catalog: dict[str, BadgeInfo], held: set[tuple[str, str | None]], rows: list[UserProgress]
+) -> list[UserProgress]:
+    """The progress rows a user is shown: hidden badges only once earned, earned (badge, tier)s no longer.
+
+    ``held`` is the (badge_id, tier) of every award the user holds (not revoked). A repeatable badge
+    keeps its progress after an award: it counts towards the next occurrence. Shared by
+    ``badgestream user`` and the read API, so both show the same thing.
+    """
+    held_badges = {badge_id for badge_id, _tier in held}
+    shown = []
+    for row in rows:
+        info = catalog.get(row.badge_id)
+        if info is not None and info.hidden and row.badge_id not in held_badges:
+            continue  # hidden until earned
+        repeatable = info.repeatable if info is not None else False
+        if (row.badge_id, row.tier) in held and not repeatable:
+            continue  # earned: nothing left to progress towards
+        shown.append(row)
+    return shown
+
+
 def load_badges(conn: Connection) -> dict[str, BadgeInfo]:
     result = conn.execute(sa.select(badges).order_by(badges.c.id))
     return {
@@ -108,3 +130,149 @@ def count_rows(conn: Connection) -> dict[str, int]:
         table.name: int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
         for table in (badges, user_badges, user_badge_progress)
     }
+
+
+# --- the read API: evidence, holders and rankings ---------------------------------------------
+
+@dataclass(frozen=True)
+class AwardEvidence:
+    """One award as ``GET /v1/awards/{award_id}`` shows it: the decision and where its deciding event was read."""
+
+    award_id: str
+    user_id: str
+    badge_id: str
+    tier: str | None
+    occurrence: int
+    awarded_at: datetime
+    event_id: str
+    catalog_version: str
+    metadata: dict[str, Any]
+    backfill: bool
+    revoked_at: datetime | None
+    points: int
+    source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
+
+
+def award_evidence(conn: Connection, award_id: str) -> AwardEvidence | None:
+    """The award with this id (revoked or not), or None; rows older than migration 0002 have no source."""
+    row = conn.execute(sa.select(user_badges).where(user_badges.c.award_id == award_id)).first()
+    if row is None:
+        return None
+    return AwardEvidence(
+        award_id=row.award_id, user_id=row.user_id, badge_id=row.badge_id, tier=row.tier or None,
+        occurrence=row.occurrence, awarded_at=row.awarded_at, event_id=row.event_id,
+        catalog_version=row.catalog_version, metadata=row.evaluation_metadata or {}, backfill=row.backfill,
+        revoked_at=row.revoked_at, points=row.points, source_topic=row.source_topic,
+        source_partition=row.source_partition, source_offset=row.source_offset,
+    )
+
+
+@dataclass(frozen=True)
+class HeldAward:
+    """A held (not revoked) award of one user, with what the user endpoint shows next to it."""
+
+    award_id: str
+    badge_id: str
+    tier: str | None
+    occurrence: int
+    awarded_at: datetime
+    event_id: str
+    points: int
+
+
+def held_awards(conn: Connection, user_id: str) -> list[HeldAward]:
+    """The user's awards that are not revoked, oldest first: only the columns the read API shows."""
+    c = user_badges.c
+    result = conn.execute(
+        sa.select(c.award_id, c.badge_id, c.tier, c.occurrence, c.awarded_at, c.event_id, c.points)
+        .where(c.user_id == user_id, c.revoked_at.is_(None))
+        .order_by(c.awarded_at, c.badge_id, c.tier, c.occurrence)
+    )
+    return [HeldAward(row.award_id, row.badge_id, row.tier or None, row.occurrence, row.awarded_at, row.event_id,
+                      row.points) for row in result]
+
+
+@dataclass(frozen=True)
+class Holders:
+    """How many distinct users hold each badge and each (badge, tier), among how many known users.
+
+    "Known users" have at least one award (revoked or not) or progress row; revoked awards are not held.
+    """
+
+    known_users: int
+    by_badge: dict[str, int]
+    by_tier: dict[tuple[str, str | None], int]
+
+    def rarity(self, badge_id: str, tier: str | None = None, *, any_tier: bool = False) -> float:
+        """Share of known users holding the badge (``any_tier``) or that tier of it, 0..1."""
+        if not self.known_users:
+            return 0.0
+        held = self.by_badge.get(badge_id, 0) if any_tier else self.by_tier.get((badge_id, tier), 0)
+        return held / self.known_users
+
+
+def holders(conn: Connection) -> Holders:
+    """Holder counts for every badge and tier, and the number of known users: three index-only aggregates.
+
+    Migration 0003's partial index on (badge_id, tier, user_id) WHERE revoked_at IS NULL serves the
+    first two; the unique key of ``user_badges`` and the primary key of progress serve the third.
+    """
+    c = user_badges.c
+    held = c.revoked_at.is_(None)
+    by_tier = {
+        (row.badge_id, row.tier or None): int(row.n)
+        for row in conn.execute(
+            sa.select(c.badge_id, c.tier, sa.func.count(sa.distinct(c.user_id)).label("n"))
+            .where(held).group_by(c.badge_id, c.tier)
+        )
+    }
+    by_badge = {
+        row.badge_id: int(row.n)
+        for row in conn.execute(
+            sa.select(c.badge_id, sa.func.count(sa.distinct(c.user_id)).label("n")).where(held).group_by(c.badge_id)
+        )
+    }
+    users = sa.union(sa.select(c.user_id), sa.select(user_badge_progress.c.user_id)).subquery()
+    known = int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one())
+    return Holders(known_users=known, by_badge=by_badge, by_tier=by_tier)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """One user's line in a ranking: held awards and the sum of their points."""
+
+    user_id: str
+    badges: int
+    points: int
+
+
+def standings(
+    conn: Connection, *, by: str = "badges", badge_id: str | None = None,
+    since: datetime | None = None, until: datetime | None = None,
+) -> list[Standing]:
+    """Every user holding at least one award that matches, best first (``by`` badges or points), ties by user id.
+
+    Held means not revoked; ``since``/``until`` select awards with ``since <= awarded_at < until``
+    (a season), ``badge_id`` one badge. With ``by="points"`` users whose matching awards earned no
+    points are left out: they have no place on a points ranking.
+    """
+    if by not in ("badges", "points"):
+        raise ValueError(f"by must be 'badges' or 'points', not {by!r}")
+    c = user_badges.c
+    conditions: list[sa.ColumnElement[bool]] = [c.revoked_at.is_(None)]
+    if badge_id is not None:
+        conditions.append(c.badge_id == badge_id)
+    if since is not None:
+        conditions.append(c.awarded_at >= since)
+    if until is not None:
+        conditions.append(c.awarded_at < until)
+    count = sa.func.count().label("badges")
+    points = sa.func.coalesce(sa.func.sum(c.points), 0).label("points")
+    stmt = sa.select(c.user_id, count, points).where(*conditions).group_by(c.user_id)
+    if by == "points":
+        stmt = stmt.having(points > 0).order_by(points.desc(), c.user_id)
+    else:
+        stmt = stmt.order_by(count.desc(), c.user_id)
+    return [Standing(row.user_id, int(row.badges), int(row.points)) for row in conn.execute(stmt)]

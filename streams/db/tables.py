@@ -100,6 +100,11 @@ user_badges = sa.Table(
     sa.Column("source_offset", sa.BigInteger, nullable=True),
     sa.Column("points", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("user_id", "badge_id", "tier", "occurrence"),
+    # Read API (migration 0003): partial indexes over held awards, see that migration.
+    sa.Index("ix_user_badges_held_badge", "badge_id", "tier", "user_id",
+             postgresql_where=sa.text("revoked_at IS NULL"), sqlite_where=sa.text("revoked_at IS NULL")),
+    sa.Index("ix_user_badges_held_user", "user_id", "awarded_at", "points",
+             postgresql_where=sa.text("revoked_at IS NULL"), sqlite_where=sa.text("revoked_at IS NULL")),
 )
 
 user_badge_progress = sa.Table(

@@ -79,7 +79,7 @@ class TestDatabaseContract:
             assert db.current_revision(engine) is None
             db.upgrade(database_url)
             db.upgrade(database_url)  # a second start is a no-op
-            assert db.current_revision(engine) == "0002"
+            assert db.current_revision(engine) == "0003"
             with engine.connect() as conn:
                 context = MigrationContext.configure(conn, opts={"compare_type": True})
                 assert compare_metadata(context, db.metadata) == []
@@ -98,7 +98,7 @@ class TestDatabaseContract:
                     "'2026-11-21 09:30:00+00:00', 'e-1', '{}', false, 'v1')"
                 ))
             db.upgrade(engine)
-            assert db.current_revision(engine) == "0002"
+            assert db.current_revision(engine) == "0003"
             with engine.connect() as conn:
                 row = conn.execute(sa.select(db.user_badges)).one()
             assert (row.source_topic, row.source_partition, row.source_offset, row.points) == (None, None, None, 0)
@@ -284,5 +284,5 @@ class TestDatabaseContract:
         assert "run `badgestream db upgrade`" in err
         assert cli_main(["db", "upgrade", "--database-url", database_url]) == 0
         out = capsys.readouterr().out
-        assert "is at revision 0002" in out and "badgestream-local" not in out  # the password is masked
+        assert "is at revision 0003" in out and "badgestream-local" not in out  # the password is masked
         assert cli_main(["user", "u-1", "--database-url", database_url]) == 0

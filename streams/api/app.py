@@ -1,0 +1,240 @@
+"""The read API application: ``create_app()`` wires routes, bearer-token auth, errors, metrics and the pages.
+
+Safe by default: the CLI binds 127.0.0.1; with ``BADGESTREAM_API_TOKEN`` set every ``/v1`` call
+needs ``Authorization: Bearer <token>``, and ``include_hidden`` is refused (403) unless a token is
+configured, since without one nobody can be told apart. Bad parameters get 422 naming the parameter;
+a database that cannot be reached gets 503 with neither URL nor password in the body or the log;
+nothing a caller sends produces a 5xx. The profile pages (``/``, ``/users/{user_id}``) are public
+and never show hidden badges that are not earned.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from streams import db
+from streams.api.emblems import emblem_svg
+from streams.api.views import RankBy, Views
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters: PostgreSQL refuses NUL in text
+"""Ids a caller may send: 1..255 characters (``db.ID_LENGTH``), no control characters."""
+# Module level: with postponed annotations FastAPI resolves these names in the module's namespace.
+Id = Annotated[str, PathParam(min_length=1, max_length=db.ID_LENGTH, pattern=ID_PATTERN)]
+OptionalId = Annotated[str | None, Query(min_length=1, max_length=db.ID_LENGTH, pattern=ID_PATTERN)]
+Instant = Annotated[str | None, Query(max_length=64, description="ISO 8601 time; without offset: UTC")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def _json(value: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(value), status_code=status_code, media_type="application/json")
+
+
+def _param_error(where: str, name: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": (where, name), "msg": message, "type": "value_error"}])
+
+
+def _instant(name: str, value: str | None) -> datetime | None:
+    """An RFC 3339 / ISO 8601 time from a query parameter, in UTC (a time without offset is taken as UTC)."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise _param_error("query", name, "not a time: use ISO 8601, e.g. 2026-06-01T00:00:00Z") from None
+
+
+class _Metrics:
+    """Request counts and latencies per route, on the app's own registry (one app, one registry)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("badgestream_api_requests", "HTTP requests answered", ["route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("badgestream_api_request_seconds", "time to answer a request", ["route"],
+                                 registry=self.registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5))
+
+
+class _MetricsMiddleware:
+    """Counts and times every HTTP request; pure ASGI (BaseHTTPMiddleware costs more than our endpoints do)."""
+
+    def __init__(self, app: ASGIApp, metrics: _Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - began)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application over ``settings.database_url`` (no schema needed at start: missing tables give 503)."""
+    settings = settings or Settings()
+    engine = db.make_engine(settings.database_url_value, **_pool_options(settings.database_url_value))
+    views = Views(engine, settings.api_cache_ttl_s)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    templates = Jinja2Templates(directory=str(TEMPLATES))  # autoescapes HTML by default
+    templates.env.globals["emblem"] = emblem_svg
+    metrics = _Metrics()
+
+    app = FastAPI(
+        title="badgestream read API",
+        description="A user's badges, progress and rarity, the badge list, leaderboards and award evidence.",
+        version="1",
+    )
+    app.state.views = views
+    app.state.engine = engine
+
+    def authorised(request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        return token is not None and scheme.lower() == "bearer" and hmac.compare_digest(
+            presented.strip().encode(), token.encode())
+
+    def require_token(request: Request) -> None:
+        if token is not None and not authorised(request):
+            raise HTTPException(401, "a bearer token is required: Authorization: Bearer <BADGESTREAM_API_TOKEN>",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    # --- errors ---------------------------------------------------------------------------------
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        # The caller's input is not echoed back (it may be megabytes): location, message and type suffice.
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        names = ", ".join(str(e["loc"][-1]) for e in errors if e["loc"])
+        return _json({"detail": errors, "message": f"invalid parameter: {names}"}, 422)
+
+    @app.exception_handler(sa.exc.SQLAlchemyError)
+    async def database_down(request: Request, exc: sa.exc.SQLAlchemyError) -> Response:
+        # The driver's message can carry the host, user or URL: only the exception class is logged.
+        log.error("database unavailable for %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return _json({"detail": "the award database is unavailable; try again shortly"}, 503)
+
+    # --- health and metrics ------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["operations"], summary="liveness and database reachability")
+    def healthz() -> Response:
+        with engine.connect() as conn:
+            migrated = sa.inspect(conn).has_table("alembic_version")
+            revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() if migrated else None
+        if revision is None:
+            return _json({"status": "no schema yet: run `badgestream db upgrade` or start the sink",
+                          "schema_revision": None}, 503)
+        return _json({"status": "ok", "schema_revision": revision})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of this process")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # --- /v1 ------------------------------------------------------------------------------------
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], tags=["v1"])
+
+    @v1.get("/users/{user_id}", summary="a user's held badges with rarity, progress with remaining")
+    def get_user(user_id: Id) -> Response:
+        return _json(views.user(user_id))
+
+    @v1.get("/badges", summary="every badge with holders and rarity")
+    def get_badges(request: Request, include_hidden: bool = False) -> Response:
+        if include_hidden and token is None:
+            raise HTTPException(403, "include_hidden needs an authorised caller: set BADGESTREAM_API_TOKEN")
+        return _json(views.badges(include_hidden))
+
+    @v1.get("/leaderboard", summary="users by awards held (or points), competition ranks")
+    def get_leaderboard(
+        badge_id: OptionalId = None,
+        since: Instant = None,
+        until: Instant = None,
+        limit: Limit = 10,
+        around: OptionalId = None,
+        by: RankBy = "badges",
+    ) -> Response:
+        start, end = _instant("since", since), _instant("until", until)
+        if start is not None and end is not None and end <= start:
+            raise _param_error("query", "until", "must be later than since")
+        rows = views.leaderboard(by=by, badge_id=badge_id, since=start, until=end, limit=limit, around=around)
+        if rows is None:
+            raise HTTPException(404, f"user {around!r} (around) holds no award on this leaderboard")
+        return _json(rows)
+
+    @v1.get("/awards/{award_id}", summary="one award with its evidence")
+    def get_award(award_id: Id) -> Response:
+        award = views.award(award_id)
+        if award is None:
+            raise HTTPException(404, f"no award {award_id!r}")
+        return _json(award)
+
+    app.include_router(v1)
+
+    # --- pages ----------------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse, tags=["pages"], summary="leaderboard and badge list")
+    def index_page(request: Request) -> Response:
+        page: Response = templates.TemplateResponse(request, "index.html", {
+            "leaderboard": views.leaderboard(limit=10) or [],
+            "points_board": views.leaderboard(by="points", limit=10) or [],
+            "badges": views.badges(include_hidden=False),
+        })
+        return page
+
+    @app.get("/users/{user_id}", response_class=HTMLResponse, tags=["pages"], summary="a user's profile page")
+    def user_page(request: Request, user_id: Id) -> Response:
+        page: Response = templates.TemplateResponse(request, "user.html", {"user": views.user(user_id)})
+        return page
+
+    @app.get("/emblems/{badge_id}.svg", tags=["pages"], summary="a badge's emblem")
+    def emblem(badge_id: Id, tier: OptionalId = None) -> Response:
+        with engine.connect() as conn:
+            info = views.catalog(conn).get(badge_id)
+        if info is None or info.hidden:
+            raise HTTPException(404, f"no visible badge {badge_id!r}")
+        return Response(str(emblem_svg(info.id, info.name, tier)), media_type="image/svg+xml",
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _pool_options(url: str) -> dict[str, Any]:
+    """A connection pool as wide as the thread pool that runs the endpoints (40 threads in AnyIO)."""
+    if sa.make_url(url).get_backend_name() == "postgresql":
+        return {"pool_size": 20, "max_overflow": 20, "pool_timeout": 5}
+    return {}
