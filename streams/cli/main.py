@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--once", action="store_true", help="stop everything after showing the results")
     up.set_defaults(func=_lazy("streams.devstack.up:up_command"))
 
+    notify = sub.add_parser("notify", help="deliver awards, revocations and nudges to webhooks (Standard Webhooks)")
+    notify.set_defaults(func=_lazy("streams.notify.notifier:notify_command"))
+
     # --- offline: the pure engine over files ----------------------------------------------
     evaluate = sub.add_parser("evaluate", help="run the badge engine over a JSON-lines file of events, offline")
     evaluate.add_argument("--catalog", required=True, help="badge catalog YAML")
