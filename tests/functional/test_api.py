@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,69 +18,16 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
-from schemas.records import AwardRecord, EventSource, ProgressRecord, make_award_id
+from schemas.records import make_award_id
 from streams import db
 from streams.api.app import create_app
 from streams.settings import Settings
-
-T0 = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
-
-CATALOG: dict[str, Any] = {
-    "catalog_version": "2026-11-26",
-    "badges": [
-        {"id": "first_quiz", "name": "First Quiz", "description": "Complete your first quiz.",
-         "on": ["quiz_completed"], "rule": {"count": 1}},
-        {"id": "quiz_master", "name": "Quiz Master", "description": "Many quizzes.", "on": ["quiz_completed"],
-         "rule": {"tiers": {"bronze": 10, "silver": 50, "gold": 100}}},
-        {"id": "explorer", "name": "Explorer", "description": "Five quizzes.", "on": ["quiz_completed"],
-         "rule": {"distinct": {"field": "data.quiz_id", "count": 5}}},
-        {"id": "recruiter", "name": "Recruiter", "description": "Bring friends.", "on": ["referral_signup"],
-         "hidden": True, "repeatable": True, "rule": {"count": 3}},
-        {"id": "secret_society", "name": "Secret Society", "description": "Shh.", "on": ["user_logged_in"],
-         "hidden": True, "rule": {"streak": {"days": 30}}},
-    ],
-}
-
-
-def award(user: str, badge: str, tier: str | None = None, occurrence: int = 1, *, days: int = 0,
-          points: int = 0, kind: str = "award", source: EventSource | None = None) -> AwardRecord:
-    return AwardRecord(award_id=make_award_id(user, badge, tier, occurrence), user_id=user, badge_id=badge,
-                       tier=tier, occurrence=occurrence, awarded_at=T0 + timedelta(days=days),
-                       event_id=f"e-{user}-{badge}-{tier}-{occurrence}", catalog_version="2026-11-26",
-                       metadata={"progress": 1, "target": 1}, kind=kind, points=points,  # type: ignore[arg-type]
-                       source=source)
-
-
-def progress(user: str, badge: str, tier: str | None, value: float, target: float) -> ProgressRecord:
-    return ProgressRecord(user_id=user, badge_id=badge, tier=tier, progress=value, target=target, updated_at=T0)
-
-
-# u-1: first_quiz, quiz_master bronze, recruiter (hidden, earned); 37/50 towards silver; 2/30 secret_society.
-# u-2: first_quiz, explorer. u-3: first_quiz. u-4: only progress (a known user holding nothing).
-AWARDS = [
-    award("u-1", "first_quiz", points=10, source=EventSource(topic="user-events", partition=2, offset=41)),
-    award("u-1", "quiz_master", "bronze", days=1, points=20),
-    award("u-1", "recruiter", days=2, points=5),
-    award("u-2", "first_quiz", days=3, points=10),
-    award("u-2", "explorer", days=4, points=50),
-    award("u-3", "first_quiz", days=5, points=10),
-]
-PROGRESS = [
-    progress("u-1", "quiz_master", "bronze", 10, 10),
-    progress("u-1", "quiz_master", "silver", 37, 50),
-    progress("u-1", "secret_society", None, 2, 30),
-    progress("u-1", "explorer", None, 3, 5),
-    progress("u-4", "explorer", None, 1, 5),
-]
+from tests.functional.api_data import AWARDS, T0, award, fill
 
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    db.upgrade(database_url)
-    engine = db.make_engine(database_url)
-    db.write_catalog(engine, CATALOG)
-    with engine.begin() as conn:
-        db.write_records(conn, AWARDS, PROGRESS)
+    engine = fill(database_url)
     yield engine
     engine.dispose()
 
@@ -215,6 +162,30 @@ class TestReadAPI:
         assert [r["user_id"] for r in board] == ["u-1", "u-3"]
         evidence = client.get(f"/v1/awards/{make_award_id('u-2', 'first_quiz', None, 1)}").json()
         assert evidence["revoked_at"] is not None
+
+    @pytest.mark.kafka
+    def test_after_a_replay_revoke_the_revoked_awards_are_held_nowhere(
+        self, engine: Engine, client: TestClient, kafka_bootstrap: str, topic_factory: Callable[..., str]
+    ) -> None:
+        from streams.replay.replay import apply_diff, database_awards, diff
+
+        # A rule change: the replay no longer finds u-1's recruiter nor u-3's first_quiz.
+        gone = {make_award_id("u-1", "recruiter", None, 1), make_award_id("u-3", "first_quiz", None, 1)}
+        replayed = {a.award_id: a for a in AWARDS if a.award_id not in gone}
+        found = diff(replayed, database_awards(engine))
+        assert {r["award_id"] for r in found.no_longer_qualifying} == gone
+        settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, awards_topic=topic_factory("awards"))
+        assert apply_diff(settings, engine, found, add=False, revoke=True) == {"added": 0, "revoked": 2}
+
+        assert [b["badge_id"] for b in client.get("/v1/users/u-1").json()["badges"]] == ["first_quiz", "quiz_master"]
+        assert client.get("/v1/users/u-3").json()["badges"] == []
+        badges = {b["badge_id"]: b for b in client.get("/v1/badges").json()}
+        assert (badges["recruiter"]["holders"], badges["first_quiz"]["holders"]) == (0, 2)
+        assert badges["first_quiz"]["rarity"] == pytest.approx(2 / 4)  # u-3 is still a known user
+        board = client.get("/v1/leaderboard").json()
+        assert [(r["rank"], r["user_id"], r["badges"]) for r in board] == [(1, "u-1", 2), (1, "u-2", 2)]
+        for award_id in gone:
+            assert client.get(f"/v1/awards/{award_id}").json()["revoked_at"] is not None
 
     @pytest.mark.parametrize(("path", "parameter"), [
         ("/v1/users/" + "x" * 256, "user_id"),
