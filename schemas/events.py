@@ -11,13 +11,16 @@ import functools
 import math
 import re
 from datetime import datetime, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from schemas.errors import InvalidEventError
+
+if TYPE_CHECKING:
+    from schemas.catalog import Catalog
 
 MAX_EVENT_BYTES = 64 * 1024
 """A raw event larger than this is refused before it is parsed (code ``too_large``)."""
@@ -160,12 +163,23 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_event(raw: bytes) -> EventEnvelope:
+def parse_event(raw: bytes | None, catalog: Catalog | None = None) -> EventEnvelope:
     """Decode and validate one raw event; raises :class:`InvalidEventError` with a dead-letter code.
 
     Codes: ``too_large`` (over :data:`MAX_EVENT_BYTES`, checked before parsing), ``invalid_json``
-    (not UTF-8 or not JSON), ``invalid_envelope`` (the reason names the field).
+    (no value, not UTF-8 or not JSON), ``invalid_envelope`` (the reason names the field), and with
+    a ``catalog`` its per-type checks (``invalid_data``). The worker, replay, offline evaluate and the
+    producer SDK all read events through here.
     """
+    if raw is None:
+        raise InvalidEventError("invalid_json", "the message has no value (tombstone)")
+    event = _parse_envelope(raw)
+    if catalog is not None:
+        catalog.validate_event_data(event)
+    return event
+
+
+def _parse_envelope(raw: bytes) -> EventEnvelope:
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEventError("too_large", f"event is {len(raw)} bytes, the limit is {MAX_EVENT_BYTES}")
     try:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable, Hashable, Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.errors import DeadLetterCode
 
 AWARD_ID_NAMESPACE = "badgestream/award/v1"
 NUDGE_ID_NAMESPACE = "badgestream/nudge/v1"
@@ -108,6 +111,27 @@ class NudgeRecord(_Record):
     catalog_version: str
 
 
+def supersedes(updated_at: datetime, current: datetime | None) -> bool:
+    """The progress rule of the whole system: a record replaces the one held when it is at least as
+    new (newest ``updated_at`` wins, the later record wins a tie). The worker's stored latest
+    progress, the sink's batch reduction and its SQL upsert (``excluded.updated_at >= ...``) keep it."""
+    return current is None or updated_at >= current
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def newest_progress(records: Iterable[ProgressRecord], key: Callable[[ProgressRecord], K]) -> dict[K, ProgressRecord]:
+    """The newest record per ``key(record)``, by :func:`supersedes`, in the order keys first appeared."""
+    newest: dict[K, ProgressRecord] = {}
+    for record in records:
+        k = key(record)
+        current = newest.get(k)
+        if supersedes(record.updated_at, current.updated_at if current is not None else None):
+            newest[k] = record
+    return newest
+
+
 class DeadLetterRecord(_Record):
     """An input that could not be used, with everything needed to find and fix it.
 
@@ -118,7 +142,7 @@ class DeadLetterRecord(_Record):
     source_topic: str
     partition: int
     offset: int
-    error_code: str
+    error_code: DeadLetterCode
     reason: str
     key: str | None = None
     key_encoding: Literal["utf-8", "base64"] = "utf-8"
@@ -126,6 +150,17 @@ class DeadLetterRecord(_Record):
     value_encoding: Literal["utf-8", "base64"] = "utf-8"
     failed_at: datetime | None = None
     stage: str = "worker"
+
+    @classmethod
+    def of(cls, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int,
+           code: DeadLetterCode, reason: str, *, failed_at: datetime | None = None,
+           stage: str = "worker") -> DeadLetterRecord:
+        """The dead letter of one consumed message: its original bytes, where it was, and why."""
+        key_text, key_encoding = cls.encode_bytes(key)
+        value_text, value_encoding = cls.encode_bytes(value)
+        return cls(source_topic=topic, partition=partition, offset=offset, error_code=code, reason=reason,
+                   key=key_text, key_encoding=key_encoding, value=value_text, value_encoding=value_encoding,
+                   failed_at=failed_at, stage=stage)
 
     @staticmethod
     def encode_bytes(raw: bytes | None) -> tuple[str | None, Literal["utf-8", "base64"]]:

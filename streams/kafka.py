@@ -1,24 +1,101 @@
-"""The topics badgestream needs, created with the configured partition count, and key placement.
+"""Kafka for every process: client configuration (security included), the produce helper, the topics
+badgestream needs and key placement.
 
-Input topics keep their records forever by default (``retention.ms=-1``) so that a replay can
-rebuild every user's state from the beginning; see README "Replay". Award, progress and
-dead-letter topics are ordinary delete-policy topics: awards are keyed by user and must not be
-compacted away.
+Every client, confluent-kafka (librdkafka) and Faust/aiokafka alike, is configured from the same
+settings here, so security options reach every client. Input topics keep their records forever by
+default (``retention.ms=-1``) so that a replay can rebuild every user's state from the beginning
+(docs/operations.md). Award, progress and dead-letter topics are ordinary delete-policy topics:
+awards are keyed by user and must not be compacted away.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.partitioner import murmur2
+from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from schemas.errors import ConfigurationError
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+LIBRDKAFKA_LOG = logging.getLogger("badgestream.librdkafka")
+"""librdkafka's own log lines (``%4|...`` on stderr otherwise) go through Python logging here."""
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+
+def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """librdkafka configuration shared by every confluent-kafka client of the project."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "security.protocol": settings.kafka_security_protocol,
+        "logger": LIBRDKAFKA_LOG,
+    }
+    if settings.kafka_sasl_mechanism:
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+    if settings.kafka_sasl_username is not None:
+        config["sasl.username"] = settings.kafka_sasl_username
+    if settings.kafka_sasl_password is not None:
+        config["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_cafile:
+        config["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
+    if settings.kafka_ssl_certfile:
+        config["ssl.certificate.location"] = str(settings.kafka_ssl_certfile)
+    if settings.kafka_ssl_keyfile:
+        config["ssl.key.location"] = str(settings.kafka_ssl_keyfile)
+    config.update(overrides)
+    return config
+
+
+def faust_brokers(settings: Settings) -> list[str]:
+    """The bootstrap servers as Faust's ``kafka://`` URLs."""
+    return [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",") if server.strip()]
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """Faust/aiokafka credentials from the same settings :func:`client_config` reads."""
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        context = ssl.create_default_context(cafile=cafile)
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(str(settings.kafka_ssl_certfile),
+                                    str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+    if protocol == "SSL":
+        return SSLCredentials(context)
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+    return SASLCredentials(
+        username=settings.kafka_sasl_username, password=password,
+        mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=context,
+    )
+
+
+def produce(producer: Producer, topic: str, key: bytes | None, value: bytes | str,
+            on_delivery: DeliveryCallback | None = None, *, drain: float = 0.05) -> None:
+    """Queue one record; while librdkafka's local queue is full, serve deliveries for ``drain``
+    seconds and try again (``BufferError`` is back-pressure, not a failure)."""
+    while True:
+        try:
+            if on_delivery is None:
+                producer.produce(topic, key=key, value=value)
+            else:
+                producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(drain)
 
 INPUT_TOPIC_CONFIG = {"retention.ms": "-1", "retention.bytes": "-1"}
 OUTPUT_TOPIC_CONFIG = {"retention.ms": str(30 * 24 * 3600 * 1000)}
@@ -59,7 +136,7 @@ def required_topics(settings: Settings) -> list[TopicSpec]:
 def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout: float = 30.0) -> dict[str, int]:
     """Create missing topics; return every topic's partition count. Existing topics are left as they are."""
     specs = specs if specs is not None else required_topics(settings)
-    admin = AdminClient(settings.confluent_config())
+    admin = AdminClient(client_config(settings))
     existing = admin.list_topics(timeout=timeout).topics
     missing = [s for s in specs if s.name not in existing]
     if missing:

@@ -1,7 +1,8 @@
 """All configuration of badgestream in one pydantic-settings class, read from ``BADGESTREAM_*`` variables.
 
 Every process (worker, sink, producer SDK, replay, CLI) builds its Kafka clients from the same
-settings, so security options reach every client and secrets are never rendered in logs.
+settings (``streams.kafka.client_config``), so security options reach every client and secrets are
+never rendered in logs.
 """
 
 from __future__ import annotations
@@ -121,24 +122,3 @@ class Settings(BaseSettings):
     @property
     def database_url_masked(self) -> str:
         return mask_url(self.database_url_value)
-
-    def confluent_config(self, **overrides: Any) -> dict[str, Any]:
-        """librdkafka configuration shared by every confluent-kafka client of the project."""
-        config: dict[str, Any] = {
-            "bootstrap.servers": self.kafka_bootstrap_servers,
-            "security.protocol": self.kafka_security_protocol,
-        }
-        if self.kafka_sasl_mechanism:
-            config["sasl.mechanism"] = self.kafka_sasl_mechanism
-        if self.kafka_sasl_username is not None:
-            config["sasl.username"] = self.kafka_sasl_username
-        if self.kafka_sasl_password is not None:
-            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
-        if self.kafka_ssl_cafile:
-            config["ssl.ca.location"] = str(self.kafka_ssl_cafile)
-        if self.kafka_ssl_certfile:
-            config["ssl.certificate.location"] = str(self.kafka_ssl_certfile)
-        if self.kafka_ssl_keyfile:
-            config["ssl.key.location"] = str(self.kafka_ssl_keyfile)
-        config.update(overrides)
-        return config

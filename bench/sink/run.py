@@ -39,6 +39,7 @@ from deploy.kafka.broker import configured_or_throwaway_broker  # noqa: E402
 from deploy.postgres.server import throwaway_postgres  # noqa: E402
 from schemas.records import make_award_id  # noqa: E402
 from streams import db  # noqa: E402
+from streams.kafka import produce  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.sink.award_sink import AwardSink  # noqa: E402
 
@@ -88,12 +89,7 @@ def fill_topic(bootstrap: str, topic: str, awards: int, users: int, partitions: 
                   "tier": None, "occurrence": occurrence, "awarded_at": (t0 + timedelta(seconds=i)).isoformat(),
                   "event_id": f"e-{i}", "catalog_version": "bench", "metadata": {"progress": 1, "target": 1},
                   "kind": "award", "backfill": False}
-        while True:
-            try:
-                producer.produce(topic, key=user.encode(), value=orjson.dumps(record))
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce(producer, topic, user.encode(), orjson.dumps(record), drain=0.1)
         if i % 10000 == 0:
             producer.poll(0)
     if producer.flush(120) != 0:

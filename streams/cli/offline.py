@@ -17,12 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from evaluators.engine import Engine
 from evaluators.registry import EvaluatorRegistry
-from evaluators.state import UserState
+from evaluators.runner import EngineRun, plugin_engine
 from schemas.catalog import CatalogProblems, load_catalog
 from schemas.errors import CatalogError, InvalidEventError
-from schemas.events import parse_event
 
 
 def _lines(path: str) -> Iterator[tuple[int, bytes]]:
@@ -38,8 +36,7 @@ def evaluate_command(args: argparse.Namespace, out: IO[str] | None = None, err: 
     out = out or sys.stdout
     err = err or sys.stderr
     catalog = load_catalog(args.catalog)
-    engine = Engine(catalog, EvaluatorRegistry.from_entry_points())
-    states: dict[str, UserState] = {}
+    run = EngineRun(plugin_engine(catalog))
     seen = Counter[str]()
     awards_by_badge = Counter[str]()
     nudges = 0
@@ -52,20 +49,17 @@ def evaluate_command(args: argparse.Namespace, out: IO[str] | None = None, err: 
                 continue
             seen["lines"] += 1
             try:
-                event = parse_event(raw.rstrip(b"\r\n"))
-                catalog.validate_event_data(event)
+                _event, result = run.read(raw.rstrip(b"\r\n"))
             except InvalidEventError as exc:
                 seen["invalid"] += 1
                 print(f"line {number}: {exc.code}: {exc.reason}", file=err)
                 continue
-            result = engine.evaluate(states.get(event.user_id), event)
             if result.duplicate:
                 seen["duplicate"] += 1
                 continue
             if not result.matched:
                 seen["unmatched"] += 1
                 continue
-            states[event.user_id] = result.state
             seen["evaluated"] += 1
             for failure in result.errors:
                 failures[failure.kind] += 1
@@ -83,7 +77,7 @@ def evaluate_command(args: argparse.Namespace, out: IO[str] | None = None, err: 
     print(
         f"{seen['lines']} events: {seen['evaluated']} evaluated, {seen['duplicate']} duplicates, "
         f"{seen['unmatched']} with no listening badge, {seen['invalid']} invalid; "
-        f"{len(states)} users, {total_awards} awards{f', {nudges} nudges' if with_nudges else ''} "
+        f"{len(run.states)} users, {total_awards} awards{f', {nudges} nudges' if with_nudges else ''} "
         f"(catalog {catalog.catalog_version})",
         file=err,
     )

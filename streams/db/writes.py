@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from schemas.errors import ConfigurationError
-from schemas.records import AwardRecord, ProgressRecord
+from schemas.records import AwardRecord, ProgressRecord, newest_progress
 from streams.db.tables import NO_TIER, badges, user_badge_progress, user_badges
 
 log = logging.getLogger(__name__)
@@ -142,12 +142,7 @@ def latest_progress(records: Iterable[ProgressRecord]) -> list[ProgressRecord]:
     One INSERT ... ON CONFLICT DO UPDATE may not touch a row twice (PostgreSQL refuses it), and
     the newest value is the only one that could survive anyway.
     """
-    newest: dict[tuple[str, str, str], ProgressRecord] = {}
-    for record in records:
-        key = (record.user_id, record.badge_id, record.tier or NO_TIER)
-        current = newest.get(key)
-        if current is None or record.updated_at >= current.updated_at:
-            newest[key] = record
+    newest = newest_progress(records, lambda record: (record.user_id, record.badge_id, record.tier or NO_TIER))
     return [newest[key] for key in sorted(newest)]
 
 
@@ -171,7 +166,7 @@ def upsert_progress(conn: Connection, records: Iterable[ProgressRecord]) -> Writ
             "target": insert.excluded.target,
             "updated_at": insert.excluded.updated_at,
         },
-        where=insert.excluded.updated_at >= user_badge_progress.c.updated_at,
+        where=insert.excluded.updated_at >= user_badge_progress.c.updated_at,  # schemas.records.supersedes
     ))
     return WriteResult(progress_written=written)
 

@@ -169,21 +169,16 @@ def up_command(args: argparse.Namespace) -> int:
 
 def stream_events(settings: Settings, events_path: Path, catalog_path: Path) -> int:
     """Send the demo file through the producer SDK; return how many awards it should earn."""
-    from evaluators.engine import Engine
-    from evaluators.registry import EvaluatorRegistry
-    from schemas.events import parse_event
+    from evaluators.runner import EngineRun, plugin_engine
     from streams.sdk.producer import BadgeEvents
 
     catalog = load_catalog(catalog_path)
-    engine = Engine(catalog, EvaluatorRegistry.from_entry_points())
-    states: dict[str, object] = {}
+    run = EngineRun(plugin_engine(catalog), with_progress=False)
     expected = 0
     lines = [line for line in events_path.read_bytes().splitlines() if line.strip()]
     with BadgeEvents(settings, catalog=catalog) as events:
         for number, line in enumerate(lines, 1):
-            envelope = parse_event(line)
-            evaluation = engine.evaluate(states.get(envelope.user_id), envelope)  # type: ignore[arg-type]
-            states[envelope.user_id] = evaluation.state
+            envelope, evaluation = run.read(line)
             expected += len(evaluation.awards)
             events.send(envelope)
             if number % 100 == 0 or number == len(lines):

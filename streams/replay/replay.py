@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,14 +31,13 @@ import sqlalchemy as sa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from evaluators.engine import Engine
-from evaluators.registry import EvaluatorRegistry
-from evaluators.state import UserState
+from evaluators.runner import EngineRun, plugin_engine
 from schemas.catalog import Catalog, load_catalog
-from schemas.errors import InvalidEventError
-from schemas.events import parse_event
+from schemas.errors import DeliveryError, InvalidEventError, TopicNotFoundError
 from schemas.records import AwardRecord
 from streams import db
 from streams.console import Progress
+from streams.kafka import client_config, produce
 from streams.settings import Settings
 
 NATURAL_KEY = ("user_id", "badge_id", "tier", "occurrence")
@@ -53,31 +52,26 @@ class ReplayResult:
     evaluator_errors: int = 0
     users: int = 0
     seconds: float = 0.0
-    states: dict[str, UserState] = field(default_factory=dict, repr=False)
 
 
-def evaluate_stream(engine: Engine, catalog: Catalog, messages: Iterable[bytes],
-                    states: dict[str, UserState] | None = None) -> ReplayResult:
-    """Run the engine over raw event values in order; the replay's core, shared with tests."""
-    states = {} if states is None else states
-    result = ReplayResult(awards={}, states=states)
+def evaluate_stream(engine: Engine, messages: Iterable[bytes]) -> ReplayResult:
+    """Run the engine over raw event values in order and collect every award once."""
+    run = EngineRun(engine, with_progress=False)
+    result = ReplayResult(awards={})
     for raw in messages:
         result.events += 1
         try:
-            event = parse_event(raw)
-            catalog.validate_event_data(event)
+            _event, evaluation = run.read(raw)
         except InvalidEventError:
             result.invalid += 1
             continue
-        evaluation = engine.evaluate(states.get(event.user_id), event, with_progress=False)
         if evaluation.duplicate:
             result.duplicates += 1
             continue
-        states[event.user_id] = evaluation.state
         result.evaluator_errors += len(evaluation.errors)
         for award in evaluation.awards:
             result.awards.setdefault(award.award_id, award)
-    result.users = len(states)
+    result.users = len(run.states)
     return result
 
 
@@ -87,7 +81,7 @@ def capture_end_offsets(consumer: Consumer, topics: list[str]) -> list[tuple[Top
     metadata = consumer.list_topics(timeout=30)
     for topic in topics:
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            raise InvalidEventError("unknown_topic", f"input topic {topic} does not exist")
+            raise TopicNotFoundError(f"input topic {topic} does not exist")
         for partition in sorted(metadata.topics[topic].partitions):
             tp = TopicPartition(topic, partition)
             low, high = consumer.get_watermark_offsets(tp, timeout=30)
@@ -97,7 +91,7 @@ def capture_end_offsets(consumer: Consumer, topics: list[str]) -> list[tuple[Top
 
 def read_input(settings: Settings, show_progress: bool = True) -> Iterable[bytes]:
     """Every input message value from the beginning up to the end offsets captured now."""
-    consumer = Consumer(settings.confluent_config(**{
+    consumer = Consumer(client_config(settings, **{
         "group.id": f"{settings.app_id}-replay-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
@@ -135,9 +129,8 @@ def read_input(settings: Settings, show_progress: bool = True) -> Iterable[bytes
 
 
 def replay(settings: Settings, catalog: Catalog, show_progress: bool = True) -> ReplayResult:
-    engine = Engine(catalog, EvaluatorRegistry.from_entry_points())
     began = time.perf_counter()
-    result = evaluate_stream(engine, catalog, read_input(settings, show_progress))
+    result = evaluate_stream(plugin_engine(catalog), read_input(settings, show_progress))
     result.seconds = time.perf_counter() - began
     return result
 
@@ -220,11 +213,13 @@ def apply_diff(
     now = datetime.now(UTC)
     with awards_db.begin() as conn:
         result = db.upsert_awards(conn, [*backfilled, *revocations], now=now)
-    producer = Producer(settings.confluent_config(**{"enable.idempotence": True, "partitioner": "murmur2_random"}))
+    producer = Producer(client_config(settings, **{"enable.idempotence": True, "partitioner": "murmur2_random"}))
     for record in [*backfilled, *revocations]:
-        producer.produce(settings.awards_topic, key=record.user_id.encode(), value=record.model_dump_json().encode())
+        produce(producer, settings.awards_topic, record.user_id.encode(), record.model_dump_json().encode())
         producer.poll(0)
-    producer.flush(60)
+    if remaining := producer.flush(60):
+        raise DeliveryError(f"{remaining} award records are in the database but were not acknowledged by the "
+                            f"broker after 60s: consumers of {settings.awards_topic} have not seen them")
     return {"added": result.awards_inserted, "revoked": result.revocations_applied}
 
 

@@ -14,7 +14,6 @@ import atexit
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,15 +21,12 @@ from confluent_kafka import KafkaError, Message, Producer
 from pydantic import ValidationError
 
 from schemas.catalog import Catalog, load_catalog
-from schemas.errors import BadgestreamError, InvalidEventError
+from schemas.errors import DeliveryError, InvalidEventError, UsageError
 from schemas.events import EventEnvelope, describe_validation_error, parse_event
+from streams.kafka import client_config, produce
 from streams.settings import Settings
 
 log = logging.getLogger("badgestream.producer")
-
-
-class DeliveryError(BadgestreamError):
-    """The broker did not accept an event (after the producer's own retries)."""
 
 
 class BadgeEvents:
@@ -41,7 +37,7 @@ class BadgeEvents:
         self.settings = settings
         self.catalog = catalog
         self.topic = topic or settings.input_topics[0]
-        config = settings.confluent_config(**{
+        config = client_config(settings, **{
             "enable.idempotence": True,
             "acks": "all",
             # The Java client's partitioner, as Faust uses: a user's events land on the partition
@@ -83,10 +79,7 @@ class BadgeEvents:
         except ValidationError as exc:
             raise InvalidEventError("invalid_envelope", describe_validation_error(exc)) from None
         # The same checks the worker makes (size, depth, numbers): fail here, not in the DLQ.
-        envelope = parse_event(envelope.model_dump_json().encode())
-        if self.catalog is not None:
-            self.catalog.validate_event_data(envelope)
-        return envelope
+        return parse_event(envelope.model_dump_json().encode(), self.catalog)
 
     # --- sending -----------------------------------------------------------------------------
 
@@ -109,28 +102,7 @@ class BadgeEvents:
             if callback is not None:
                 callback(err, msg)
 
-        while True:
-            try:
-                self._producer.produce(self.topic, key=key, value=value, on_delivery=on_delivery)
-                return
-            except BufferError:  # local queue full: let deliveries drain, then try again
-                self._producer.poll(0.1)
-
-    def send_raw(self, value: bytes, key: bytes | None = None) -> None:
-        """Send bytes as they are (no validation): for replaying files and for tests of bad input."""
-        while True:
-            try:
-                self._producer.produce(self.topic, key=key, value=value)
-                return
-            except BufferError:
-                self._producer.poll(0.1)
-
-    def emit_many(self, envelopes: Iterable[EventEnvelope]) -> int:
-        count = 0
-        for envelope in envelopes:
-            self.send(envelope)
-            count += 1
-        return count
+        produce(self._producer, self.topic, key, value, on_delivery, drain=0.1)
 
     async def emit_async(self, type: str, *, user_id: str, data: dict[str, Any] | None = None,
                          event_id: str | None = None, occurred_at: datetime | str | None = None,
@@ -204,9 +176,7 @@ def emit_command(args: Any) -> int:
                 if not line.strip():
                     continue
                 try:
-                    envelope = parse_event(line)
-                    if catalog is not None:
-                        catalog.validate_event_data(envelope)
+                    envelope = parse_event(line, catalog)
                 except InvalidEventError as exc:
                     rejected += 1
                     print(f"line {number}: {exc.code}: {exc.reason}", file=sys.stderr)
@@ -218,11 +188,11 @@ def emit_command(args: Any) -> int:
                   file=sys.stderr)
             return 0 if not rejected else 1
         if not args.type or not args.user:
-            raise InvalidEventError("invalid_envelope", "give TYPE and --user, or --file")
+            raise UsageError("give TYPE and --user, or --file")
         try:
             data = json.loads(args.data) if args.data else {}
         except json.JSONDecodeError as exc:
-            raise InvalidEventError("invalid_json", f"--data is not JSON: {exc}") from None
+            raise UsageError(f"--data is not JSON: {exc}") from None
         envelope = events.emit(args.type, user_id=args.user, data=data, event_id=args.event_id,
                                occurred_at=args.occurred_at, tz=args.tz)
         events.flush()

@@ -29,9 +29,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from schemas.errors import SinkError
+from schemas.errors import DeadLetterCode, SinkError, SinkStopped
 from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord, make_award_id
 from streams import db
+from streams.kafka import client_config, produce
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -87,10 +88,6 @@ class SinkStats:
     def rows_per_second(self) -> float:
         elapsed = time.monotonic() - self.started
         return self.messages / elapsed if elapsed > 0 else 0.0
-
-
-class SinkStopped(SinkError):
-    """The sink was asked to stop while a batch could not be written; the batch stays uncommitted."""
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -232,9 +229,9 @@ class AwardSink:
             count = self._retry_database("write the catalog", lambda: db.write_catalog(self.engine, catalog))
             log.info("catalog %s: %d badges written to %s", db.catalog_version(catalog), count, self._url)
         self._ensure_topics()
-        self._producer = Producer(self.settings.confluent_config(**{"acks": "all", "enable.idempotence": True,
-                                                                    "linger.ms": 5}))
-        config = self.settings.confluent_config(**{
+        self._producer = Producer(client_config(self.settings, **{"acks": "all", "enable.idempotence": True,
+                                                                  "linger.ms": 5}))
+        config = client_config(self.settings, **{
             "group.id": self.settings.sink_group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -404,44 +401,40 @@ class AwardSink:
             topic, partition, offset = _where(message)
             next_offsets[(topic, partition)] = max(next_offsets.get((topic, partition), 0), offset + 1)
             raw = message.value()
+            code: DeadLetterCode
             if topic == awards_topic:
-                kind = "award"
+                code = "invalid_award"
             elif topic == progress_topic:
-                kind = "progress"
+                code = "invalid_progress"
             else:
                 batch.dead_letters.append(self._dead_letter(message, "unknown_topic", f"not a sink topic: {topic}"))
                 continue
             if raw is None:
-                batch.dead_letters.append(self._dead_letter(message, f"invalid_{kind}", "the record has no value"))
+                batch.dead_letters.append(self._dead_letter(message, code, "the record has no value"))
                 continue
             try:
-                if kind == "award":
+                if code == "invalid_award":
                     award = AwardRecord.model_validate_json(raw)
                     problem = check_award(award, raw)
                 else:
                     progress = ProgressRecord.model_validate_json(raw)
                     problem = check_progress(progress, raw)
             except ValidationError as exc:
-                batch.dead_letters.append(self._dead_letter(message, f"invalid_{kind}", _validation_reason(exc)))
+                batch.dead_letters.append(self._dead_letter(message, code, _validation_reason(exc)))
                 continue
             if problem is not None:
-                batch.dead_letters.append(self._dead_letter(message, f"invalid_{kind}", problem))
-            elif kind == "award":
+                batch.dead_letters.append(self._dead_letter(message, code, problem))
+            elif code == "invalid_award":
                 batch.awards.append(award)
             else:
                 batch.progress.append(progress)
         batch.offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(next_offsets.items())]
         return batch
 
-    def _dead_letter(self, message: Message, code: str, reason: str) -> tuple[bytes | None, DeadLetterRecord]:
-        key, key_encoding = DeadLetterRecord.encode_bytes(message.key())
-        value, value_encoding = DeadLetterRecord.encode_bytes(message.value())
-        topic, partition, offset = _where(message)
-        record = DeadLetterRecord(
-            source_topic=topic, partition=partition, offset=offset,
-            error_code=code, reason=reason, key=key, key_encoding=key_encoding,
-            value=value, value_encoding=value_encoding, failed_at=datetime.now(UTC), stage="sink",
-        )
+    def _dead_letter(self, message: Message, code: DeadLetterCode,
+                     reason: str) -> tuple[bytes | None, DeadLetterRecord]:
+        record = DeadLetterRecord.of(message.key(), message.value(), *_where(message), code, reason,
+                                     failed_at=datetime.now(UTC), stage="sink")
         log.warning("dead letter %s:%d@%d %s: %s", record.source_topic, record.partition, record.offset, code, reason)
         return message.key(), record
 
@@ -460,8 +453,8 @@ class AwardSink:
             failed: list[tuple[bytes | None, DeadLetterRecord]] = []
             for item in pending:
                 key, record = item
-                producer.produce(self.settings.sink_dlq_topic, key=key, value=record.model_dump_json(),
-                                 on_delivery=_on_delivery(failed, item))
+                produce(producer, self.settings.sink_dlq_topic, key, record.model_dump_json(),
+                        _on_delivery(failed, item))
             # librdkafka retries on its own until message.timeout.ms; only then does a delivery fail.
             while producer.flush(30) > 0:
                 log.warning("dead letters still unconfirmed by topic %s; waiting, offsets not committed",

@@ -19,12 +19,18 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 
-from evaluators.engine import Engine
-from evaluators.registry import EvaluatorRegistry
+from evaluators.runner import plugin_engine
 from schemas.catalog import Catalog, load_catalog
 from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope
-from streams.kafka import ensure_topics, partition_for, repartition_topic_name, required_topics
+from streams.kafka import (
+    ensure_topics,
+    faust_brokers,
+    faust_credentials,
+    partition_for,
+    repartition_topic_name,
+    required_topics,
+)
 from streams.settings import Settings
 from streams.worker import consumer as safe_consumer
 from streams.worker.metrics import WorkerMetrics
@@ -36,54 +42,20 @@ log = logging.getLogger("badgestream.worker")
 STATE_TABLE = "user-state"
 
 
-def _broker_urls(settings: Settings) -> list[str]:
-    return [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",") if server.strip()]
-
-
-def broker_credentials(settings: Settings) -> Any:
-    """Faust/aiokafka credentials from the same settings the confluent clients use."""
-    import ssl
-
-    from faust.auth import SASLCredentials, SSLCredentials
-
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    context = None
-    if protocol in ("SSL", "SASL_SSL"):
-        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-        context = ssl.create_default_context(cafile=cafile)
-        if settings.kafka_ssl_certfile:
-            context.load_cert_chain(str(settings.kafka_ssl_certfile),
-                                    str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
-    if protocol == "SSL":
-        return SSLCredentials(context)
-    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
-    return SASLCredentials(
-        username=settings.kafka_sasl_username, password=password,
-        mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=context,
-    )
-
-
-def build_engine(catalog: Catalog) -> Engine:
-    return Engine(catalog, EvaluatorRegistry.from_entry_points())
-
-
 def create_app(settings: Settings, catalog: Catalog | None = None, *,
                input_partitions: dict[str, int] | None = None) -> faust.App:
     """Build the worker app. ``input_partitions``: partition count of each input topic (from
     :func:`ensure_topics`); topics whose count differs from ``topic_partitions`` are only re-keyed,
     never evaluated in place, so every user's state lives in exactly one table partition."""
     catalog = catalog if catalog is not None else load_catalog(settings.catalog_path)
-    engine = build_engine(catalog)
-    processor = EventProcessor(catalog, engine)
+    processor = EventProcessor(catalog, plugin_engine(catalog))
     partitions = settings.topic_partitions
     input_partitions = input_partitions or {t: partitions for t in settings.input_topics}
 
     app = faust.App(
         settings.app_id,
-        broker=_broker_urls(settings),
-        broker_credentials=broker_credentials(settings),
+        broker=faust_brokers(settings),
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.data_dir),
         topic_partitions=partitions,

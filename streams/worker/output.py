@@ -15,19 +15,16 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from schemas.errors import BadgestreamError
+from schemas.errors import DeliveryError
+from streams.kafka import client_config, produce
 from streams.settings import Settings
 
 log = logging.getLogger("badgestream.output")
 
 
-class OutputDeliveryError(BadgestreamError):
-    """The broker refused records the worker produced; the input offsets are not committed."""
-
-
 class OutputProducer:
     def __init__(self, settings: Settings) -> None:
-        self._producer = Producer(settings.confluent_config(**{
+        self._producer = Producer(client_config(settings, **{
             "enable.idempotence": True,  # keeps per-partition order through retries
             "acks": "all",
             "linger.ms": 2,
@@ -38,20 +35,13 @@ class OutputProducer:
             "message.timeout.ms": 0,
         }))
         self._failures: list[str] = []
-        self.sent = 0
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._failures.append(f"{msg.topic()}: {err}")
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, on_delivery=self._on_delivery)
-                break
-            except BufferError:  # librdkafka's queue is full: let it drain
-                self._producer.poll(0.05)
-        self.sent += 1
+        produce(self._producer, topic, key, value, self._on_delivery)
 
     def poll(self) -> None:
         self._producer.poll(0)
@@ -62,19 +52,19 @@ class OutputProducer:
         Without ``timeout`` this waits out a broker outage however long, saying so every
         ``report_every`` seconds: input offsets are not committed meanwhile, so nothing is lost,
         and the worker goes on by itself when the broker is back. A record that failed raises
-        :class:`OutputDeliveryError` (Faust then stops the worker before committing).
+        :class:`DeliveryError` (Faust then stops the worker before committing).
         """
         step = report_every if timeout is None else min(report_every, timeout)
         waited = 0.0
         while remaining := self._producer.flush(step):
             waited += step
             if timeout is not None and waited >= timeout:
-                raise OutputDeliveryError(f"{remaining} output records not acknowledged after {timeout:.0f}s")
+                raise DeliveryError(f"{remaining} output records not acknowledged after {timeout:.0f}s")
             log.warning("%d output records not acknowledged by the broker after %.0fs; waiting (input offsets "
                         "are not committed meanwhile)", remaining, waited)
         if self._failures:
             failures, self._failures = self._failures, []
-            raise OutputDeliveryError(f"{len(failures)} output records failed: " + "; ".join(failures[:5]))
+            raise DeliveryError(f"{len(failures)} output records failed: " + "; ".join(failures[:5]))
 
     async def flush(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.flush_blocking)

@@ -30,7 +30,7 @@ from evaluators.state import UserState
 from schemas.catalog import Catalog
 from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope, parse_event
-from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord
+from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord, supersedes
 
 STORED_FORMAT = 2  # 1: state + outbox; 2: state + {"o": outbox, "p": latest progress}
 OUTBOX_EVENTS = 32  # award-producing events remembered per user for redelivery after a crash
@@ -85,7 +85,7 @@ class StoredUser:
         for record in records:
             key = (record.badge_id, record.tier)
             current = latest.get(key)
-            if current is None or record.updated_at >= datetime.fromisoformat(current[2]):
+            if supersedes(record.updated_at, datetime.fromisoformat(current[2]) if current is not None else None):
                 latest[key] = [record.progress, record.target, record.updated_at.isoformat()]
         return latest
 
@@ -107,28 +107,21 @@ class StoredUser:
 class Outcome:
     """What the worker must do for one input message."""
 
-    user_id: str | None = None
-    event_type: str | None = None
     new_state: bytes | None = None  # None: leave the stored state alone
     awards: list[bytes] = field(default_factory=list)
     progress: list[bytes] = field(default_factory=list)
     nudges: list[bytes] = field(default_factory=list)
     dead_letter: bytes | None = None
-    error_code: str | None = None
     status: str = "processed"  # processed | duplicate | unmatched | dead_letter
     evaluation: Evaluation | None = None
     award_records: tuple[AwardRecord, ...] = ()
 
 
 def dead_letter(raw_key: bytes | None, raw_value: bytes | None, topic: str, partition: int, offset: int,
-                error: InvalidEventError, failed_at: datetime | None = None, stage: str = "worker") -> bytes:
-    key, key_encoding = DeadLetterRecord.encode_bytes(raw_key)
-    value, value_encoding = DeadLetterRecord.encode_bytes(raw_value)
-    record = DeadLetterRecord(
-        source_topic=topic, partition=partition, offset=offset, error_code=error.code, reason=error.reason,
-        key=key, key_encoding=key_encoding, value=value, value_encoding=value_encoding,
-        failed_at=failed_at, stage=stage,
-    )
+                error: InvalidEventError, failed_at: datetime | None = None) -> bytes:
+    """The worker's dead letter for one input message, as bytes for the DLQ topic."""
+    record = DeadLetterRecord.of(raw_key, raw_value, topic, partition, offset, error.code, error.reason,
+                                 failed_at=failed_at)
     return record.model_dump_json().encode()
 
 
@@ -148,26 +141,22 @@ class EventProcessor:
         self.engine = engine
 
     def decode(self, raw_value: bytes | None) -> EventEnvelope:
-        if raw_value is None:
-            raise InvalidEventError("invalid_json", "the message has no value (tombstone)")
-        event = parse_event(raw_value)
-        self.catalog.validate_event_data(event)
-        return event
+        return parse_event(raw_value, self.catalog)
 
     def process(self, raw_key: bytes | None, raw_value: bytes | None, topic: str, partition: int, offset: int,
                 stored: bytes | None) -> Outcome:
-        """Decode and evaluate one message whose state is ``stored`` (the offline and replay path)."""
+        """Decode and evaluate one whole message whose state is ``stored``: what the agent does, in one call."""
         try:
             event = self.decode(raw_value)
         except InvalidEventError as exc:
-            return Outcome(status="dead_letter", error_code=exc.code,
+            return Outcome(status="dead_letter",
                            dead_letter=dead_letter(raw_key, raw_value, topic, partition, offset, exc))
         return self.evaluate(event, stored)
 
     def evaluate(self, event: EventEnvelope, stored: bytes | None) -> Outcome:
         previous = StoredUser.from_bytes(stored) if stored else StoredUser(UserState.empty(event.user_id))
         evaluation = self.engine.evaluate(previous.state, event)
-        outcome = Outcome(user_id=event.user_id, event_type=event.type, evaluation=evaluation)
+        outcome = Outcome(evaluation=evaluation)
         if evaluation.duplicate:
             # Nothing changes; re-publish what this event awarded, and the latest progress, in case
             # they were lost in a crash after the state was written (the sink absorbs repeats).

@@ -24,11 +24,10 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from evaluators.engine import Engine
-from evaluators.registry import EvaluatorRegistry
+from evaluators.runner import EngineRun, plugin_engine
 from schemas.catalog import load_catalog
 from schemas.errors import InvalidEventError
-from schemas.events import parse_event
+from schemas.records import newest_progress
 from streams.devstack.simulate import simulate_events
 from tests.integration import harness
 from tests.integration.harness import Process, StackConfig
@@ -96,32 +95,22 @@ class Expected:
 def expected_offline(events_file: Path, catalog: Path = harness.DEMO_CATALOG) -> Expected:
     """Awards from ``badgestream evaluate``; progress rows from the same engine, reduced like the sink."""
     awards = sorted(award_tuple(r) for r in harness.offline_awards(events_file, catalog))
-    cat = load_catalog(catalog)
-    engine = Engine(cat, EvaluatorRegistry.from_entry_points())
-    states: dict[str, Any] = {}
-    newest: dict[ProgressKey, tuple[datetime, ProgressValue]] = {}
-    valid = records = 0
+    run = EngineRun(plugin_engine(load_catalog(catalog)))
+    published = []
+    valid = 0
     for raw in events_file.read_bytes().splitlines():
         if not raw.strip():
             continue
         try:
-            event = parse_event(raw)
-            cat.validate_event_data(event)
+            _event, result = run.read(raw)
         except InvalidEventError:
             continue
         valid += 1
-        result = engine.evaluate(states.get(event.user_id), event)
-        if result.duplicate or not result.matched:
-            continue
-        states[event.user_id] = result.state
-        records += len(result.progress)
-        for p in result.progress:
-            key = (p.user_id, p.badge_id, p.tier or None)
-            current = newest.get(key)
-            if current is None or p.updated_at >= current[0]:
-                newest[key] = (p.updated_at, (float(p.progress), float(p.target), utc(p.updated_at)))
-    return Expected(awards=awards, progress={k: v for k, (_, v) in newest.items()}, valid_events=valid,
-                    users=len(states), progress_records=records)
+        published += result.progress
+    newest = newest_progress(published, lambda p: (p.user_id, p.badge_id, p.tier or None))
+    progress = {k: (float(p.progress), float(p.target), utc(p.updated_at)) for k, p in newest.items()}
+    return Expected(awards=awards, progress=progress, valid_events=valid, users=len(run.states),
+                    progress_records=len(published))
 
 
 # --- the database -----------------------------------------------------------------------------

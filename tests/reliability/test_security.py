@@ -159,10 +159,11 @@ def test_faust_worker_gets_sasl_and_tls_credentials(
 
     from faust.auth import SASLCredentials
 
-    from streams.worker.app import broker_credentials, create_app
+    from streams.kafka import faust_credentials
+    from streams.worker.app import create_app
 
     settings = sasl_settings.model_copy(update={"kafka_ssl_cafile": None, "data_dir": tmp_path / "worker"})
-    credentials = broker_credentials(settings)
+    credentials = faust_credentials(settings)
     assert isinstance(credentials, SASLCredentials)
     assert credentials.username == "badger" and credentials.password == SECRET
     assert credentials.mechanism.value == "SCRAM-SHA-512"
@@ -172,7 +173,7 @@ def test_faust_worker_gets_sasl_and_tls_credentials(
     assert app.conf.broker_credentials is credentials or (
         app.conf.broker_credentials.username == "badger" and app.conf.broker_credentials.password == SECRET)
     assert [str(url) for url in app.conf.broker] == ["kafka://127.0.0.1:1"]
-    plaintext = broker_credentials(settings.model_copy(update={"kafka_security_protocol": "SASL_PLAINTEXT"}))
+    plaintext = faust_credentials(settings.model_copy(update={"kafka_security_protocol": "SASL_PLAINTEXT"}))
     assert isinstance(plaintext, SASLCredentials) and plaintext.ssl_context is None
 
 
@@ -192,7 +193,9 @@ def test_sasl_against_a_plaintext_broker_fails_with_a_handshake_error(kafka_boot
     logger = logging.getLogger(f"sasl-probe-{time.monotonic_ns()}")
     logger.addHandler(Collect())
     logger.propagate = False
-    admin = AdminClient(settings.confluent_config(error_cb=lambda err: errors.append(str(err)), logger=logger))
+    from streams.kafka import client_config
+
+    admin = AdminClient(client_config(settings, error_cb=lambda err: errors.append(str(err)), logger=logger))
     with pytest.raises(KafkaException):
         admin.list_topics(timeout=5)
     admin.poll(0.5)

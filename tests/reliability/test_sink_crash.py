@@ -22,8 +22,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from evaluators.runner import plugin_engine
 from schemas.catalog import load_catalog
-from streams.worker.app import build_engine
 from streams.worker.processor import EventProcessor
 from tests.integration import harness
 from tests.integration.harness import Process, StackConfig
@@ -37,7 +37,7 @@ BATCH_SIZE = 150
 def worker_output(lines: list[bytes], catalog: Path = harness.DEMO_CATALOG) -> tuple[list[bytes], list[bytes]]:
     """Awards and progress records the worker publishes for ``lines``, in order."""
     cat = load_catalog(catalog)
-    processor = EventProcessor(cat, build_engine(cat))
+    processor = EventProcessor(cat, plugin_engine(cat))
     stored: dict[str, bytes] = {}
     awards: list[bytes] = []
     progress: list[bytes] = []

@@ -126,12 +126,12 @@ def test_worker_kill9_five_times_during_50k_events(stack: StackConfig) -> None:
 
 def test_a_redelivered_event_republishes_the_latest_progress_lost_in_a_crash() -> None:
     """The case the live test found: state (changelog) written, progress record lost with the process."""
+    from evaluators.runner import plugin_engine
     from schemas.catalog import load_catalog
-    from streams.worker.app import build_engine
     from streams.worker.processor import EventProcessor
 
     catalog = load_catalog(harness.DEMO_CATALOG)
-    processor = EventProcessor(catalog, build_engine(catalog))
+    processor = EventProcessor(catalog, plugin_engine(catalog))
 
     def quiz(n: int, day: int) -> bytes:
         return json.dumps({"event_id": f"e{n}", "type": "quiz_completed", "user_id": "u", "tz": "UTC",
