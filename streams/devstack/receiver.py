@@ -121,3 +121,14 @@ class WebhookReceiver:
     def delivered(self, path: str | None = None) -> list[Received]:
         with self._lock:
             return [r for r in self.received if path is None or r.path == path]
+
+
+def describe(item: Received, names: dict[str, str]) -> str:
+    """One console line: "ana earned Quiz Master (silver)", "ben: 1 to go for Daily Warrior"."""
+    data = item.data
+    badge = names.get(str(data.get("badge_id")), str(data.get("badge_id")))
+    tier = f" ({data['tier']})" if data.get("tier") else ""
+    if item.type == "badge.nudge":
+        return f"{data.get('user_id')}: {float(data.get('remaining', 0)):g} to go for {badge}{tier}"
+    verb = "lost" if item.type == "badge.revoked" else "earned"
+    return f"{data.get('user_id')} {verb} {badge}{tier}"

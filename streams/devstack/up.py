@@ -1,7 +1,8 @@
 """``badgestream up``: the whole system on one machine, from an empty checkout to visible awards.
 
-Starts (or reuses) a local Kafka broker, creates the topics, starts the worker and the sink as
-child processes, streams the demo events through the producer SDK, waits until the sink has
+Starts (or reuses) a local Kafka broker, creates the topics, starts the worker, the sink and the
+notifier as child processes (the notifier posts to a built-in receiver that prints each
+notification), streams the demo events through the producer SDK, waits until the sink has
 written every award, shows a leaderboard and a few users' badges, and keeps running until Ctrl-C,
 then stops everything it started. With ``BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS`` /
 ``BADGESTREAM_DATABASE_URL`` set, the existing cluster and database are used instead.
@@ -10,8 +11,10 @@ then stops everything it started. With ``BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS`` /
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,8 +22,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from schemas.catalog import load_catalog
+from schemas.catalog import Catalog, load_catalog
 from schemas.errors import ConfigurationError
+from streams.devstack.receiver import WebhookReceiver, describe
 from streams.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -146,6 +150,7 @@ def up_command(args: argparse.Namespace) -> int:
             Child("worker", ["worker", "-l", "info"], env, var / "logs"),
             Child("sink", ["sink"], env, var / "logs"),
         ]
+        receiver = console_notifications(catalog, env, var, children)
         try:
             expected = stream_events(settings, events_path, catalog_path)
             wait_for_awards(database_url, expected, children, timeout=args.timeout)
@@ -165,6 +170,23 @@ def up_command(args: argparse.Namespace) -> int:
             with contextlib.suppress(KeyboardInterrupt):
                 for child in reversed(children):
                     child.stop()
+            if receiver is not None:
+                receiver.stop()
+
+
+def console_notifications(catalog: Catalog, env: dict[str, str], var: Path,
+                          children: list[Child]) -> WebhookReceiver | None:
+    """Start the notifier; without configured endpoints, aimed at a receiver printing "ana earned ..." lines."""
+    receiver = None
+    if not (os.environ.get("BADGESTREAM_WEBHOOK_URLS") or os.environ.get("BADGESTREAM_WEBHOOK_CONFIG")):
+        names = {badge.id: badge.display_name for badge in catalog.badges}
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        receiver = WebhookReceiver(secret, on_received=lambda item: say(f"webhook: {describe(item, names)}")).start()
+        env.update({"BADGESTREAM_WEBHOOK_URLS": receiver.url("/console"), "BADGESTREAM_WEBHOOK_SECRET": secret})
+    env.setdefault("BADGESTREAM_NOTIFY_OUTBOX", str(var / "notify-outbox.sqlite"))
+    env.setdefault("BADGESTREAM_NOTIFY_METRICS_PORT", "0")  # a second local stack must not clash on a port
+    children.append(Child("notifier", ["notify"], env, var / "logs"))
+    return receiver
 
 
 def stream_events(settings: Settings, events_path: Path, catalog_path: Path) -> int:

@@ -38,6 +38,11 @@ def test_up_shows_awards_and_ctrl_c_leaves_nothing_running(tmp_path: Path) -> No
         expected = len(harness.offline_awards(harness.DEMO_EVENTS))
         assert f"awards in the database: {expected}/{expected}" in output
         assert "Leaderboard" in output
+        # the notifier's built-in console receiver, as the demo events streamed in
+        nudged = re.compile(r"webhook: \S+: 1 to go for Daily Warrior")
+        harness.wait_until(lambda: nudged.search(log_path.read_text()) is not None
+                           and "earned Quiz Master (silver)" in log_path.read_text(), timeout=60,
+                           what="notifications on the console")
         os.killpg(up.pid, signal.SIGINT)
         assert up.wait(timeout=120) == 0, log_path.read_text()[-4000:]
     finally:
