@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from prometheus_client import start_http_server
 
 from schemas.errors import ConfigurationError
-from streams.kafka import ensure_topics, required_topics
+from streams.kafka import client_config, ensure_topics, produce, required_topics
 from streams.notify.endpoints import Endpoint, load_endpoints
 from streams.notify.messages import UnusableRecord, headers, notification
 from streams.notify.metrics import NotifyMetrics, endpoint_label
@@ -51,10 +51,10 @@ class DeadLetters:
     def __init__(self, settings: Settings, pool: ThreadPoolExecutor) -> None:
         self.topic = settings.notify_dlq_topic
         self._pool = pool
-        self._producer = Producer(settings.confluent_config(**{"acks": "all", "enable.idempotence": True}))
+        self._producer = Producer(client_config(settings, **{"acks": "all", "enable.idempotence": True}))
 
     async def send(self, key: str, record: dict[str, Any]) -> None:
-        self._producer.produce(self.topic, key=key.encode(), value=orjson.dumps(record))
+        produce(self._producer, self.topic, key.encode(), orjson.dumps(record))
         remaining = await asyncio.get_running_loop().run_in_executor(self._pool, self._producer.flush, 30.0)
         if remaining:
             raise KafkaException(f"dead letter for {key} not acknowledged within 30 s")
@@ -184,7 +184,7 @@ class Notifier:
         await self._orphans(outbox, dead_letters)
         dispatchers = [Dispatcher(e, settings, outbox, self.policy, dead_letters, self.metrics)
                        for e in self.endpoints]
-        consumer = Consumer(settings.confluent_config(**{
+        consumer = Consumer(client_config(settings, **{
             "group.id": settings.notify_group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
