@@ -81,9 +81,9 @@ def evaluate_command(args: argparse.Namespace, out: IO[str] | None = None, err: 
         f"(catalog {catalog.catalog_version})",
         file=err,
     )
-    for badge in catalog.badges:
-        if awards_by_badge[badge.id]:
-            print(f"  {badge.id:<24} {awards_by_badge[badge.id]:>6}", file=err)
+    for award_id in [*(badge.id for badge in catalog.badges), *(level.id for level in catalog.levels)]:
+        if awards_by_badge[award_id]:
+            print(f"  {award_id:<24} {awards_by_badge[award_id]:>6}", file=err)
     if failures:
         print("  isolated failures: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())), file=err)
     return 0
@@ -108,7 +108,9 @@ def catalog_validate_command(args: argparse.Namespace, out: IO[str] | None = Non
     print(
         f"{args.file}: valid — catalog {catalog.catalog_version}, {len(catalog.badges)} badges "
         f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}), "
-        f"event types: {', '.join(sorted(catalog.event_types())) or 'none'}",
+        + (f"{len(catalog.levels)} levels ({', '.join(f'{lv.id} at {lv.at}' for lv in catalog.levels)}), "
+           if catalog.levels else "")
+        + f"event types: {', '.join(sorted(catalog.event_types())) or 'none'}",
         file=out,
     )
     return 0

@@ -1,7 +1,8 @@
 """The query surface for people: ``badgestream user USER_ID`` and ``badgestream leaderboard``, from the database.
 
-What a user sees: every award (badge name, tier, when, the event that earned it), then progress
-towards what is not yet earned ("quiz_master silver: 37/50"). Hidden badges appear only once
+What a user sees: their points and level (and how far the next level is), every award (badge
+name, tier, points, when, the event that earned it), then progress towards what is not yet
+earned ("quiz_master silver: 37/50"). Hidden badges appear only once
 earned: their progress is not listed before. Revoked awards stay listed, marked ``revoked`` with
 the time, because the history is what support staff look for; they do not count as held (nor on
 the leaderboard), and the badge's progress shows again.
@@ -53,6 +54,7 @@ def build_report(conn: Connection, user_id: str) -> dict[str, Any]:
             "backfill": award.backfill,
             "catalog_version": award.catalog_version,
             "metadata": award.metadata,
+            "points": award.points,
         })
 
     progress = []
@@ -66,12 +68,33 @@ def build_report(conn: Connection, user_id: str) -> dict[str, Any]:
             "target": row.target,
             "updated_at": _when(row.updated_at),
         })
+    points = sum(award.points for award in awards if award.revoked_at is None)
+    level, next_level = _levels(catalog, {badge_id for badge_id, _tier in held}, points)
     return {
         "user_id": user_id,
         "held": sum(1 for b in badges if b["revoked_at"] is None),
+        "points": points,
+        "level": level,
+        "next_level": next_level,
         "badges": badges,
         "progress": progress,
     }
+
+
+def _levels(catalog: dict[str, db.BadgeInfo], held: set[str],
+            points: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The highest level held and the next one not held yet (with the points still to go), from the catalog rows."""
+    levels = sorted((info for info in catalog.values() if info.rule_kind == "level" and info.target is not None),
+                    key=lambda info: info.target or 0)
+    reached = [info for info in levels if info.id in held]
+    waiting = [info for info in levels if info.id not in held]
+    level = {"id": reached[-1].id, "name": reached[-1].name, "at": int(reached[-1].target or 0)} if reached else None
+    upcoming = waiting[0] if waiting else None
+    next_level = None
+    if upcoming is not None:
+        at = int(upcoming.target or 0)
+        next_level = {"id": upcoming.id, "name": upcoming.name, "at": at, "remaining": max(at - points, 0)}
+    return level, next_level
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -86,6 +109,15 @@ def render_text(report: dict[str, Any]) -> str:
     revoked = len(badges) - report["held"]
     title = f"User {report['user_id']}: {report['held']} badge{'s' if report['held'] != 1 else ''}"
     lines = [title + (f" ({revoked} revoked)" if revoked else "")]
+    if report["points"] or report["level"] or report["next_level"]:  # a catalog with points or levels
+        standing = f"Points: {report['points']}"
+        if report["level"] is not None:
+            standing += f", level {report['level']['name']}"
+        if report["next_level"] is not None:
+            upcoming = report["next_level"]
+            standing += f"; next level {upcoming['name']} at {upcoming['at']} ({upcoming['remaining']} to go)"
+        lines.append(standing)
+    with_points = any(badge["points"] for badge in badges)
     if badges:
         rows = []
         for badge in badges:
@@ -95,9 +127,11 @@ def render_text(report: dict[str, Any]) -> str:
                 notes.append(f"revoked {badge['revoked_at'][:19].replace('T', ' ')}")
             if badge["backfill"]:
                 notes.append("backfill")
-            rows.append([name, badge["tier"] or "-", badge["awarded_at"][:19].replace("T", " "),
+            points = [str(badge["points"])] if with_points else []
+            rows.append([name, badge["tier"] or "-", *points, badge["awarded_at"][:19].replace("T", " "),
                          badge["event_id"], ", ".join(notes)])
-        lines += ["", *_table(["BADGE", "TIER", "AWARDED (UTC)", "EVENT", "NOTE"], rows)]
+        header = ["BADGE", "TIER", *(["POINTS"] if with_points else []), "AWARDED (UTC)", "EVENT", "NOTE"]
+        lines += ["", *_table(header, rows)]
     else:
         lines += ["", "No badges yet."]
     if report["progress"]:

@@ -23,6 +23,8 @@ class BadgeInfo:
     repeatable: bool
     tiers: list[dict[str, Any]] | None
     catalog_version: str
+    rule_kind: str | None = None  # "level" for the catalog's levels
+    target: float | None = None  # a level's ``at``
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class UserAward:
     backfill: bool
     revoked_at: datetime | None
     catalog_version: str
+    points: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ def visible_progress(
 def load_badges(conn: Connection) -> dict[str, BadgeInfo]:
     result = conn.execute(sa.select(badges).order_by(badges.c.id))
     return {
-        row.id: BadgeInfo(row.id, row.name, row.description, row.hidden, row.repeatable, row.tiers, row.catalog_version)
+        row.id: BadgeInfo(row.id, row.name, row.description, row.hidden, row.repeatable, row.tiers, row.catalog_version,
+                          row.rule_kind, row.target)
         for row in result
     }
 
@@ -97,6 +101,7 @@ def user_awards(conn: Connection, user_id: str) -> list[UserAward]:
             backfill=row.backfill,
             revoked_at=row.revoked_at,
             catalog_version=row.catalog_version,
+            points=row.points,
         )
         for row in result
     ]

@@ -291,6 +291,26 @@ def catalog_rows(catalog: Any, *, now: datetime | None = None) -> list[dict[str,
                 "updated_at": updated_at,
             }
         )
+    # Levels share the badge id space and are awarded like badges: their rows name them for readers.
+    for level in _field(catalog, "levels", []) or []:
+        level_id = str(_field(level, "id"))
+        definition = _plain(level)
+        rows.append(
+            {
+                "id": level_id,
+                "name": str(_field(level, "name", None) or level_id),
+                "description": str(_field(level, "description", None) or ""),
+                "trigger_events": [],
+                "rule_kind": "level",
+                "target": _number(_field(level, "at")),
+                "tiers": None,
+                "hidden": False,
+                "repeatable": False,
+                "definition": definition if isinstance(definition, Mapping) else {"id": level_id},
+                "catalog_version": version,
+                "updated_at": updated_at,
+            }
+        )
     return rows
 
 

@@ -7,10 +7,12 @@ for speed. Per partition the order is the topic's order, as in the worker, so th
 the live one (a test holds the two paths to that).
 
 Then it diffs the recomputed awards against ``user_badges``: awards to add (e.g. a new badge,
-awarded retroactively with the historical ``awarded_at``), awards that no longer qualify, and
-awards whose deciding event or time changed. ``--apply`` writes the additions (flagged
-``backfill``) and publishes them on the award topic; ``--revoke`` marks the non-qualifying ones
-revoked (never deleted) and publishes revocation records.
+awarded retroactively with the historical ``awarded_at``), awards that no longer qualify, awards
+whose deciding event, time or points changed, and per user the points total and the level that
+change with them (levels are awards too, so they also appear among the awards to add or revoke).
+``--apply`` writes the additions (flagged ``backfill``) and publishes them on the award topic;
+``--revoke`` marks the non-qualifying ones revoked (never deleted) and publishes revocation
+records. An award whose points changed keeps its stored points: the diff reports it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,20 +137,33 @@ def replay(settings: Settings, catalog: Catalog, show_progress: bool = True) -> 
     return result
 
 
+@dataclass(frozen=True)
+class StandingChange:
+    """One user's points total and level, as the database holds them and as the replay recomputed them."""
+
+    user_id: str
+    points_before: int
+    points_after: int
+    level_before: str | None
+    level_after: str | None
+
+
 @dataclass
 class ReplayDiff:
     added: list[AwardRecord]
     no_longer_qualifying: list[dict[str, Any]]
     changed: list[tuple[dict[str, Any], AwardRecord]]
     reinstatable: list[AwardRecord]
+    standings: list[StandingChange] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.added or self.no_longer_qualifying or self.changed or self.reinstatable)
+        return not (self.added or self.no_longer_qualifying or self.changed or self.reinstatable or self.standings)
 
     def affected_users(self) -> list[str]:
         users = {a.user_id for a in self.added} | {r["user_id"] for r in self.no_longer_qualifying}
         users |= {a.user_id for _, a in self.changed} | {a.user_id for a in self.reinstatable}
+        users |= {s.user_id for s in self.standings}
         return sorted(users)
 
     def as_json(self) -> dict[str, Any]:
@@ -160,10 +175,14 @@ class ReplayDiff:
             "no_longer_qualifying": [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()}
                                      for r in self.no_longer_qualifying],
             "changed": [{"award_id": a.award_id, "user_id": a.user_id, "badge_id": a.badge_id, "tier": a.tier,
-                         "database": {"awarded_at": r["awarded_at"].isoformat(), "event_id": r["event_id"]},
-                         "replay": {"awarded_at": a.awarded_at.isoformat(), "event_id": a.event_id}}
+                         "database": {"awarded_at": r["awarded_at"].isoformat(), "event_id": r["event_id"],
+                                      "points": r["points"]},
+                         "replay": {"awarded_at": a.awarded_at.isoformat(), "event_id": a.event_id,
+                                    "points": a.points}}
                         for r, a in self.changed],
             "revoked_but_qualifying": [row(a) for a in self.reinstatable],
+            "standings": [{"user_id": c.user_id, "database": {"points": c.points_before, "level": c.level_before},
+                           "replay": {"points": c.points_after, "level": c.level_after}} for c in self.standings],
             "affected_users": self.affected_users(),
         }
 
@@ -173,7 +192,7 @@ def database_awards(engine: sa.Engine) -> dict[str, dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(sa.select(table.c.award_id, table.c.user_id, table.c.badge_id, table.c.tier,
                                       table.c.occurrence, table.c.awarded_at, table.c.event_id,
-                                      table.c.revoked_at)).mappings().all()
+                                      table.c.revoked_at, table.c.points)).mappings().all()
     out = {}
     for row in rows:
         record = dict(row)
@@ -182,7 +201,9 @@ def database_awards(engine: sa.Engine) -> dict[str, dict[str, Any]]:
     return out
 
 
-def diff(replayed: dict[str, AwardRecord], stored: dict[str, dict[str, Any]]) -> ReplayDiff:
+def diff(replayed: dict[str, AwardRecord], stored: dict[str, dict[str, Any]],
+         levels: Mapping[str, int] | None = None) -> ReplayDiff:
+    """What the database would need to hold the replayed awards; ``levels``: the catalog's level ids and ``at``."""
     added, changed, reinstatable = [], [], []
     for award_id, award in sorted(replayed.items(), key=lambda kv: (kv[1].user_id, kv[1].badge_id, kv[0])):
         row = stored.get(award_id)
@@ -190,11 +211,36 @@ def diff(replayed: dict[str, AwardRecord], stored: dict[str, dict[str, Any]]) ->
             added.append(award)
         elif row["revoked_at"] is not None:
             reinstatable.append(award)
-        elif row["awarded_at"] != award.awarded_at or row["event_id"] != award.event_id:
+        elif (row["awarded_at"] != award.awarded_at or row["event_id"] != award.event_id
+              or row.get("points", 0) != award.points):
             changed.append((row, award))
     gone = [row for award_id, row in sorted(stored.items(), key=lambda kv: (kv[1]["user_id"], kv[1]["badge_id"]))
             if award_id not in replayed and row["revoked_at"] is None]
-    return ReplayDiff(added=added, no_longer_qualifying=gone, changed=changed, reinstatable=reinstatable)
+    return ReplayDiff(added=added, no_longer_qualifying=gone, changed=changed, reinstatable=reinstatable,
+                      standings=standing_changes(replayed, stored, levels or {}))
+
+
+def standing_changes(replayed: dict[str, AwardRecord], stored: dict[str, dict[str, Any]],
+                     levels: Mapping[str, int]) -> list[StandingChange]:
+    """Users whose points total or level (the highest level held) differs between the database and the replay."""
+    def standings(awards: Iterable[tuple[str, str, int]]) -> dict[str, tuple[int, str | None]]:
+        points: Counter[str] = Counter()
+        level: dict[str, str] = {}
+        for user_id, badge_id, worth in awards:
+            points[user_id] += worth
+            if badge_id in levels and levels[badge_id] > levels.get(level.get(user_id, ""), 0):
+                level[user_id] = badge_id
+        return {user: (points[user], level.get(user)) for user in points.keys() | level.keys()}
+
+    before = standings((r["user_id"], r["badge_id"], r.get("points", 0) or 0) for r in stored.values()
+                       if r["revoked_at"] is None)
+    after = standings((a.user_id, a.badge_id, a.points) for a in replayed.values())
+    changes = []
+    for user_id in sorted(before.keys() | after.keys()):
+        old, new = before.get(user_id, (0, None)), after.get(user_id, (0, None))
+        if old != new:
+            changes.append(StandingChange(user_id, old[0], new[0], old[1], new[1]))
+    return changes
 
 
 def apply_diff(
@@ -249,9 +295,22 @@ def render(found: ReplayDiff, result: ReplayResult, show: int) -> str:
     section("awards that no longer qualify", [f"{r['user_id']}  {label(r['badge_id'], r['tier'])}  awarded "
                                               f"{r['awarded_at'].isoformat()}" for r in found.no_longer_qualifying],
             Counter(label(r["badge_id"], r["tier"]) for r in found.no_longer_qualifying))
-    section("awards whose deciding event or time changed",
-            [f"{a.user_id}  {label(a.badge_id, a.tier)}  {r['awarded_at'].isoformat()} -> "
-             f"{a.awarded_at.isoformat()}" for r, a in found.changed], Counter())
+    def change(row: dict[str, Any], award: AwardRecord) -> str:
+        parts = []
+        if row["awarded_at"] != award.awarded_at or row["event_id"] != award.event_id:
+            parts.append(f"{row['awarded_at'].isoformat()} -> {award.awarded_at.isoformat()}")
+        if row.get("points", 0) != award.points:
+            parts.append(f"points {row.get('points', 0)} -> {award.points}")
+        return f"{award.user_id}  {label(award.badge_id, award.tier)}  " + ", ".join(parts)
+
+    section("awards whose deciding event, time or points changed", [change(r, a) for r, a in found.changed],
+            Counter())
+    if found.standings:
+        section("users whose points or level change",
+                [f"{c.user_id}  points {c.points_before} -> {c.points_after}"
+                 + (f", level {c.level_before or '-'} -> {c.level_after or '-'}" if c.level_before != c.level_after
+                    else "") for c in found.standings],
+                Counter(f"level {c.level_after or '-'}" for c in found.standings if c.level_before != c.level_after))
     if found.reinstatable:
         section("revoked awards that qualify again", [f"{a.user_id}  {label(a.badge_id, a.tier)}"
                                                       for a in found.reinstatable], Counter())
@@ -272,7 +331,7 @@ def replay_command(args: argparse.Namespace) -> int:
     awards_db = db.make_engine(settings.database_url_value)
     try:
         db.upgrade(awards_db)
-        found = diff(result.awards, database_awards(awards_db))
+        found = diff(result.awards, database_awards(awards_db), {lv.id: lv.at for lv in catalog.levels})
         if args.json:
             print(json.dumps(found.as_json(), indent=2))
         else:

@@ -217,11 +217,14 @@ class TestDatabaseContract:
         from streams.settings import DEMO_CATALOG
 
         catalog = load_catalog(DEMO_CATALOG)
-        assert db.write_catalog(engine, catalog) == len(catalog.badges)
+        assert db.write_catalog(engine, catalog) == len(catalog.badges) + len(catalog.levels)
         with engine.connect() as conn:
             badges = db.load_badges(conn)
             rows = {row.id: row for row in conn.execute(sa.select(db.badges))}
-        assert set(badges) == {badge.id for badge in catalog.badges}
+        assert set(badges) == {badge.id for badge in catalog.badges} | {level.id for level in catalog.levels}
+        for level in catalog.levels:
+            assert rows[level.id].rule_kind == "level" and rows[level.id].target == level.at
+            assert badges[level.id].name == level.display_name
         assert {b.catalog_version for b in badges.values()} == {catalog.catalog_version}
         for badge in catalog.badges:
             assert rows[badge.id].hidden == badge.hidden and rows[badge.id].rule_kind == badge.rule.kind
@@ -255,6 +258,28 @@ class TestDatabaseContract:
         assert "secret_society" not in text and "Secret Society" not in text
         assert "Recruiter #2" in text and "revoked 2026-11-25 09:30:00" in text
         assert re.search(r"^Quiz Master +bronze +2026-11-22 09:30:00 +e-10$", text, re.MULTILINE)
+
+    def test_user_report_shows_points_and_level(self, engine: Engine) -> None:
+        catalog = {**CATALOG, "levels": [{"id": "rookie", "name": "Rookie", "at": 10},
+                                         {"id": "pro", "name": "Pro", "at": 40}]}
+        db.write_catalog(engine, catalog)
+        write(engine, [award(points=5, event="e-1"),
+                       award(badge="quiz_master", tier="bronze", points=7, at=T0 + timedelta(days=1), event="e-2"),
+                       award(badge="rookie", at=T0 + timedelta(days=1), event="e-2"),
+                       award(badge="recruiter", points=20, at=T0 + timedelta(days=2), event="e-3")])
+        write(engine, [award(badge="recruiter", kind="revocation")], now=T0 + timedelta(days=3))
+        with engine.connect() as conn:
+            report = build_report(conn, "u-1")
+        assert report["points"] == 12  # the revoked award's points no longer count
+        assert report["level"] == {"id": "rookie", "name": "Rookie", "at": 10}
+        assert report["next_level"] == {"id": "pro", "name": "Pro", "at": 40, "remaining": 28}
+        text = render_text(report)
+        assert "Points: 12, level Rookie; next level Pro at 40 (28 to go)" in text
+        assert re.search(r"^Quiz Master +bronze +7 +2026-11-22 09:30:00 +e-2$", text, re.MULTILINE)
+        assert re.search(r"^Rookie +- +0 +2026-11-22 09:30:00 +e-2$", text, re.MULTILINE)
+        with engine.connect() as conn:
+            newcomer = build_report(conn, "nobody")
+        assert newcomer["points"] == 0 and newcomer["level"] is None and newcomer["next_level"]["remaining"] == 10
 
     def test_user_and_leaderboard_commands(
         self, engine: Engine, database_url: str, capsys: pytest.CaptureFixture[str]

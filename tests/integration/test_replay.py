@@ -174,3 +174,36 @@ def test_the_replay_command_reports_no_difference_on_the_live_database(live: Sta
                             cwd=harness.REPO, capture_output=True, text=True, check=True)
     assert "no difference" in result.stdout, result.stdout + result.stderr
 
+
+
+def test_a_points_change_lists_the_awards_totals_and_levels_that_move(live: StackConfig, tmp_path: Path) -> None:
+    catalog_path = changed_catalog(tmp_path, "description: Complete your first quiz.\n    on: [quiz_completed]\n"
+                                   "    rule: {count: 1}\n    points: 10\n",
+                                   "description: Complete your first quiz.\n    on: [quiz_completed]\n"
+                                   "    rule: {count: 1}\n    points: 100\n", "catalog-points.yaml")
+    old = {a["award_id"]: a for a in harness.offline_awards(harness.DEMO_EVENTS)}
+    new = {a["award_id"]: a for a in harness.offline_awards(harness.DEMO_EVENTS, catalog_path)}
+    assert set(old) < set(new), "more points can only reach more levels"
+    settings = settings_for(live, catalog_path)
+    catalog = load_catalog(catalog_path)
+    result = replay(settings, catalog, show_progress=False)
+    awards_db = db.make_engine(settings.database_url_value)
+    try:
+        found = diff(result.awards, database_awards(awards_db), {lv.id: lv.at for lv in catalog.levels})
+    finally:
+        awards_db.dispose()
+    assert {a.award_id for a in found.added} == set(new) - set(old)
+    assert {a.badge_id for a in found.added} <= {"rookie", "regular", "legend"} and found.added
+    levels = {"rookie", "regular", "legend"}
+    assert {(r["badge_id"], r["points"], a.points) for r, a in found.changed if a.badge_id not in levels} == {
+        ("first_quiz", 10, 100)}
+    # Levels reached sooner: decided by an earlier event now.
+    moved = [(r, a) for r, a in found.changed if a.badge_id in levels]
+    assert moved and all(a.awarded_at <= r["awarded_at"] and a.points == 0 for r, a in moved)
+    assert {a.award_id for _, a in moved} == {i for i in set(old) & set(new)
+                                              if old[i]["event_id"] != new[i]["event_id"]}
+    totals = {}
+    for award in new.values():
+        totals[award["user_id"]] = totals.get(award["user_id"], 0) + award["points"]
+    assert {c.user_id: c.points_after for c in found.standings} == totals  # every user had a first quiz
+    assert all(c.points_after == c.points_before + 90 for c in found.standings)

@@ -43,8 +43,20 @@ def test_demo_events_earn_every_badge(capsys: pytest.CaptureFixture[str]) -> Non
     awards = [json.loads(line) for line in out.splitlines()]
     earned = {a["badge_id"] for a in awards}
     assert earned == {"first_quiz", "quiz_master", "accuracy_expert", "explorer", "point_collector", "daily_warrior",
-                      "weekly_regular", "weekend_warrior", "summer_scholar", "recruiter", "scholar", "all_rounder",
-                      "comeback"}
+                      "steady_learner", "weekly_regular", "weekend_warrior", "summer_scholar", "recruiter", "scholar",
+                      "all_rounder", "comeback", "rookie", "regular", "legend"}
+    assert all(isinstance(a["points"], int) for a in awards)
+    # The freeze streak forgives a day that the plain seven-day streak does not.
+    assert {a["user_id"] for a in awards if a["badge_id"] == "steady_learner"} - {
+        a["user_id"] for a in awards if a["badge_id"] == "daily_warrior"}
+    # Levels are ordinary award lines, worth nothing themselves, decided by the points before them.
+    points: dict[str, int] = {}
+    for award in awards:
+        if award["badge_id"] in {"rookie", "regular", "legend"}:
+            assert award["points"] == 0 and award["tier"] is None
+            assert points[award["user_id"]] >= award["metadata"]["target"] == {"rookie": 50, "regular": 150,
+                                                                               "legend": 300}[award["badge_id"]]
+        points[award["user_id"]] = points.get(award["user_id"], 0) + award["points"]
     assert {a["tier"] for a in awards if a["badge_id"] == "quiz_master"} == {"bronze", "silver", "gold"}
     assert max(a["occurrence"] for a in awards if a["badge_id"] == "recruiter") >= 2
     assert "2 duplicates" in err and "0 invalid" in err
@@ -59,7 +71,8 @@ def test_demo_events_file_is_what_the_generator_makes() -> None:
 def test_catalog_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["catalog", "validate", str(DEMO / "catalog.yaml")]) == 0
     out, _ = capsys.readouterr()
-    assert "valid — catalog 2026-11-26, 13 badges" in out
+    assert "valid — catalog 2026-11-26, 14 badges" in out
+    assert "3 levels (rookie at 50, regular at 150, legend at 300)" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text('catalog_version: "1"\nbadges:\n  - {id: a, on: [q], rule: {cnt: 1}}\n'
                    "  - {id: b, rule: {badges: [ghost]}}\n  - {id: c, on: [q], rule: {evaluator: nope}}\n")
