@@ -151,11 +151,13 @@ def up_command(args: argparse.Namespace) -> int:
             Child("sink", ["sink"], env, var / "logs"),
         ]
         receiver = console_notifications(catalog, env, var, children)
+        api_url = start_api(settings, env, var / "logs", children)
         try:
             expected = stream_events(settings, events_path, catalog_path)
             wait_for_awards(database_url, expected, children, timeout=args.timeout)
-            show_results(database_url, args.show_users)
+            shown = show_results(database_url, args.show_users)
             say(f"worker metrics: http://{settings.web_host}:{settings.web_port}/metrics")
+            show_api(api_url, shown)
             if args.once:
                 return 0
             say("running; press Ctrl-C to stop everything")
@@ -210,8 +212,40 @@ def stream_events(settings: Settings, events_path: Path, catalog_path: Path) -> 
     return expected
 
 
-def show_results(database_url: str, users: int) -> None:
-    """The leaderboard and the top users' badges and progress, as ``badgestream user`` prints them."""
+def start_api(settings: Settings, env: dict[str, str], log_dir: Path, children: list[Child]) -> str:
+    """Start ``badgestream api`` (on BADGESTREAM_API_PORT, or a free port when that is taken); return its URL."""
+    from deploy.kafka.broker import _port_open, free_port
+
+    port = settings.api_port
+    if _port_open(port):
+        port = free_port()
+        say(f"port {settings.api_port} is taken; the read API uses {port}")
+    children.append(Child("api", ["api", "--host", settings.api_host, "--port", str(port)], env, log_dir))
+    return f"http://{settings.api_host}:{port}"
+
+
+def show_api(api_url: str, users: list[str]) -> None:
+    """Wait for the read API to answer, then print where to look: a demo user's profile and the leaderboard."""
+    from urllib.parse import quote
+
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{api_url}/healthz", timeout=2).status_code == 200:
+                break
+        time.sleep(0.5)
+    else:
+        say(f"the read API at {api_url} does not answer yet; see var/logs/api.log")
+    if users:
+        say(f"profile page of {users[0]}: {api_url}/users/{quote(users[0], safe='')}")
+    say(f"leaderboard and badges: {api_url}/  (JSON: {api_url}/v1/leaderboard, API docs: {api_url}/docs)")
+
+
+def show_results(database_url: str, users: int) -> list[str]:
+    """The leaderboard and the top users' badges and progress, as ``badgestream user`` prints them;
+    returns the users shown, best first."""
     from streams import db
     from streams.cli import user_report
 
@@ -227,3 +261,4 @@ def show_results(database_url: str, users: int) -> None:
     finally:
         engine.dispose()
     print(flush=True)
+    return [user_id for user_id, _count in ranking[:users]]

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from deploy.kafka.broker import _pid_alive, free_port
@@ -24,7 +25,7 @@ def test_up_shows_awards_and_ctrl_c_leaves_nothing_running(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items()
            if k not in ("BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS", "BADGESTREAM_DATABASE_URL")}
     env.update(PYTHONPATH=str(harness.REPO), BADGESTREAM_WEB_PORT=str(free_port()),
-               BADGESTREAM_LOCAL_KAFKA_PORT=str(free_port()))
+               BADGESTREAM_API_PORT=str(free_port()), BADGESTREAM_LOCAL_KAFKA_PORT=str(free_port()))
     state = tmp_path / "state"
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
@@ -43,6 +44,11 @@ def test_up_shows_awards_and_ctrl_c_leaves_nothing_running(tmp_path: Path) -> No
         harness.wait_until(lambda: nudged.search(log_path.read_text()) is not None
                            and "earned Quiz Master (silver)" in log_path.read_text(), timeout=60,
                            what="notifications on the console")
+        # The read API runs too: the printed profile page answers with the user's badges.
+        profile = re.search(r"profile page of (\S+): (http://\S+)", output)
+        assert profile and re.search(r"leaderboard and badges: http://\S+/ ", output), output[-3000:]
+        page = httpx.get(profile.group(2), timeout=10)
+        assert page.status_code == 200 and "Earned" in page.text
         os.killpg(up.pid, signal.SIGINT)
         assert up.wait(timeout=120) == 0, log_path.read_text()[-4000:]
     finally:
@@ -50,9 +56,9 @@ def test_up_shows_awards_and_ctrl_c_leaves_nothing_running(tmp_path: Path) -> No
             os.killpg(up.pid, signal.SIGKILL)
             up.wait()
     output = log_path.read_text()
-    pids = [int(p) for p in re.findall(r"(?:worker|sink) started \(pid (\d+)", output)]
+    pids = [int(p) for p in re.findall(r"(?:worker|sink|api) started \(pid (\d+)", output)]
     broker_pid = re.search(r"starting broker pid (\d+)", output)
-    assert len(pids) == 2 and broker_pid, output[-3000:]
+    assert len(pids) == 3 and broker_pid, output[-3000:]
     pids.append(int(broker_pid.group(1)))
     time.sleep(0.5)
     assert [p for p in pids if _pid_alive(p)] == [], "a process of the stack is still running"
