@@ -70,6 +70,11 @@ class Ranking:
         return self.ranks[index] if index is not None else None
 
 
+def _is_level(info: db.BadgeInfo) -> bool:
+    """Levels (reached by points) share the badge table and id space; they are not badges to unlock."""
+    return info.rule_kind == "level"
+
+
 def _tier_names(info: db.BadgeInfo | None) -> list[str | None]:
     if info is None or not info.tiers:
         return [None]
@@ -141,11 +146,15 @@ class Views:
             {"badge_id": info.id, "name": info.name, "description": info.description,
              "tiers": [t for t in _tier_names(info) if t is not None],
              "rarity": holders.rarity(info.id, any_tier=True)}
-            for info in catalog.values() if not info.hidden and info.id not in started
+            for info in catalog.values() if not info.hidden and info.id not in started and not _is_level(info)
         ]
+        points = sum(a.points for a in awards)
+        level, next_level = db.level_standing(catalog, {a.badge_id for a in awards}, points)
         return {
             "user_id": user_id,
-            "points": sum(a.points for a in awards),
+            "points": points,
+            "level": level,
+            "next_level": next_level,
             "badges": badges,
             "progress": progress,
             "locked": locked,
@@ -167,6 +176,7 @@ class Views:
             ]
             out.append({
                 "badge_id": info.id,
+                "kind": "level" if _is_level(info) else "badge",
                 "name": None if withheld else info.name,
                 "description": None if withheld else info.description,
                 "hidden": info.hidden,

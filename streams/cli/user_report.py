@@ -69,7 +69,7 @@ def build_report(conn: Connection, user_id: str) -> dict[str, Any]:
             "updated_at": _when(row.updated_at),
         })
     points = sum(award.points for award in awards if award.revoked_at is None)
-    level, next_level = _levels(catalog, {badge_id for badge_id, _tier in held}, points)
+    level, next_level = db.level_standing(catalog, {badge_id for badge_id, _tier in held}, points)
     return {
         "user_id": user_id,
         "held": sum(1 for b in badges if b["revoked_at"] is None),
@@ -79,22 +79,6 @@ def build_report(conn: Connection, user_id: str) -> dict[str, Any]:
         "badges": badges,
         "progress": progress,
     }
-
-
-def _levels(catalog: dict[str, db.BadgeInfo], held: set[str],
-            points: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The highest level held and the next one not held yet (with the points still to go), from the catalog rows."""
-    levels = sorted((info for info in catalog.values() if info.rule_kind == "level" and info.target is not None),
-                    key=lambda info: info.target or 0)
-    reached = [info for info in levels if info.id in held]
-    waiting = [info for info in levels if info.id not in held]
-    level = {"id": reached[-1].id, "name": reached[-1].name, "at": int(reached[-1].target or 0)} if reached else None
-    upcoming = waiting[0] if waiting else None
-    next_level = None
-    if upcoming is not None:
-        at = int(upcoming.target or 0)
-        next_level = {"id": upcoming.id, "name": upcoming.name, "at": at, "remaining": max(at - points, 0)}
-    return level, next_level
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

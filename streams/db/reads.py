@@ -73,6 +73,26 @@ def visible_progress(
     return shown
 
 
+def level_standing(catalog: dict[str, BadgeInfo], held: set[str],
+                   points: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The highest level held and the next one not held yet (with the points still to go), from the catalog rows.
+
+    Levels are the ``badges`` rows with ``rule_kind == "level"`` (``target`` is their ``at``); ``held``
+    is the badge ids the user holds. Shared by ``badgestream user`` and the read API.
+    """
+    levels = sorted((info for info in catalog.values() if info.rule_kind == "level" and info.target is not None),
+                    key=lambda info: info.target or 0)
+    reached = [info for info in levels if info.id in held]
+    waiting = [info for info in levels if info.id not in held]
+    level = {"id": reached[-1].id, "name": reached[-1].name, "at": int(reached[-1].target or 0)} if reached else None
+    upcoming = waiting[0] if waiting else None
+    next_level = None
+    if upcoming is not None:
+        at = int(upcoming.target or 0)
+        next_level = {"id": upcoming.id, "name": upcoming.name, "at": at, "remaining": max(at - points, 0)}
+    return level, next_level
+
+
 def load_badges(conn: Connection) -> dict[str, BadgeInfo]:
     result = conn.execute(sa.select(badges).order_by(badges.c.id))
     return {

@@ -3,6 +3,7 @@
 u-1 holds first_quiz, quiz_master bronze and recruiter (hidden, earned), is 37/50 towards silver,
 3/5 towards explorer and 2/30 towards secret_society (hidden, not earned: never shown). u-2 holds
 first_quiz and explorer, u-3 first_quiz; u-4 has only progress (a known user holding nothing).
+Two levels (Regular at 50 points, Expert at 100) are in the catalog; nobody has reached one.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ CATALOG: dict[str, Any] = {
         {"id": "secret_society", "name": "Secret Society", "description": "Shh.", "on": ["user_logged_in"],
          "hidden": True, "rule": {"streak": {"days": 30}}},
     ],
+    "levels": [{"id": "regular", "name": "Regular", "at": 50}, {"id": "expert", "name": "Expert", "at": 100}],
 }
 
 

@@ -73,6 +73,8 @@ class TestReadAPI:
         assert first["rarity"] == pytest.approx(3 / 4)
         assert body["badges"][1]["rarity"] == pytest.approx(1 / 4)
         assert body["points"] == 35
+        assert body["level"] is None
+        assert body["next_level"] == {"id": "regular", "name": "Regular", "at": 50, "remaining": 15}
         # Bronze is earned (no progress shown for it); secret_society is hidden and not earned: absent.
         assert body["progress"] == [
             {"badge_id": "explorer", "name": "Explorer", "tier": None, "progress": 3, "target": 5, "remaining": 2},
@@ -89,7 +91,9 @@ class TestReadAPI:
 
     def test_badge_list_has_holders_and_rarity_and_withholds_hidden_names(self, client: TestClient) -> None:
         badges = {b["badge_id"]: b for b in client.get("/v1/badges").json()}
-        assert set(badges) == {"first_quiz", "quiz_master", "explorer", "recruiter", "secret_society"}
+        assert set(badges) == {"first_quiz", "quiz_master", "explorer", "recruiter", "secret_society", "regular",
+                               "expert"}
+        assert (badges["regular"]["kind"], badges["first_quiz"]["kind"]) == ("level", "badge")
         assert (badges["first_quiz"]["holders"], badges["first_quiz"]["rarity"]) == (3, 0.75)
         assert badges["quiz_master"]["tiers"] == [
             {"tier": "bronze", "target": 10, "holders": 1, "rarity": 0.25},
