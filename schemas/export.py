@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from schemas.catalog import Catalog
 from schemas.events import EventEnvelope
-from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord
+from schemas.records import AwardRecord, DeadLetterRecord, NudgeRecord, ProgressRecord
 
 # Inputs are described as they are validated, outputs as they are serialised.
 WIRE_MODELS: dict[str, tuple[type[BaseModel], str]] = {
@@ -18,6 +18,7 @@ WIRE_MODELS: dict[str, tuple[type[BaseModel], str]] = {
     "catalog": (Catalog, "validation"),
     "award-record": (AwardRecord, "serialization"),
     "progress-record": (ProgressRecord, "serialization"),
+    "nudge-record": (NudgeRecord, "serialization"),
     "dead-letter-record": (DeadLetterRecord, "serialization"),
 }
 

@@ -169,6 +169,6 @@ def test_schema_export_writes_every_wire_model(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in tmp_path.glob("*.schema.json"))
     assert names == ["award-record.schema.json", "catalog.schema.json", "dead-letter-record.schema.json",
-                     "event-envelope.schema.json", "progress-record.schema.json"]
+                     "event-envelope.schema.json", "nudge-record.schema.json", "progress-record.schema.json"]
     envelope = json.loads((tmp_path / "event-envelope.schema.json").read_text())
     assert set(envelope["required"]) >= {"event_id", "type", "user_id", "occurred_at"}

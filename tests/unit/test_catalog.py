@@ -264,7 +264,7 @@ def test_json_schemas_export(tmp_path: Path) -> None:
     written = export_json_schemas(tmp_path)
     names = sorted(p.name for p in written)
     assert names == ["award-record.schema.json", "catalog.schema.json", "dead-letter-record.schema.json",
-                     "event-envelope.schema.json", "progress-record.schema.json"]
+                     "event-envelope.schema.json", "nudge-record.schema.json", "progress-record.schema.json"]
     envelope = json.loads((tmp_path / "event-envelope.schema.json").read_text())
     assert set(envelope["required"]) == {"event_id", "type", "user_id", "occurred_at"}
     assert envelope["additionalProperties"] is False
