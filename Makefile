@@ -51,9 +51,10 @@ test-long: setup ## the long reliability variants
 	$(BIN)/python -m pytest tests/reliability --long $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: venv ## ruff and mypy
+lint: venv ## ruff, mypy and vulture (dead code)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/vulture
 
 .PHONY: bench
 bench: setup ## all benchmarks (see bench/*/README.md)

@@ -95,9 +95,6 @@ class Engine:
             for rank, level in enumerate(catalog.levels, 1)
         )
 
-    def listens_to(self, event_type: str) -> bool:
-        return event_type in self._by_type
-
     # --- the one entry point ---------------------------------------------------------------------
 
     def evaluate(self, state: UserState | None, event: EventEnvelope, *, with_progress: bool = True) -> Evaluation:

@@ -282,9 +282,6 @@ class UserState:
             at = recent.find(digest, at + 1)
         return False
 
-    def has_seen(self, event_id: str) -> bool:
-        return self.seen(event_digest(event_id))
-
     @staticmethod
     def remember(recent: bytes, digest: bytes) -> bytes:
         """``recent`` with ``digest`` appended, the oldest dropped beyond :data:`RECENT_EVENT_IDS`."""
@@ -294,14 +291,6 @@ class UserState:
         return recent
 
     # --- reading -------------------------------------------------------------------------------
-
-    def held(self, badge_id: str) -> bool:
-        badge = self.badges.get(badge_id)
-        return badge is not None and badge.held
-
-    def held_badges(self) -> dict[str, tuple[str, ...] | int]:
-        """Badges the user holds: tier names for tiered badges, else the number of occurrences."""
-        return {bid: (b.tiers if b.tiers else b.granted) for bid, b in sorted(self.badges.items()) if b.held}
 
     # --- bytes ---------------------------------------------------------------------------------
 

@@ -491,9 +491,6 @@ class Catalog(_Model):
     def badges_by_id(self) -> dict[str, Badge]:
         return {badge.id: badge for badge in self.badges}
 
-    def badge(self, badge_id: str) -> Badge:
-        return self.badges_by_id[badge_id]
-
     @cached_property
     def levels_by_id(self) -> dict[str, Level]:
         return {level.id: level for level in self.levels}

@@ -180,16 +180,6 @@ def write_records(
     return WriteResult(award_result.awards_inserted, award_result.revocations_applied, progress_result.progress_written)
 
 
-def revoke_award(conn: Connection, award_id: str, *, at: datetime | None = None) -> bool:
-    """Mark one award revoked (never deleted); False when unknown or already revoked."""
-    result = conn.execute(
-        sa.update(user_badges)
-        .where(user_badges.c.award_id == award_id, user_badges.c.revoked_at.is_(None))
-        .values(revoked_at=at or datetime.now(UTC))
-    )
-    return result.rowcount == 1
-
-
 # --- the catalog ------------------------------------------------------------------------------
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:

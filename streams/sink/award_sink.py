@@ -284,7 +284,7 @@ class AwardSink:
     def __enter__(self) -> AwardSink:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, *_exc_info: object) -> None:
         self.close()
 
     @property

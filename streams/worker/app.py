@@ -244,7 +244,7 @@ def _quiet_worker_class() -> Any:
         sets the root logger to DEBUG at levels >= WARN, which makes aiokafka build a debug record for
         every message it sends and costs a large share of the worker's time."""
 
-        def _setup_spinner_handler(self, logger: Any, level: int) -> None:
+        def _setup_spinner_handler(self, _logger: Any, _level: int) -> None:
             self.spinner = None
 
     return ServiceWorker

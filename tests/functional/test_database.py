@@ -156,13 +156,6 @@ class TestDatabaseContract:
             (row,) = db.user_awards(conn, "u-1")
         assert row.revoked_at == T0 and row.event_id == "e-1"
 
-    def test_revoke_award(self, engine: Engine) -> None:
-        write(engine, [award()])
-        with engine.begin() as conn:
-            assert db.revoke_award(conn, award().award_id, at=T0) is True
-            assert db.revoke_award(conn, award().award_id) is False
-            assert db.revoke_award(conn, "unknown") is False
-
     def test_progress_never_moves_backwards(self, engine: Engine) -> None:
         write(engine, progress_records=[progress(value=10, at=T0)])
         assert write(engine, progress_records=[progress(value=5, at=T0 - timedelta(seconds=1))]).progress_written == 0

@@ -40,7 +40,7 @@ def test_demo_catalog_loads_with_every_rule_kind() -> None:
     kinds = {type(b.rule) for b in demo.badges}
     assert kinds == {CountRule, TiersRule, DistinctRule, SumRule, StreakRule, BadgesRule, EvaluatorRule}
     assert demo.event_types() == {"quiz_completed", "user_logged_in", "referral_signup"}
-    recruiter = demo.badge("recruiter")
+    recruiter = demo.badges_by_id["recruiter"]
     assert recruiter.repeatable and recruiter.hidden and recruiter.requires == ["first_quiz"]
 
 

@@ -9,7 +9,7 @@ import pytest
 from evaluators.base import Decision, EvaluatorView, evaluator
 from evaluators.engine import Engine
 from evaluators.registry import EvaluatorRegistry
-from evaluators.state import RECENT_EVENT_IDS, StateDecodeError, UserState
+from evaluators.state import RECENT_EVENT_IDS, StateDecodeError, UserState, event_digest
 from schemas.records import make_award_id
 from tests.unit.support import award_keys, awards_of, catalog, engine, event, run
 
@@ -40,7 +40,7 @@ def test_unmatched_event_changes_nothing() -> None:
     result = eng.evaluate(state, event("page_view"))
     assert (result.matched, result.duplicate, result.awards, result.progress) == (False, False, (), ())
     assert result.state is state
-    assert not result.state.has_seen("anything")
+    assert not result.state.seen(event_digest("anything"))
 
 
 def test_duplicate_event_id_changes_nothing() -> None:
