@@ -140,9 +140,8 @@ def _problems_among_valid_badges(
             if path[:2] == ("levels", index):
                 partial_lines[("levels", len(levels), *path[2:])] = line
         levels.append(level)
-    partial = Catalog.model_construct(catalog_version="?", events={}, badges=valid, levels=levels)
-    partial._lines = partial_lines
-    partial._source = source
+    partial = Catalog.of_valid_parts(valid, levels, source=source, lines=partial_lines)
+
     def ids(items: Any) -> set[str]:
         return {str(item["id"]) for item in (items if isinstance(items, list) else [])
                 if isinstance(item, dict) and "id" in item}
@@ -169,15 +168,13 @@ def parse_catalog(text: str, source: str = "<string>", registry: Container[str] 
     if not isinstance(raw, dict):
         raise CatalogError(f"{source}: a catalog is a mapping with catalog_version, events and badges")
     try:
-        catalog = Catalog.model_validate(raw)
+        catalog = Catalog.from_yaml(raw, source=source, lines=lines)
     except ValidationError as exc:
         problems = _validation_problems(exc, raw, lines, source)
         problems += _problems_among_valid_badges(raw, lines, source, registry)
         raise CatalogProblems(source, _by_line(problems)) from None
     except RecursionError:
         raise CatalogError(f"{source}: catalog nested too deeply") from None
-    catalog._lines = lines
-    catalog._source = source
     validate_catalog(catalog, registry)
     return catalog
 

@@ -108,6 +108,20 @@ class EventCheck(_Model):
 # --- rules -------------------------------------------------------------------------------------
 
 
+class _Rule(_Model):
+    """What every rule kind tells readers of the database (``badges.target`` and ``badges.tiers``)."""
+
+    @property
+    def target(self) -> float | None:
+        """The amount that completes the rule; None for kinds without one (tiers, custom evaluators)."""
+        return None
+
+    @property
+    def tier_targets(self) -> list[tuple[str, int]] | None:
+        """Each tier and its target, in the catalog's order; None for an untiered rule."""
+        return None
+
+
 def _check_field_path(value: str) -> str:
     if not _FIELD_PATH.match(value) or value.split(".", 1)[0] not in FIELD_ROOTS:
         raise ValueError(f"field {value!r} must be 'data.<name>[.<name>...]', 'type' or 'tz'")
@@ -116,14 +130,18 @@ def _check_field_path(value: str) -> str:
     return value
 
 
-class CountRule(_Model):
+class CountRule(_Rule):
     """Awarded when ``count`` qualifying events (distinct event ids) have been seen."""
 
     kind: Literal["count"] = "count"
     count: int = Field(ge=1, le=MAX_TARGET)
 
+    @property
+    def target(self) -> float:
+        return float(self.count)
 
-class TiersRule(_Model):
+
+class TiersRule(_Rule):
     """A count with named tiers, each awarded once when its own count is reached."""
 
     kind: Literal["tiers"] = "tiers"
@@ -140,13 +158,21 @@ class TiersRule(_Model):
         """Tiers by target (then by the catalog's order): the order in which a count reaches them."""
         return sorted(self.tiers.items(), key=lambda item: item[1])
 
+    @property
+    def tier_targets(self) -> list[tuple[str, int]]:
+        return list(self.tiers.items())
 
-class DistinctRule(_Model):
+
+class DistinctRule(_Rule):
     """Awarded when the field has taken ``count`` distinct values over qualifying events."""
 
     kind: Literal["distinct"] = "distinct"
     field: str
     count: int = Field(ge=1, le=MAX_DISTINCT)
+
+    @property
+    def target(self) -> float:
+        return float(self.count)
 
     @field_validator("field")
     @classmethod
@@ -154,7 +180,7 @@ class DistinctRule(_Model):
         return _check_field_path(value)
 
 
-class SumRule(_Model):
+class SumRule(_Rule):
     """Awarded when the field's (non-negative) values add up to ``at_least``."""
 
     kind: Literal["sum"] = "sum"
@@ -173,8 +199,12 @@ class SumRule(_Model):
             raise ValueError("at_least must be a number")
         return value
 
+    @property
+    def target(self) -> float:
+        return float(self.at_least)
 
-class StreakRule(_Model):
+
+class StreakRule(_Rule):
     """``days`` consecutive local calendar days, or ``weeks`` consecutive ISO weeks, each with a qualifying event.
 
     ``freezes``: how many inactive periods in total a streak may skip between its first and last
@@ -203,8 +233,12 @@ class StreakRule(_Model):
     def length(self) -> int:
         return self.days if self.days is not None else self.weeks or 0
 
+    @property
+    def target(self) -> float:
+        return float(self.length)
 
-class BadgesRule(_Model):
+
+class BadgesRule(_Rule):
     """A meta-badge: held all listed badges, or ``at_least`` of them."""
 
     kind: Literal["badges"] = "badges"
@@ -223,8 +257,12 @@ class BadgesRule(_Model):
     def needed(self) -> int:
         return self.at_least if self.at_least is not None else len(self.badges)
 
+    @property
+    def target(self) -> float:
+        return float(self.needed)
 
-class EvaluatorRule(_Model):
+
+class EvaluatorRule(_Rule):
     """A custom Python evaluator, registered under ``name``; ``params`` are handed to it as they are."""
 
     kind: Literal["evaluator"] = "evaluator"
@@ -466,6 +504,24 @@ class Catalog(_Model):
 
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
     _source: str = PrivateAttr(default="<catalog>")
+
+    @classmethod
+    def from_yaml(cls, raw: Mapping[str, Any], *, source: str, lines: Mapping[tuple[str | int, ...], int]) -> Catalog:
+        """Validate the YAML's data; ``lines`` maps each path in it to its line, for messages."""
+        return cls.model_validate(raw)._located(source, lines)
+
+    @classmethod
+    def of_valid_parts(cls, badges: list[Badge], levels: list[Level], *, source: str,
+                       lines: Mapping[tuple[str | int, ...], int]) -> Catalog:
+        """A catalog of the badges and levels that are valid on their own, unchecked as a whole: what
+        the loader looks for cross-badge problems in while other parts of the file are broken."""
+        return cls.model_construct(catalog_version="?", events={}, badges=badges, levels=levels)._located(source,
+                                                                                                         lines)
+
+    def _located(self, source: str, lines: Mapping[tuple[str | int, ...], int]) -> Catalog:
+        self._lines = dict(lines)
+        self._source = source
+        return self
 
     @field_validator("catalog_version", mode="before")
     @classmethod

@@ -30,7 +30,6 @@ from streams.db.tables import ID_LENGTH, NO_TIER, badges, metadata, user_badge_p
 from streams.db.writes import (
     WriteResult,
     catalog_rows,
-    catalog_version,
     latest_progress,
     upsert_awards,
     upsert_progress,
@@ -52,7 +51,6 @@ __all__ = [
     "award_evidence",
     "badges",
     "catalog_rows",
-    "catalog_version",
     "count_rows",
     "current_revision",
     "held_awards",

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from schemas.catalog import Badge, Catalog, Level
 from schemas.errors import ConfigurationError
 from schemas.records import AwardRecord, ProgressRecord, newest_progress
 from streams.db.tables import NO_TIER, badges, user_badge_progress, user_badges
@@ -182,133 +183,39 @@ def write_records(
 
 # --- the catalog ------------------------------------------------------------------------------
 
-def _field(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-ready copy of a pydantic model, mapping or scalar."""
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-def _rule_summary(rule: Any) -> tuple[str | None, float | None, list[dict[str, Any]] | None]:
-    """(kind, target, tiers) of a catalog rule, read defensively from a model or its plain form.
-
-    ``tiers`` keeps the catalog's order as ``[{"tier": name, "target": n}, ...]`` so readers can
-    show the next tier without knowing the rule kinds.
-    """
-    plain = _plain(rule)
-    if not isinstance(plain, Mapping):
-        return None, None, None
-    kind = plain.get("kind")
-    body: Any = plain
-    if kind is None:
-        # Shorthand shape {count: 1} / {tiers: {...}} / {streak: {days: 7}}: the one key is the kind.
-        keys = [k for k in plain if k not in {"kind"}]
-        if len(keys) == 1:
-            kind, body = keys[0], plain[keys[0]]
-    tiers_value = plain.get("tiers") if isinstance(plain, Mapping) else None
-    if tiers_value is None and isinstance(body, Mapping):
-        tiers_value = body.get("tiers")
-    tiers: list[dict[str, Any]] | None = None
-    if isinstance(tiers_value, Mapping):
-        tiers = [{"tier": str(name), "target": _number(target)} for name, target in tiers_value.items()]
-    elif isinstance(tiers_value, list):
-        tiers = [
-            {"tier": str(_field(t, "name", _field(t, "tier"))),
-             "target": _number(_field(t, "target", _field(t, "count")))}
-            for t in tiers_value
-        ]
-    target: float | None = None
-    if isinstance(body, int | float) and not isinstance(body, bool):
-        target = float(body)
-    elif isinstance(body, Mapping):
-        for name in ("target", "count", "at_least", "days", "weeks"):
-            if _number(body.get(name)) is not None:
-                target = _number(body.get(name))
-                break
-        if target is None and isinstance(body.get("badges"), list):
-            target = float(len(body["badges"]))
-    return (str(kind) if kind is not None else None), target, tiers
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def catalog_version(catalog: Any) -> str:
-    """The ``catalog_version`` of a loaded catalog or of its plain (YAML) form."""
-    return str(_field(catalog, "catalog_version", ""))
-
-
-def catalog_rows(catalog: Any, *, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Rows of the ``badges`` table for a loaded catalog (``schemas.catalog.Catalog`` or its plain form)."""
-    version = catalog_version(catalog)
+def catalog_rows(catalog: Catalog | Mapping[str, Any], *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Rows of the ``badges`` table: every badge, and every level (levels share the badge id space
+    and are awarded like badges, so their rows name them for readers). A plain mapping (the YAML's
+    data) is read into the catalog model first."""
+    if not isinstance(catalog, Catalog):
+        catalog = Catalog.model_validate(catalog)
     updated_at = now or datetime.now(UTC)
+
+    def row(item: Badge | Level, **fields: Any) -> dict[str, Any]:
+        return {"id": item.id, "name": item.display_name, "description": item.description, **fields,
+                "definition": item.model_dump(mode="json", by_alias=True, exclude_none=True),
+                "catalog_version": catalog.catalog_version, "updated_at": updated_at}
+
     rows = []
-    for badge in _field(catalog, "badges", []) or []:
-        badge_id = str(_field(badge, "id"))
-        kind, target, tiers = _rule_summary(_field(badge, "rule"))
-        trigger_events = _field(badge, "on", None)
-        if trigger_events is None:
-            trigger_events = _field(badge, "on_", None) or _field(badge, "trigger_events", None) or []
-        definition = _plain(badge)
-        rows.append(
-            {
-                "id": badge_id,
-                "name": str(_field(badge, "name", None) or badge_id),
-                "description": str(_field(badge, "description", None) or ""),
-                "trigger_events": [str(e) for e in trigger_events],
-                "rule_kind": kind,
-                "target": target,
-                "tiers": tiers,
-                "hidden": bool(_field(badge, "hidden", False)),
-                "repeatable": bool(_field(badge, "repeatable", False)),
-                "definition": definition if isinstance(definition, Mapping) else {"id": badge_id},
-                "catalog_version": version,
-                "updated_at": updated_at,
-            }
-        )
-    # Levels share the badge id space and are awarded like badges: their rows name them for readers.
-    for level in _field(catalog, "levels", []) or []:
-        level_id = str(_field(level, "id"))
-        definition = _plain(level)
-        rows.append(
-            {
-                "id": level_id,
-                "name": str(_field(level, "name", None) or level_id),
-                "description": str(_field(level, "description", None) or ""),
-                "trigger_events": [],
-                "rule_kind": "level",
-                "target": _number(_field(level, "at")),
-                "tiers": None,
-                "hidden": False,
-                "repeatable": False,
-                "definition": definition if isinstance(definition, Mapping) else {"id": level_id},
-                "catalog_version": version,
-                "updated_at": updated_at,
-            }
-        )
+    for badge in catalog.badges:
+        rule = badge.rule
+        tiers = rule.tier_targets
+        rows.append(row(badge, trigger_events=list(badge.on), rule_kind=rule.kind, target=rule.target,
+                        tiers=None if tiers is None else [{"tier": name, "target": float(target)}
+                                                          for name, target in tiers],
+                        hidden=badge.hidden, repeatable=badge.repeatable))
+    for level in catalog.levels:
+        rows.append(row(level, trigger_events=[], rule_kind="level", target=float(level.at), tiers=None,
+                        hidden=False, repeatable=False))
     return rows
 
 
-def write_catalog(engine: Engine | Connection, catalog: Any) -> int:
-    """Upsert every badge of ``catalog`` into ``badges`` by id, recording ``catalog_version``; returns the count.
+def write_catalog(engine: Engine | Connection, catalog: Catalog | Mapping[str, Any]) -> int:
+    """Upsert every badge and level of ``catalog`` into ``badges`` by id, recording ``catalog_version``;
+    returns the count.
 
     Badges no longer in the catalog keep their row (and their old ``catalog_version``) because
-    awards still refer to them. Called by the sink and the worker at start-up.
+    awards still refer to them. Called by the sink at start-up (the worker does not touch the database).
     """
     rows = catalog_rows(catalog)
     if not rows:

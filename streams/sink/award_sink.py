@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from schemas.catalog import Catalog, load_catalog
 from schemas.errors import DeadLetterCode, SinkError, SinkStopped
 from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord, make_award_id
 from streams import db
@@ -195,7 +196,7 @@ class AwardSink:
         self,
         settings: Settings,
         *,
-        catalog: Any | None = None,
+        catalog: Catalog | None = None,
         write_catalog: bool = True,
         engine: Engine | None = None,
         backoff: Backoff | None = None,
@@ -227,7 +228,7 @@ class AwardSink:
         if self._write_catalog:
             catalog = self._catalog if self._catalog is not None else self._load_catalog()
             count = self._retry_database("write the catalog", lambda: db.write_catalog(self.engine, catalog))
-            log.info("catalog %s: %d badges written to %s", db.catalog_version(catalog), count, self._url)
+            log.info("catalog %s: %d badges written to %s", catalog.catalog_version, count, self._url)
         self._ensure_topics()
         self._producer = Producer(client_config(self.settings, **{"acks": "all", "enable.idempotence": True,
                                                                   "linger.ms": 5}))
@@ -263,9 +264,7 @@ class AwardSink:
                                       TopicSpec(self.settings.progress_topic, n, OUTPUT_TOPIC_CONFIG),
                                       TopicSpec(self.settings.sink_dlq_topic, n, INPUT_TOPIC_CONFIG)])
 
-    def _load_catalog(self) -> Any:
-        from schemas.catalog import load_catalog
-
+    def _load_catalog(self) -> Catalog:
         return load_catalog(self.settings.catalog_path)
 
     def stop(self) -> None:
