@@ -292,6 +292,10 @@ class UserState:
 
     # --- reading -------------------------------------------------------------------------------
 
+    def held(self, badge_id: str) -> bool:
+        badge = self.badges.get(badge_id)
+        return badge is not None and badge.held
+
     # --- bytes ---------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:

@@ -122,3 +122,13 @@ class Settings(BaseSettings):
     @property
     def database_url_masked(self) -> str:
         return mask_url(self.database_url_value)
+
+
+def settings_for(args: Any, **overrides: Any) -> Settings:
+    """Settings from the environment, with the command line's ``--catalog`` and ``--database-url``
+    (where the command has them, see ``streams.cli.options``) and ``overrides`` on top."""
+    if getattr(args, "catalog", None):
+        overrides.setdefault("catalog_path", Path(args.catalog))
+    if getattr(args, "database_url", None):
+        overrides.setdefault("database_url", args.database_url)
+    return Settings(**overrides)

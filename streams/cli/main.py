@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from schemas.errors import BadgestreamError
+from streams.cli import options
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -46,13 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- stream processing ---------------------------------------------------------------
     worker = sub.add_parser("worker", help="run the Faust worker: events in, awards out")
-    worker.add_argument("--catalog", default=None, help="badge catalog YAML (default: BADGESTREAM_CATALOG_PATH)")
+    options.catalog(worker)
     worker.add_argument("-l", "--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"])
     worker.set_defaults(func=_lazy("streams.worker.app:worker_command"))
 
     replay = sub.add_parser("replay", help="recompute awards from the input topics and diff against the database")
-    replay.add_argument("--catalog", default=None, help="catalog to replay with (default: BADGESTREAM_CATALOG_PATH)")
-    replay.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
+    options.catalog(replay)
+    options.database_url(replay)
     replay.add_argument("--apply", action="store_true", help="write the missing awards (flagged backfill)")
     replay.add_argument("--revoke", action="store_true", help="revoke awards that no longer qualify")
     replay.add_argument("--json", action="store_true", help="print the whole diff as JSON")
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=_lazy("streams.sdk.producer:schema_command"))
 
     up = sub.add_parser("up", help="the whole stack locally: broker, worker, sink, demo events, awards shown")
-    up.add_argument("--catalog", default=None, help="catalog YAML (default: the demo catalog)")
+    options.catalog(up, default="the demo catalog")
     up.add_argument("--events", default=None, help="JSON-lines events to stream (default: the demo events)")
     up.add_argument("--state-dir", default="var", help="where broker, worker state, database and logs live")
     up.add_argument("--show-users", type=int, default=3, help="how many users' badges to print")
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- offline: the pure engine over files ----------------------------------------------
     evaluate = sub.add_parser("evaluate", help="run the badge engine over a JSON-lines file of events, offline")
-    evaluate.add_argument("--catalog", required=True, help="badge catalog YAML")
+    options.catalog(evaluate, required=True)
     evaluate.add_argument("events", help="JSON-lines file of events ('-' for stdin)")
     evaluate.add_argument("--nudges", action="store_true", help="print the nudges too (badge-nudges records)")
     evaluate.set_defaults(func=_lazy("streams.cli.offline:evaluate_command"))
@@ -113,32 +114,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- award sink and database ----------------------------------------------------------
     sink = sub.add_parser("sink", help="write awards and progress from Kafka into the database")
-    sink.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
+    options.database_url(sink)
     sink.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (default: run)")
     sink.set_defaults(func=_lazy("streams.sink.award_sink:run_sink"))
 
     db = sub.add_parser("db", help="database schema: migrate with Alembic")
     db.add_argument("action", choices=["upgrade"], help="upgrade: bring the schema to the latest migration")
-    db.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
+    options.database_url(db)
     db.set_defaults(func=_lazy("streams.cli.user_report:db_command"))
 
     user = sub.add_parser("user", help="a user's badges and progress, from the database")
     user.add_argument("user_id")
     user.add_argument("--json", action="store_true", help="machine-readable output")
-    user.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
+    options.database_url(user)
     user.set_defaults(func=_lazy("streams.cli.user_report:user_command"))
 
     leaderboard = sub.add_parser("leaderboard", help="users by number of badges held")
     leaderboard.add_argument("--limit", type=int, default=10)
     leaderboard.add_argument("--json", action="store_true", help="machine-readable output")
-    leaderboard.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
+    options.database_url(leaderboard)
     leaderboard.set_defaults(func=_lazy("streams.cli.user_report:leaderboard_command"))
 
     api = sub.add_parser("api", help="the read API and profile pages over the award database (HTTP)")
     api.add_argument("--host", default=None, help="bind address (default: BADGESTREAM_API_HOST, 127.0.0.1)")
     api.add_argument("--port", type=int, default=None, help="port (default: BADGESTREAM_API_PORT, 8000)")
     api.add_argument("--workers", type=int, default=None, help="uvicorn processes (default: BADGESTREAM_API_WORKERS)")
-    api.add_argument("--database-url", default=None, help="default: BADGESTREAM_DATABASE_URL")
+    options.database_url(api)
     api.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     api.add_argument("--access-log", action="store_true", help="log every request")
     api.set_defaults(func=_lazy("streams.api.serve:api_command"))

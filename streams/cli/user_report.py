@@ -18,11 +18,12 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from streams import db
-from streams.settings import Settings, mask_url
+from streams.console import table
+from streams.settings import mask_url, settings_for
 
 
 def _database_url(args: argparse.Namespace) -> str:
-    return getattr(args, "database_url", None) or Settings().database_url_value
+    return settings_for(args).database_url_value
 
 
 def _number(value: float) -> str:
@@ -81,10 +82,6 @@ def build_report(conn: Connection, user_id: str) -> dict[str, Any]:
     }
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-            for row in [header, *rows]]
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -115,7 +112,7 @@ def render_text(report: dict[str, Any]) -> str:
             rows.append([name, badge["tier"] or "-", *points, badge["awarded_at"][:19].replace("T", " "),
                          badge["event_id"], ", ".join(notes)])
         header = ["BADGE", "TIER", *(["POINTS"] if with_points else []), "AWARDED (UTC)", "EVENT", "NOTE"]
-        lines += ["", *_table(header, rows)]
+        lines += ["", table(header, rows)]
     else:
         lines += ["", "No badges yet."]
     if report["progress"]:
@@ -162,7 +159,7 @@ def render_leaderboard(ranking: list[tuple[str, int]]) -> str:
     if not ranking:
         return "No badges awarded yet."
     rows = [[str(rank), user_id, str(count)] for rank, (user_id, count) in enumerate(ranking, start=1)]
-    return "\n".join(_table(["RANK", "USER", "BADGES"], rows))
+    return table(["RANK", "USER", "BADGES"], rows)
 
 
 def db_command(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from streams.console import Progress
+from streams.console import progress
 
 TIME_ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney", "America/Sao_Paulo",
               "Asia/Kolkata")
@@ -85,15 +85,14 @@ def simulate_command(args: argparse.Namespace) -> int:
     """``badgestream simulate``: write the stream to a file, or send it to the input topic."""
     start = datetime.fromisoformat(args.start).replace(tzinfo=UTC) if args.start else DEFAULT_START
     stream = simulate_events(args.users, args.events, seed=args.seed, start=start)
-    progress = Progress(args.events, "simulate")
     if args.output:
         out_path = Path(args.output)
-        with out_path.open("wb") as out:
+        with out_path.open("wb") as out, progress(args.events, "simulate") as update:
             for n, event in enumerate(stream, 1):
                 out.write(orjson.dumps(event) + b"\n")
                 if n % 1000 == 0:
-                    progress.update(n)
-            progress.update(args.events)
+                    update(n)
+            update(args.events)
         print(f"wrote {args.events} events for {args.users} users to {out_path}", file=sys.stderr)
         return 0
     from schemas.events import parse_event
@@ -102,7 +101,7 @@ def simulate_command(args: argparse.Namespace) -> int:
 
     interval = 1.0 / args.rate if args.rate else 0.0
     began = time.monotonic()
-    with BadgeEvents(Settings()) as producer:
+    with BadgeEvents(Settings()) as producer, progress(args.events, "simulate") as update:
         for n, event in enumerate(stream, 1):
             producer.send(parse_event(orjson.dumps(event)))
             if interval:
@@ -110,8 +109,8 @@ def simulate_command(args: argparse.Namespace) -> int:
                 if delay > 0:
                     time.sleep(delay)
             if n % 1000 == 0:
-                progress.update(n)
-        progress.update(args.events)
+                update(n)
+        update(args.events)
         producer.flush()
     print(f"sent {args.events} events for {args.users} users to {producer.topic}", file=sys.stderr)
     return 0

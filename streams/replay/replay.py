@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,9 +37,9 @@ from schemas.catalog import Catalog, load_catalog
 from schemas.errors import DeliveryError, InvalidEventError, TopicNotFoundError
 from schemas.records import AwardRecord
 from streams import db
-from streams.console import Progress
+from streams.console import progress
 from streams.kafka import client_config, produce
-from streams.settings import Settings
+from streams.settings import Settings, settings_for
 
 NATURAL_KEY = ("user_id", "badge_id", "tier", "occurrence")
 
@@ -106,26 +105,23 @@ def read_input(settings: Settings, show_progress: bool = True) -> Iterable[bytes
         remaining = {(tp.topic, tp.partition): high for tp, low, high in spans if high > low}
         consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp, low, high in spans
                          if high > low])
-        progress = Progress(total, "replay") if show_progress else None
-        done = 0
-        while remaining:
-            for message in consumer.consume(5000, timeout=1.0):
-                if message.error() is not None:
-                    continue
-                key = (str(message.topic()), int(message.partition() or 0))
-                offset = int(message.offset() or 0)
-                end = remaining.get(key)
-                if end is None or offset >= end:
-                    continue  # written after the replay started: not part of this replay
-                done += 1
-                value = message.value()
-                yield value if value is not None else b""
-                if offset >= end - 1:
-                    del remaining[key]
-            if progress is not None:
-                progress.update(done)
-        if progress is not None:
-            progress.update(total)
+        with progress(total, "replay", enabled=show_progress) as update:
+            done = 0
+            while remaining:
+                for message in consumer.consume(5000, timeout=1.0):
+                    if message.error() is not None:
+                        continue
+                    key = (str(message.topic()), int(message.partition() or 0))
+                    offset = int(message.offset() or 0)
+                    end = remaining.get(key)
+                    if end is None or offset >= end:
+                        continue  # written after the replay started: not part of this replay
+                    done += 1
+                    value = message.value()
+                    yield value if value is not None else b""
+                    if offset >= end - 1:
+                        del remaining[key]
+                update(done)
     finally:
         consumer.close()
 
@@ -319,12 +315,7 @@ def render(found: ReplayDiff, result: ReplayResult, show: int) -> str:
 
 
 def replay_command(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {}
-    if args.catalog:
-        overrides["catalog_path"] = Path(args.catalog)
-    if args.database_url:
-        overrides["database_url"] = args.database_url
-    settings = Settings(**overrides)
+    settings = settings_for(args)
     catalog = load_catalog(settings.catalog_path)
     print(f"replaying {', '.join(settings.input_topics)} with catalog {catalog.catalog_version}", file=sys.stderr)
     result = replay(settings, catalog, show_progress=not args.quiet)

@@ -34,7 +34,7 @@ from schemas.errors import DeadLetterCode, SinkError, SinkStopped
 from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord, make_award_id
 from streams import db
 from streams.kafka import client_config, produce
-from streams.settings import Settings
+from streams.settings import Settings, settings_for
 
 if TYPE_CHECKING:
     import argparse
@@ -518,10 +518,7 @@ class AwardSink:
 
 def run_sink(args: argparse.Namespace) -> int:
     """``badgestream sink``: run until SIGTERM/SIGINT, then finish the current batch, commit and close."""
-    overrides: dict[str, Any] = {}
-    if getattr(args, "database_url", None):
-        overrides["database_url"] = args.database_url
-    settings = Settings(**overrides)
+    settings = settings_for(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sink = AwardSink(settings)
 

@@ -31,7 +31,7 @@ from streams.kafka import (
     repartition_topic_name,
     required_topics,
 )
-from streams.settings import Settings
+from streams.settings import Settings, settings_for
 from streams.worker import consumer as safe_consumer
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.output import OutputProducer
@@ -252,10 +252,7 @@ def _quiet_worker_class() -> Any:
 
 def worker_command(args: Any) -> int:
     """``badgestream worker``: validate the catalog, create topics, run the Faust worker until stopped."""
-    overrides: dict[str, Any] = {}
-    if getattr(args, "catalog", None):
-        overrides["catalog_path"] = args.catalog
-    settings = Settings(**overrides)
+    settings = settings_for(args)
     catalog = load_catalog(settings.catalog_path)  # refuses start-up on a bad catalog, naming the line
     log.info("catalog %s: %d badges", catalog.catalog_version, len(catalog.badges))
     counts = ensure_topics(settings, required_topics(settings))
