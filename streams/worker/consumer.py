@@ -1,44 +1,11 @@
 """A Faust consumer that never commits an input offset past an event nobody evaluated.
 
-faust-streaming 0.15.3 can lose input events around a restart or rebalance. We reproduced it with
-``kill -9`` (tests/reliability/test_worker_crash.py), and the worker log showed the whole chain:
-
-1. After table recovery, Faust resumes the input partitions *before* it seeks them to their
-   committed offsets (``Recovery.on_recovery_completed``). The aiokafka fetcher runs in its own
-   thread and can hand over a batch that was read before the seek.
-2. Faust's fetch loop (``Consumer._drain_messages``) keeps delivering that batch after the seek,
-   and a message whose delivery is cut short by a flow stop is dropped but still counted as read.
-3. The next message then sits further on than the read offset that the seek reset. Faust treats
-   the difference as a "gap" (meant for compacted or transactional topics) and marks the whole
-   range as acknowledged, without processing it.
-4. ``_new_offset`` also commits over one unacknowledged message at the head (faust #606). The
-   next commit therefore moves past the skipped events, and nothing reads them again.
-
-The loss runs to hundreds of events per crash. Faust's issue tracker has the parts of it: #596
-(the recovery race), #606/#707 (the head off-by-one), #216/#217 (the same race in the path
-without tables).
-
-:class:`SafeConsumer` keeps Faust's design and closes each step:
-
-- **No silent jumps.** For every input partition it tracks the next offset it expects. A record
-  further on means records were skipped; the consumer then seeks the partition back to the
-  expected offset and discards the rest of the batch for it. Only if the same jump comes again
-  from that position is it a real gap, such as transaction markers, and only then is it bridged.
-- **A delivery cut short is not a read.** If the flow stops before a message reaches its
-  stream, the consumer does not advance its read position past it.
-- **Nothing before the seek.** Input records reach the streams only after the seek that ends
-  table recovery. Records fetched before it were dropped by Faust's stream (and acknowledged), or
-  evaluated against state that was still being restored. Partitions without a committed offset,
-  which Faust does not seek at all, are sought to where reading starts (the earliest offset).
-- **The head must be acknowledged.** It commits only a run of acknowledged offsets that starts
-  exactly at the committed offset.
-- **No acknowledgement from a stale generation.** An acknowledgement made while the flow is
-  stopped, or for a message of an earlier generation, is not counted. Faust acks the messages it
-  skips in a rebalance as if they were processed. These messages are read again after the seek
-  anyway.
-
-Every one of these can only make the worker read an event again. Re-reading is what the design
-absorbs: event-id dedupe, the outbox and deterministic award ids.
+faust-streaming 0.15.3 can skip input records around a restart or rebalance and commit past them
+(the chain and its fix: docs/decisions/0001-safe-consumer.md). :class:`SafeConsumer` keeps Faust's
+design; what to do with each record and which offset may be committed is decided by the pure
+:class:`streams.worker.read_policy.ReadPolicy`, and this subclass only translates Faust's calls.
+Its own attributes start with ``_bs_`` so they are not mistaken for Faust's. Every safeguard can
+only make the worker read an event again, which event-id dedupe and the outbox absorb.
 """
 
 from __future__ import annotations
@@ -52,73 +19,53 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
 from faust.types.tuples import ack_lock
-from faust.utils.functional import consecutive_numbers
 from mode.utils.futures import notify
+
+from streams.worker.read_policy import Action, ReadPolicy
 
 log = logging.getLogger("badgestream.consumer")
 
 
 class SafeConsumer(AIOKafkaConsumer):
-    """The aiokafka consumer of Faust with the safeguards described in this module."""
+    """The aiokafka consumer of Faust, with :class:`ReadPolicy` deciding what it reads and commits."""
 
     #: Called with the topic partition whenever a jump was refused and the partition re-read.
-    on_rewind: Callable[[TP], None] | None = None
+    _bs_on_rewind: Callable[[TP], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Input partitions: the offset of the next record we accept. Missing or None: not known
-        #: yet (no committed offset), the first record sets it.
-        self._expected: dict[TP, int | None] = {}
-        #: Input partitions we sought back to an offset, and that offset: a second jump from it
-        #: is a real gap.
-        self._rewound_to: dict[TP, int] = {}
-        #: Input partitions without a committed offset: the first offset read since assignment,
-        #: where the first commit must start.
-        self._origin: dict[TP, int] = {}
+        self._bs_policy: ReadPolicy[TP] = ReadPolicy()
         #: Changes at the start and at the end of every seek: a delivery that overlapped a seek
         #: does not move the position (the seek set it).
-        self._seek_epoch = 0
-        #: Input records are handed over only between a seek and the next rebalance. Before the
-        #: seek that ends table recovery, Faust's stream drops what it gets (and acks it) or, worse,
-        #: evaluates it against state still being restored.
-        self._input_ready = False
-        #: Input partitions whose records arrived before the seek and were set aside.
-        self._set_aside: set[TP] = set()
-        self.rewinds = 0
+        self._bs_seek_epoch = 0
 
     # --- positions ------------------------------------------------------------------------
 
     async def perform_seek(self) -> None:
-        self._input_ready = False
-        self._seek_epoch += 1
+        policy = self._bs_policy
+        policy.seeking()
+        self._bs_seek_epoch += 1
         try:
             await super().perform_seek()
             sought = dict(self._read_offset)  # seek_wait below drops entries sought to offset 0
-            starts = await self._seek_uncommitted()
+            starts = await self._bs_seek_uncommitted()
             for tp, offset in sought.items():
                 if self._is_changelog_tp(tp):
                     continue
-                if offset is None:
-                    offset = starts.get(tp)
-                    if offset is None:
-                        continue
-                    self._origin[tp] = offset
-                self._expected[tp] = offset
-                self._rewound_to.pop(tp, None)
+                if offset is not None:
+                    policy.sought(tp, offset)
+                elif (start := starts.get(tp)) is not None:
+                    policy.sought(tp, start, first_read=True)
             log.info("input partitions sought to: %s", ", ".join(
                 f"{tp.topic}[{tp.partition}]={offset}{'' if tp not in starts else ' (no commit yet)'}"
-                for tp, offset in sorted(self._expected.items())) or "none")
-            self._input_ready = True
-            # What the fetcher handed over between the seeks above and now was set aside, and the
-            # fetcher has moved past it: seek those partitions once more to what we expect.
-            again = {tp: offset for tp in self._set_aside if (offset := self._expected.get(tp)) is not None}
-            self._set_aside.clear()
+                for tp, offset in sorted(policy.expected.items())) or "none")
+            again = policy.resume()
             if again:
                 await self._thread.seek_wait(again)
         finally:
-            self._seek_epoch += 1
+            self._bs_seek_epoch += 1
 
-    async def _seek_uncommitted(self) -> dict[TP, int]:
+    async def _bs_seek_uncommitted(self) -> dict[TP, int]:
         """Seek the input partitions without a committed offset to where reading starts.
 
         Faust does not seek them at all, so they stay wherever the fetcher took them, possibly past
@@ -137,33 +84,26 @@ class SafeConsumer(AIOKafkaConsumer):
         return starts
 
     async def seek(self, partition: TP, offset: int) -> None:
-        self._seek_epoch += 1
+        self._bs_seek_epoch += 1
         try:
             await super().seek(partition, offset)
             if not self._is_changelog_tp(partition):
-                self._expected[partition] = offset
-                self._rewound_to.pop(partition, None)
+                self._bs_policy.sought(partition, offset)
         finally:
-            self._seek_epoch += 1
+            self._bs_seek_epoch += 1
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        self._input_ready = False  # a rebalance: nothing is read until the seek that follows it
-        for tp in revoked:
-            self._expected.pop(tp, None)
-            self._rewound_to.pop(tp, None)
-            self._origin.pop(tp, None)
+        self._bs_policy.revoked(revoked)
         await super().on_partitions_revoked(revoked)
 
-    async def _rewind(self, tp: TP, offset: int, seen: int) -> None:
-        self.rewinds += 1
+    async def _bs_rewind(self, tp: TP, offset: int, seen: int) -> None:
         log.warning("input %s[%s]: got offset %s while %s was expected; reading again from %s "
                     "instead of skipping %s record(s)", tp.topic, tp.partition, seen, offset, offset, seen - offset)
-        self._rewound_to[tp] = offset
+        self._bs_policy.rewound(tp, offset)
         await self._thread.seek_wait({tp: offset})
         self._read_offset[tp] = offset
-        self._expected[tp] = offset
-        if self.on_rewind is not None:
-            self.on_rewind(tp)
+        if self._bs_on_rewind is not None:
+            self._bs_on_rewind(tp)
 
     # --- the fetch loop ---------------------------------------------------------------------
 
@@ -176,7 +116,7 @@ class SafeConsumer(AIOKafkaConsumer):
         set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
         acks_enabled_for = self.app.topics.acks_enabled_for
         is_changelog = self._is_changelog_tp
-        expected = self._expected
+        policy = self._bs_policy
         read_offset = self._read_offset
         yield_every, since_yield = 100, 0
         try:
@@ -196,21 +136,21 @@ class SafeConsumer(AIOKafkaConsumer):
                         continue
                     offset = message.offset
                     if is_changelog(tp):
-                        if not await self._deliver_changelog(tp, message, callback, acks_enabled_for):
+                        if not await self._bs_deliver_changelog(tp, message, callback, acks_enabled_for):
                             abandoned.add(tp)
                         continue
-                    if not self._input_ready:
+                    decision = policy.decide(tp, offset)
+                    if decision.action is Action.HOLD:
                         abandoned.add(tp)  # read again after the seek that comes next
-                        self._set_aside.add(tp)
                         continue
-                    want = expected.get(tp)
-                    if want is not None and offset < want:
-                        continue  # delivered before (a re-read after a seek): already on its way
-                    if want is not None and offset > want:
-                        if self._rewound_to.get(tp) != want:
-                            await self._rewind(tp, want, offset)
-                            abandoned.add(tp)
-                            continue
+                    if decision.action is Action.SKIP:
+                        continue
+                    want = decision.expected
+                    if decision.action is Action.REWIND and want is not None:
+                        await self._bs_rewind(tp, want, offset)
+                        abandoned.add(tp)
+                        continue
+                    if decision.action is Action.BRIDGE and want is not None:
                         # The same jump from the offset we sought back to: records really are
                         # missing there (transaction markers, compaction). Faust's gap bookkeeping
                         # lets the commit pass over them.
@@ -218,25 +158,21 @@ class SafeConsumer(AIOKafkaConsumer):
                                  tp.topic, tp.partition, want, offset - 1, offset)
                         if acks_enabled_for(message.topic):
                             await self._add_gap(tp, want, offset - 1)
-                    if self._n_acked_due():
+                    if self._bs_n_acked_due():
                         await self.commit()
-                    if want is None:
-                        self._origin.setdefault(tp, offset)
-                    epoch = self._seek_epoch
-                    delivered = await self._delivered(callback, message)
-                    if self._seek_epoch != epoch:
+                    epoch = self._bs_seek_epoch
+                    delivered = await self._bs_delivered(callback, message)
+                    if self._bs_seek_epoch != epoch:
                         # A seek ran meanwhile and set the position; the stream may skip this
                         # message (Faust drops what arrives before the flow resumes), and the next
                         # record shows whether we must read again.
                         continue
                     if not delivered:
-                        # The flow stopped before the message reached its stream: it was not read.
                         # (A seek follows; if not, the next record is a jump and we come back.)
-                        expected[tp] = offset
+                        policy.cut_short(tp, offset)
                         abandoned.add(tp)
                         continue
-                    self._rewound_to.pop(tp, None)
-                    expected[tp] = offset + 1
+                    policy.delivered(tp, offset)
                     read_offset[tp] = offset
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
@@ -255,20 +191,20 @@ class SafeConsumer(AIOKafkaConsumer):
         finally:
             unset_flag(CONSUMER_FETCHING)
 
-    def _n_acked_due(self) -> bool:
+    def _bs_n_acked_due(self) -> bool:
         commit_every = self._commit_every
         if commit_every is not None and self._n_acked >= commit_every:
             self._n_acked = 0
             return True
         return False
 
-    async def _delivered(self, callback: Any, message: Message) -> bool:
+    async def _bs_delivered(self, callback: Any, message: Message) -> bool:
         """Hand ``message`` to the conductor; False if the flow stopped first."""
         delivery = callback(message)
         result = await self.wait_first(delivery, self.suspend_flow.wait())
         return delivery in result.done
 
-    async def _deliver_changelog(self, tp: TP, message: Message, callback: Any,
+    async def _bs_deliver_changelog(self, tp: TP, message: Message, callback: Any,
                                  acks_enabled_for: Callable[[str], bool]) -> bool:
         """Changelog records (table recovery) keep Faust's own handling of read offsets."""
         offset = message.offset
@@ -277,7 +213,7 @@ class SafeConsumer(AIOKafkaConsumer):
             return True
         if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
             await self._add_gap(tp, r_offset + 1, offset)
-        if not await self._delivered(callback, message):
+        if not await self._bs_delivered(callback, message):
             return False
         self._read_offset[tp] = offset
         return True
@@ -287,8 +223,8 @@ class SafeConsumer(AIOKafkaConsumer):
     def ack(self, message: Message) -> bool:
         if message.acked or self._is_changelog_tp(message.tp):
             return super().ack(message)
-        if (message.generation_id != self.app.consumer_generation_id
-                or not self.app.flow_control.is_active()):
+        if not ReadPolicy.ack_counts(message.generation_id, self.app.consumer_generation_id,
+                                     self.app.flow_control.is_active()):
             # Skipped by Faust in a rebalance (or finished while the flow was stopped): it will be
             # read again after the seek, so it must not count towards a commit.
             with ack_lock:
@@ -302,9 +238,7 @@ class SafeConsumer(AIOKafkaConsumer):
         if self._is_changelog_tp(tp):
             await super()._add_gap(tp, offset_from, offset_to)
             return
-        committed = self._committed_offset[tp]
-        if committed is not None:
-            offset_from = max(offset_from, committed)  # committed: the next offset to read
+        offset_from = ReadPolicy.gap_start(offset_from, self._committed_offset[tp])
         if offset_from <= offset_to:
             gaps = self._gap[tp]
             gaps.addi(offset_from, offset_to + 1)
@@ -326,12 +260,11 @@ class SafeConsumer(AIOKafkaConsumer):
                 index.update(missing)
             gaps.chop(0, top + 1)
         acked.sort()
-        committed = self._committed_offset[tp]
-        head = committed if committed is not None else self._origin.get(tp)
-        if head is not None and acked[0] > head:
-            return None  # the record at the head is still on its way
-        batch = next(consecutive_numbers(acked))
-        acked[: len(batch)] = []
+        count = self._bs_policy.committable(acked, self._bs_policy.commit_head(tp, self._committed_offset[tp]))
+        if not count:
+            return None
+        batch = acked[:count]
+        acked[:count] = []
         self._acked_index[tp].difference_update(batch)
         return int(batch[-1]) + 1
 
@@ -343,5 +276,5 @@ def install(app: Any, on_rewind: Callable[[TP], None] | None = None) -> None:
         pass
 
     if on_rewind is not None:
-        BadgestreamConsumer.on_rewind = staticmethod(on_rewind)
+        BadgestreamConsumer._bs_on_rewind = staticmethod(on_rewind)
     app.transport.Consumer = BadgestreamConsumer

@@ -1,4 +1,6 @@
-"""The commit arithmetic of streams/worker/consumer.py: never past an offset that was not acknowledged.
+"""The safe consumer: its read policy with literal offsets, the commit arithmetic (never past an
+offset that was not acknowledged), its fetch loop over scripted batches, and a guard that fails
+when the Faust/aiokafka code it overrides or copies changes upstream.
 
 Faust's own ``_new_offset`` is the reference for what goes wrong (faust #606): with the committed
 offset at N and N+1.. acknowledged, it commits past N although N was never processed.
@@ -17,6 +19,7 @@ from faust.types import TP
 from intervaltree import IntervalTree
 
 from streams.worker.consumer import SafeConsumer
+from streams.worker.read_policy import Action, Decision, ReadPolicy
 
 INPUT = TP("user-events", 0)
 CHANGELOG = TP("app-user-state-changelog", 0)
@@ -29,7 +32,7 @@ def bare(cls: type[Any], committed: int | None, acked: list[int]) -> Any:
     consumer._acked_index = defaultdict(set)
     consumer._gap = defaultdict(IntervalTree)
     consumer._committed_offset = defaultdict(lambda: None)
-    consumer._origin = {}
+    consumer._bs_policy = ReadPolicy()
     consumer.app = SimpleNamespace(tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}))
     for tp in (INPUT, CHANGELOG):
         consumer._committed_offset[tp] = committed
@@ -55,9 +58,9 @@ def test_a_run_from_the_committed_offset_is_committed_up_to_its_first_hole() -> 
 
 def test_without_a_committed_offset_the_first_read_offset_is_the_head() -> None:
     consumer = bare(SafeConsumer, None, [3, 4, 5])
-    consumer._origin[INPUT] = 2
+    consumer._bs_policy.origin[INPUT] = 2
     assert consumer._new_offset(INPUT) is None
-    consumer._origin[INPUT] = 3
+    consumer._bs_policy.origin[INPUT] = 3
     assert consumer._new_offset(INPUT) == 6
 
 
@@ -88,18 +91,15 @@ class Loop(SafeConsumer):
         self.cut = set(cut)  # offsets whose (first) delivery the flow stop interrupts
         self.delivered: list[int] = []
         self.seeks: list[int] = []
-        self._expected = {INPUT: expected}
-        self._rewound_to = {}
-        self._origin = {}
+        self._bs_policy = ReadPolicy()
+        self._bs_policy.expected[INPUT] = expected
+        self._bs_policy.ready = True
         self._read_offset = defaultdict(lambda: None)
         self._committed_offset = defaultdict(lambda: expected)
         self._gap = defaultdict(IntervalTree)
-        self._seek_epoch = 0
-        self._input_ready = True
-        self._set_aside = set()
+        self._bs_seek_epoch = 0
         self._commit_every = None
         self._n_acked = 0
-        self.rewinds = 0
         self.done = asyncio.Event()
         self.app = SimpleNamespace(tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}),
                                    topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
@@ -151,13 +151,13 @@ class Loop(SafeConsumer):
 
 def test_records_in_order_are_delivered_once() -> None:
     loop = Loop([[5, 6, 7], [8, 9]], expected=5).run()
-    assert loop.delivered == [5, 6, 7, 8, 9] and loop.seeks == [] and loop._expected[INPUT] == 10
+    assert loop.delivered == [5, 6, 7, 8, 9] and loop.seeks == [] and loop._bs_policy.expected[INPUT] == 10
 
 
 def test_a_jump_is_read_again_from_the_expected_offset() -> None:
     # The batch fetched before a seek goes on at 12 while 5 is expected (the loss this module fixes).
     loop = Loop([[12, 13], [5, 6, 7, 8, 9, 10, 11, 12, 13]], expected=5).run()
-    assert loop.seeks == [5] and loop.rewinds == 1
+    assert loop.seeks == [5] and loop._bs_policy.rewinds == 1
     assert loop.delivered == [5, 6, 7, 8, 9, 10, 11, 12, 13]
 
 
@@ -178,7 +178,7 @@ def test_records_already_delivered_are_not_delivered_again() -> None:
 def test_a_delivery_cut_short_is_not_a_read() -> None:
     # The flow stopped while 6 was being handed over: 6 must come again, the rest of the batch waits.
     loop = Loop([[5, 6, 7, 8], [6, 7, 8]], expected=5, cut=frozenset({6})).run()
-    assert loop.delivered == [5, 6, 7, 8] and loop._expected[INPUT] == 9 and loop.seeks == []
+    assert loop.delivered == [5, 6, 7, 8] and loop._bs_policy.expected[INPUT] == 9 and loop.seeks == []
 
 
 def test_repeated_log_lines_are_held_back_and_counted() -> None:
@@ -207,7 +207,115 @@ def test_nothing_is_handed_over_before_the_seek_that_ends_recovery() -> None:
     # Records fetched while the table recovers: Faust's stream would drop them (or evaluate them
     # against half-restored state). They wait for the seek, which reads them again.
     loop = Loop([[0, 1, 2], [3]], expected=None)
-    loop._input_ready = False
+    loop._bs_policy.ready = False
     loop.run()
-    assert loop.delivered == [] and loop._expected[INPUT] is None
-    assert loop._set_aside == {INPUT}  # the seek that ends recovery seeks it once more
+    assert loop.delivered == [] and loop._bs_policy.expected[INPUT] is None
+    assert loop._bs_policy.set_aside == {INPUT}  # the seek that ends recovery seeks it once more
+
+
+# --- the read policy alone: literal offsets in, decisions out -------------------------------------
+
+def policy_at(expected: int | None) -> ReadPolicy[str]:
+    policy: ReadPolicy[str] = ReadPolicy()
+    policy.expected["p"] = expected
+    policy.ready = True
+    return policy
+
+
+def test_policy_accepts_the_expected_offset_and_skips_what_was_delivered() -> None:
+    policy = policy_at(5)
+    assert policy.decide("p", 5) == Decision(Action.DELIVER)
+    policy.delivered("p", 5)
+    assert policy.expected["p"] == 6
+    assert policy.decide("p", 5) == Decision(Action.SKIP)
+
+
+def test_policy_reads_a_jump_again_once_then_bridges_it() -> None:
+    policy = policy_at(5)
+    assert policy.decide("p", 12) == Decision(Action.REWIND, 5)
+    policy.rewound("p", 5)
+    assert policy.decide("p", 12) == Decision(Action.BRIDGE, 5)  # the same jump from 5: 5..11 do not exist
+    policy.delivered("p", 12)
+    assert policy.decide("p", 20) == Decision(Action.REWIND, 13)  # a new jump is read again first
+    assert policy.rewinds == 1
+
+
+def test_policy_holds_input_before_the_seek_and_seeks_those_partitions_again() -> None:
+    policy: ReadPolicy[str] = ReadPolicy()
+    assert policy.decide("p", 0) == Decision(Action.HOLD)
+    policy.sought("p", 0, first_read=True)
+    assert policy.resume() == {"p": 0}
+    assert policy.origin == {"p": 0} and policy.decide("p", 0) == Decision(Action.DELIVER)
+
+
+def test_policy_a_cut_short_delivery_is_expected_again() -> None:
+    policy = policy_at(7)
+    policy.cut_short("p", 7)
+    assert policy.decide("p", 7) == Decision(Action.DELIVER)
+
+
+def test_policy_forgets_revoked_partitions_and_holds_until_the_next_seek() -> None:
+    policy = policy_at(3)
+    policy.revoked(["p"])
+    assert "p" not in policy.expected and policy.decide("p", 3) == Decision(Action.HOLD)
+
+
+def test_policy_first_record_without_a_commit_is_the_origin() -> None:
+    policy = policy_at(None)
+    assert policy.decide("p", 40) == Decision(Action.DELIVER) and policy.origin == {"p": 40}
+    assert policy.commit_head("p", None) == 40 and policy.commit_head("p", 41) == 41
+
+
+@pytest.mark.parametrize(("acked", "head", "count"), [
+    ([2586, 2587], 2585, 0),  # the head 2585 is still on its way (faust #606)
+    ([2585, 2586, 2587, 2589], 2585, 3),  # up to the first hole
+    ([3, 4, 5], None, 3),
+    ([], 7, 0),
+])
+def test_policy_commits_only_a_run_that_starts_at_the_head(acked: list[int], head: int | None, count: int) -> None:
+    assert ReadPolicy.committable(acked, head) == count
+
+
+def test_policy_counts_acks_of_the_current_generation_while_the_flow_runs() -> None:
+    assert ReadPolicy.ack_counts(4, 4, flow_active=True)
+    assert not ReadPolicy.ack_counts(3, 4, flow_active=True)
+    assert not ReadPolicy.ack_counts(4, 4, flow_active=False)
+    assert ReadPolicy.gap_start(5, 9) == 9 and ReadPolicy.gap_start(5, None) == 5
+
+
+# --- upstream guard ---------------------------------------------------------------------------
+
+# sha256[:16] of the source of every method SafeConsumer overrides, copies or relies on, as
+# installed when it was last checked (faust-streaming 0.15.3, aiokafka 0.14.0, pinned exactly).
+UPSTREAM_SOURCES = {
+    "faust.transport.consumer.Consumer._drain_messages": "44a2500309e83c63",  # copied with our checks
+    "faust.transport.consumer.Consumer.perform_seek": "0e8c130ff4b0afd8",
+    "faust.transport.consumer.Consumer.seek": "b86a9fe05f956b30",
+    "faust.transport.consumer.Consumer.on_partitions_revoked": "d04b7ae72c6fc206",
+    "faust.transport.consumer.Consumer.ack": "5fcf41cf45153475",
+    "faust.transport.consumer.Consumer._add_gap": "4df2573ded7c1c2c",
+    "faust.transport.consumer.Consumer._new_offset": "1d2c7ea89a7ad4f1",
+    "mode.services.Service.wait_first": "feade6a31f8a6789",  # how a cut-short delivery is detected
+    "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.seek_wait": "12e8d34e554e9024",
+    "faust.tables.recovery.Recovery.on_recovery_completed": "6ef567acf072e46d",  # the recovery race
+    "aiokafka.consumer.consumer.AIOKafkaConsumer.seek": "a9430f1f3b9ac419",
+}
+
+
+def _source_hash(dotted: str) -> str:
+    import hashlib
+    import importlib
+    import inspect
+
+    module_name, class_name, method = dotted.rsplit(".", 2)
+    func = inspect.unwrap(getattr(getattr(importlib.import_module(module_name), class_name), method))
+    return hashlib.sha256(inspect.getsource(func).encode()).hexdigest()[:16]
+
+
+def test_the_upstream_code_the_safe_consumer_depends_on_is_unchanged() -> None:
+    changed = [name for name, digest in UPSTREAM_SOURCES.items() if _source_hash(name) != digest]
+    assert not changed, (
+        f"upstream code that streams/worker/consumer.py overrides, copies or relies on has changed: {changed}. "
+        "Re-read each against docs/decisions/0001-safe-consumer.md, adapt SafeConsumer (and ReadPolicy), "
+        "run tests/reliability (the whole tier) and tests/unit/test_consumer.py, then record the new hashes here."
+    )
