@@ -128,11 +128,7 @@ def user_awards(conn: Connection, user_id: str) -> list[UserAward]:
 
 
 def user_progress(conn: Connection, user_id: str) -> list[UserProgress]:
-    result = conn.execute(
-        sa.select(user_badge_progress)
-        .where(user_badge_progress.c.user_id == user_id)
-        .order_by(user_badge_progress.c.badge_id, user_badge_progress.c.tier)
-    )
+    result = conn.execute(_USER_PROGRESS, {"user_id": user_id})
     return [UserProgress(row.badge_id, row.tier or None, row.progress, row.target, row.updated_at) for row in result]
 
 
@@ -207,16 +203,28 @@ class HeldAward:
     points: int
 
 
-def held_awards(conn: Connection, user_id: str) -> list[HeldAward]:
-    """The user's awards that are not revoked, oldest first: only the columns the read API shows."""
+def _held_awards_query() -> sa.Select[Any]:
     c = user_badges.c
-    result = conn.execute(
+    return (
         sa.select(c.award_id, c.badge_id, c.tier, c.occurrence, c.awarded_at, c.event_id, c.points)
-        .where(c.user_id == user_id, c.revoked_at.is_(None))
+        .where(c.user_id == sa.bindparam("user_id"), c.revoked_at.is_(None))
         .order_by(c.awarded_at, c.badge_id, c.tier, c.occurrence)
     )
+
+
+# Built once: constructing a statement costs more than running it does for one user's rows (bench/api).
+_HELD_AWARDS = _held_awards_query()
+_USER_PROGRESS = (
+    sa.select(user_badge_progress)
+    .where(user_badge_progress.c.user_id == sa.bindparam("user_id"))
+    .order_by(user_badge_progress.c.badge_id, user_badge_progress.c.tier)
+)
+
+
+def held_awards(conn: Connection, user_id: str) -> list[HeldAward]:
+    """The user's awards that are not revoked, oldest first: only the columns the read API shows."""
     return [HeldAward(row.award_id, row.badge_id, row.tier or None, row.occurrence, row.awarded_at, row.event_id,
-                      row.points) for row in result]
+                      row.points) for row in conn.execute(_HELD_AWARDS, {"user_id": user_id})]
 
 
 @dataclass(frozen=True)
