@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         None, description="bearer token every /v1 call must carry; unset: none needed, include_hidden refused"
     )
     api_cache_ttl_s: float = Field(
-        5.0, ge=0, description="seconds the API may serve holder counts, rankings and the catalog before re-reading"
+        30.0, ge=0, description="seconds the API may serve holder counts, rankings and the catalog before re-reading"
     )
     api_workers: int = Field(1, ge=1, description="uvicorn worker processes of the read API")
 

@@ -173,7 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _json(views.user(user_id))
 
     @v1.get("/badges", summary="every badge with holders and rarity")
-    def get_badges(request: Request, include_hidden: bool = False) -> Response:
+    def get_badges(include_hidden: bool = False) -> Response:
         if include_hidden and token is None:
             raise HTTPException(403, "include_hidden needs an authorised caller: set BADGESTREAM_API_TOKEN")
         return _json(views.badges(include_hidden))
