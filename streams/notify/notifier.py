@@ -75,6 +75,7 @@ class Dispatcher:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.wake = asyncio.Event()
+        self.closing = False
         self.inflight: set[asyncio.Task[None]] = set()
         self._key = endpoint.key
         self._client = httpx.AsyncClient(
@@ -82,7 +83,10 @@ class Dispatcher:
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency))
 
     async def run(self) -> None:
-        while True:
+        # A flag, not only task cancellation, ends this loop: on Python 3.11 ``asyncio.wait_for``
+        # can swallow a cancellation that coincides with the wake-up (cpython gh-86296), and this
+        # loop is woken after every delivery.
+        while not self.closing:
             self.wake.clear()
             now = time.time()
             free = self.concurrency - len(self.inflight)
@@ -97,13 +101,17 @@ class Dispatcher:
                 if next_due is not None:
                     timeout = min(timeout, max(0.0, next_due - time.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.inflight.discard(task)
         self.wake.set()
 
     async def close(self) -> None:
+        """Stop taking rows, abandon the requests in flight (their rows are due again at once), close the client."""
+        self.closing = True
+        self.wake.set()
         for task in list(self.inflight):
             task.cancel()
         await asyncio.gather(*self.inflight, return_exceptions=True)
@@ -214,11 +222,11 @@ class Notifier:
                 for dispatcher in dispatchers:
                     dispatcher.wake.set()
         finally:
+            for dispatcher in dispatchers:
+                await dispatcher.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for dispatcher in dispatchers:
-                await dispatcher.close()
             await loop.run_in_executor(pool, consumer.close)
             outbox.close()
             pool.shutdown(wait=False)
