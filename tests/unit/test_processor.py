@@ -1,0 +1,101 @@
+"""The worker's per-message decision (streams/worker/processor.py) with literal bytes: no Faust, no Kafka.
+
+What the agent must do for one message: dead-letter it, evaluate it against the stored state and
+store the new state, or, for a redelivered event, publish the same awards and latest progress again.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from evaluators.engine import Engine
+from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord
+from streams.worker.processor import OUTBOX_EVENTS, EventProcessor, StoredUser
+from tests.unit.support import catalog
+
+CATALOG = catalog("""
+    events:
+      quiz_completed: {required: {score: int}}
+    badges:
+      - {id: first_quiz, on: [quiz_completed], rule: {count: 1}}
+      - {id: two_quizzes, on: [quiz_completed], rule: {count: 2}}
+      - {id: every_review, on: [review_written], repeatable: true, rule: {count: 1}}
+""")
+
+
+def processor() -> EventProcessor:
+    return EventProcessor(CATALOG, Engine(CATALOG))
+
+
+def raw(event_id: str, at: str = "2026-03-02T10:00:00+00:00", type: str = "quiz_completed", **data: object) -> bytes:
+    return orjson.dumps({"event_id": event_id, "type": type, "user_id": "u1", "occurred_at": at,
+                         "data": data or {"score": 5}})
+
+
+def test_bad_input_becomes_a_dead_letter_with_the_original_bytes_and_where_it_was() -> None:
+    outcome = processor().process(b"u1", b"\xffnot json", "user-events", 3, 41, None)
+    assert outcome.status == "dead_letter" and outcome.new_state is None and not outcome.awards
+    assert outcome.dead_letter is not None
+    letter = DeadLetterRecord.model_validate_json(outcome.dead_letter)
+    assert (letter.source_topic, letter.partition, letter.offset, letter.error_code) == ("user-events", 3, 41,
+                                                                                          "invalid_json")
+    assert letter.original_value() == b"\xffnot json" and letter.key == "u1"
+
+
+def test_a_tombstone_and_a_failed_type_check_are_dead_lettered_with_their_codes() -> None:
+    tombstone = processor().process(b"u1", None, "t", 0, 0, None)
+    assert DeadLetterRecord.model_validate_json(tombstone.dead_letter or b"").error_code == "invalid_json"
+    unchecked = processor().process(b"u1", raw("e1", score="five"), "t", 0, 1, None)
+    letter = DeadLetterRecord.model_validate_json(unchecked.dead_letter or b"")
+    assert letter.error_code == "invalid_data" and "data.score" in letter.reason
+
+
+def test_an_event_stores_the_new_state_and_publishes_its_awards_and_progress() -> None:
+    outcome = processor().process(b"u1", raw("e1"), "t", 0, 0, None)
+    assert outcome.status == "processed" and outcome.new_state is not None
+    awards = [AwardRecord.model_validate_json(a) for a in outcome.awards]
+    assert [a.badge_id for a in awards] == ["first_quiz"] == [a.badge_id for a in outcome.award_records]
+    progress = {p.badge_id: p.progress for p in map(ProgressRecord.model_validate_json, outcome.progress)}
+    assert progress == {"first_quiz": 1, "two_quizzes": 1}
+    stored = StoredUser.from_bytes(outcome.new_state)
+    assert stored.awards_for("e1") == tuple(outcome.awards)
+
+
+def test_a_redelivered_event_changes_nothing_but_publishes_the_same_records_again() -> None:
+    proc = processor()
+    first = proc.process(b"u1", raw("e1"), "t", 0, 0, None)
+    again = proc.process(b"u1", raw("e1"), "t", 0, 0, first.new_state)
+    assert again.status == "duplicate" and again.new_state is None
+    assert again.awards == first.awards  # the same award ids: the sink absorbs the repeat
+    assert sorted(again.progress) == sorted(first.progress)
+
+
+def test_an_event_no_badge_listens_to_leaves_the_state_alone() -> None:
+    outcome = processor().process(b"u1", raw("e1", type="page_view"), "t", 0, 0, None)
+    assert outcome.status == "unmatched" and outcome.new_state is None and not outcome.awards
+
+
+def test_the_stored_latest_progress_keeps_the_newest_and_a_tie_goes_to_the_later_record() -> None:
+    proc = processor()
+    late = proc.process(b"u1", raw("e1", at="2026-03-02T12:00:00+00:00"), "t", 0, 0, None)
+    early = proc.process(b"u1", raw("e2", at="2026-03-02T09:00:00+00:00"), "t", 0, 1, late.new_state)
+    stored = StoredUser.from_bytes(early.new_state or b"")
+    # two_quizzes moved to 2 with the earlier-timed event: the sink keeps the newer record (progress 1).
+    assert stored.progress[("two_quizzes", None)][:2] == [1, 2] and stored.progress[("two_quizzes", None)][2] \
+        == "2026-03-02T12:00:00+00:00"
+    record = ProgressRecord(user_id="u1", badge_id="two_quizzes", progress=2, target=2,
+                            updated_at="2026-03-02T12:00:00+00:00")
+    assert stored.with_progress([record])[("two_quizzes", None)][0] == 2  # same time: the later record wins
+
+
+def test_the_stored_value_round_trips_and_the_outbox_is_bounded() -> None:
+    proc = processor()
+    stored: bytes | None = None
+    for n in range(OUTBOX_EVENTS + 5):
+        outcome = proc.process(b"u1", raw(f"e{n}", type="review_written"), "t", 0, n, stored)
+        assert outcome.awards  # every review is awarded: every event enters the outbox
+        stored = outcome.new_state
+    user = StoredUser.from_bytes(stored or b"")
+    assert StoredUser.from_bytes(user.to_bytes()) == user
+    assert len(user.outbox) == OUTBOX_EVENTS  # the oldest are dropped, the newest kept
+    assert not user.awards_for("e0") and user.awards_for(f"e{OUTBOX_EVENTS + 4}")
