@@ -2,7 +2,8 @@
 
 ``badgestream evaluate --catalog FILE EVENTS.jsonl`` evaluates events in file order with exactly
 the engine, checks and evaluators the worker uses — no Kafka, no database — and prints every
-award as one JSON line (the ``badge-awards`` record) on stdout — with ``--nudges`` every nudge too,
+award as one JSON line (the ``badge-awards`` record, with its ``points``; a level reached is an
+award line like any other) on stdout — with ``--nudges`` every nudge too,
 as its ``badge-nudges`` record, in the order decided; invalid lines are reported on
 stderr as ``line N: <code>: <reason>`` and skipped. ``badgestream catalog validate FILE`` explains
 every problem of a catalog, or summarises it.
