@@ -43,7 +43,7 @@ STATE_TABLE = "user-state"
 
 
 def create_app(settings: Settings, catalog: Catalog | None = None, *,
-               input_partitions: dict[str, int] | None = None) -> faust.App:
+               input_partitions: dict[str, int] | None = None, store: str = "rocksdb://") -> faust.App:
     """Build the worker app. ``input_partitions``: partition count of each input topic (from
     :func:`ensure_topics`); topics whose count differs from ``topic_partitions`` are only re-keyed,
     never evaluated in place, so every user's state lives in exactly one table partition."""
@@ -56,7 +56,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         settings.app_id,
         broker=faust_brokers(settings),
         broker_credentials=faust_credentials(settings),
-        store="rocksdb://",
+        store=store,  # memory:// only in tests (tests/functional/test_worker_agent.py)
         datadir=str(settings.data_dir),
         topic_partitions=partitions,
         topic_replication_factor=settings.topic_replication_factor,

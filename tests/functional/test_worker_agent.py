@@ -1,0 +1,86 @@
+"""The worker's Faust agent driven in-process with Faust's test context on the memory store.
+
+No broker: the agent gets messages through ``agent.test_context()``, the state table lives in
+``memory://`` and the output producer is replaced by a recorder. What the agent must do: evaluate,
+store the new state, produce awards and progress keyed by user, dead-letter bad input, and publish a
+redelivered event's awards again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.records import AwardRecord, DeadLetterRecord
+from streams.kafka import partition_for
+from streams.settings import Settings
+from streams.worker import app as worker_app
+from tests.unit.support import catalog
+
+CATALOG = catalog("""
+    badges:
+      - {id: first_quiz, on: [quiz_completed], rule: {count: 1}}
+      - {id: three_quizzes, on: [quiz_completed], rule: {count: 3}}
+""")
+
+
+class RecordingOutput:
+    """Stands in for the librdkafka output producer: remembers what the agent sends."""
+
+    sent: list[tuple[str, bytes | None, bytes]]
+
+    def __init__(self, settings: Settings) -> None:
+        self.sent = []
+        RecordingOutput.last = self
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self.sent.append((topic, key, value))
+
+    def poll(self) -> None:
+        pass
+
+    def chain_into(self, faust_producer: Any) -> None:
+        pass
+
+
+def quiz(event_id: str) -> bytes:
+    return orjson.dumps({"event_id": event_id, "type": "quiz_completed", "user_id": "u1",
+                         "occurred_at": "2026-03-02T10:00:00+00:00"})
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    monkeypatch.setattr(worker_app, "OutputProducer", RecordingOutput)
+    settings = Settings(data_dir=tmp_path / "worker", app_id=f"agent-test-{tmp_path.name}")
+    faust_app = worker_app.create_app(settings, CATALOG, store="memory://")
+    faust_app.finalize()
+    return faust_app
+
+
+async def test_the_agent_evaluates_stores_state_and_produces_keyed_by_user(app: Any) -> None:
+    (chain,) = [task for task in app._app_tasks if task.__name__ == "chain_output_flush"]
+    await chain()  # the start-up task that lets the agent produce (the others are timers)
+    agent = app.agents["evaluate"]
+    table = app.tables[worker_app.STATE_TABLE]
+    partition = partition_for(b"u1", Settings().topic_partitions)
+    out = RecordingOutput.last
+    async with agent.test_context() as ctx:
+        await ctx.put(quiz("e1"), key=b"u1", partition=partition)
+        assert table.get(b"u1") is not None  # the new state is stored
+        awards = [AwardRecord.model_validate_json(v) for t, k, v in out.sent if t == "badge-awards"]
+        assert [(a.badge_id, a.user_id) for a in awards] == [("first_quiz", "u1")]
+        assert {k for _, k, _ in out.sent} == {b"u1"}
+        assert {t for t, _, _ in out.sent} == {"badge-awards", "badge-progress"}
+
+        out.sent.clear()
+        await ctx.put(quiz("e1"), key=b"u1", partition=partition)  # redelivered: the same award again
+        again = [AwardRecord.model_validate_json(v) for t, _, v in out.sent if t == "badge-awards"]
+        assert [a.award_id for a in again] == [a.award_id for a in awards]
+
+        out.sent.clear()
+        await ctx.put(b"{not json", key=b"u1", partition=partition)
+        (letter,) = [DeadLetterRecord.model_validate_json(v) for t, _, v in out.sent if t == "badge-events-dlq"]
+        assert letter.error_code == "invalid_json" and letter.original_value() == b"{not json"
