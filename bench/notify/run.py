@@ -1,0 +1,184 @@
+"""Notifier benchmark on the real broker: deliveries/s to a local receiver, and event -> webhook latency.
+
+1. throughput: a backlog of awards on a fresh award topic; one ``badgestream notify`` subprocess
+   per configuration (1 endpoint, 10 endpoints; and 1 endpoint with one request at a time, the
+   serial alternative) delivers it to a verifying receiver in this process; deliveries/s from
+   the first delivery to the last (and the wall time from the notifier's start);
+2. end to end: a ``badgestream worker`` and a notifier; events produced at a steady rate (default
+   500/s) on fresh users; for every award and nudge webhook, the time from producing the deciding
+   event to the receiver having it; p50/p99.
+
+    python -m bench.notify.run [--awards 5000] [--rate 500] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Producer
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from deploy.kafka.broker import configured_or_throwaway_broker, free_port  # noqa: E402
+from schemas.records import AwardRecord, make_award_id  # noqa: E402
+from streams.devstack.receiver import Received, WebhookReceiver  # noqa: E402
+from streams.devstack.simulate import simulate_events  # noqa: E402
+from streams.kafka import ensure_topics, required_topics  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def notifier(env: dict[str, str], workdir: Path, name: str, **extra: str) -> subprocess.Popen[bytes]:
+    log = (workdir / f"{name}.log").open("wb")
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "notify"], env={**env, **extra}, cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str,
+             proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
+            raise SystemExit(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--awards", type=int, default=5000, help="backlog of the throughput phase")
+    parser.add_argument("--rate", type=float, default=500.0, help="events/s of the end-to-end phase")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of the end-to-end phase")
+    parser.add_argument("--users", type=int, default=2000)
+    args = parser.parse_args()
+    with configured_or_throwaway_broker("bench-notify-kafka-") as bootstrap:
+        return run(args, bootstrap)
+
+
+def run(args: argparse.Namespace, bootstrap: str) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-notify-"))
+    suffix = uuid.uuid4().hex[:8]
+    web_port = free_port()
+    settings = Settings(kafka_bootstrap_servers=bootstrap, input_topics=[f"bn-events-{suffix}"],
+                        awards_topic=f"bn-awards-{suffix}", progress_topic=f"bn-progress-{suffix}",
+                        nudges_topic=f"bn-nudges-{suffix}", dlq_topic=f"bn-dlq-{suffix}",
+                        sink_dlq_topic=f"bn-sink-dlq-{suffix}", notify_dlq_topic=f"bn-notify-dlq-{suffix}",
+                        app_id=f"bn-{suffix}", web_port=web_port, data_dir=workdir / "worker")
+    ensure_topics(settings, required_topics(settings))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+           "BADGESTREAM_INPUT_TOPICS": settings.input_topics[0], "BADGESTREAM_AWARDS_TOPIC": settings.awards_topic,
+           "BADGESTREAM_PROGRESS_TOPIC": settings.progress_topic, "BADGESTREAM_NUDGES_TOPIC": settings.nudges_topic,
+           "BADGESTREAM_DLQ_TOPIC": settings.dlq_topic, "BADGESTREAM_NOTIFY_DLQ_TOPIC": settings.notify_dlq_topic,
+           "BADGESTREAM_APP_ID": settings.app_id, "BADGESTREAM_WEB_PORT": str(web_port),
+           "BADGESTREAM_DATA_DIR": str(workdir / "worker"), "BADGESTREAM_WEBHOOK_SECRET": SECRET,
+           "BADGESTREAM_NOTIFY_METRICS_PORT": "0"}
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    rows: list[tuple[str, str]] = []
+
+    # 1. throughput from a backlog
+    at = datetime(2026, 11, 21, tzinfo=UTC)
+    for i in range(args.awards):
+        user = f"u{i}"
+        award = AwardRecord(award_id=make_award_id(user, "bench", None, 1), user_id=user, badge_id="bench",
+                            awarded_at=at, event_id=f"e{i}", catalog_version="bench")
+        producer.produce(settings.awards_topic, key=user.encode(), value=award.model_dump_json().encode())
+        producer.poll(0)
+    producer.flush(60)
+    with WebhookReceiver(SECRET) as receiver:
+        for endpoints, concurrency in ((1, 1), (1, 8), (10, 8)):
+            urls = [receiver.url(f"/c{concurrency}-e{endpoints}-{n}") for n in range(endpoints)]
+            total = args.awards * endpoints
+            began = time.time()
+            proc = notifier(env, workdir, f"notify-{endpoints}x{concurrency}",
+                            BADGESTREAM_WEBHOOK_URLS=",".join(urls), BADGESTREAM_NOTIFY_CONCURRENCY=str(concurrency),
+                            BADGESTREAM_NOTIFY_GROUP_ID=f"bn-{endpoints}x{concurrency}-{suffix}",
+                            BADGESTREAM_NOTIFY_OUTBOX=str(workdir / f"outbox-{endpoints}x{concurrency}.sqlite"))
+            prefix = f"/c{concurrency}-e{endpoints}-"
+            try:
+                wait_for(lambda p=prefix, n=total: sum(r.path.startswith(p) for r in receiver.received) >= n,
+                         600, f"{total} deliveries", proc)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            got = [r for r in receiver.received if r.path.startswith(f"/c{concurrency}-e{endpoints}-")]
+            assert all(r.valid for r in got)
+            first, last = min(r.at for r in got), max(r.at for r in got)
+            rate = len(got) / max(last - first, 1e-9)
+            line = (f"| {endpoints} | {concurrency} | {len(got)} | {rate:,.0f} | {last - began:.1f} s |")
+            rows.append(("throughput", line))
+            print(line, flush=True)
+
+    # 2. end to end at a steady rate, with the demo catalog (it declares nudges)
+    sent: dict[str, float] = {}
+    latencies: dict[str, list[float]] = {"badge.awarded": [], "badge.nudge": []}
+
+    def record(item: Received) -> None:
+        began = sent.get(str(item.data.get("event_id")))
+        if began is not None:
+            latencies.setdefault(item.type, []).append(item.at - began)
+
+    with WebhookReceiver(SECRET, on_received=record) as receiver:
+        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"], env=env, cwd=REPO,
+                                  stdout=(workdir / "worker.log").open("wb"), stderr=subprocess.STDOUT)
+        proc = notifier(env, workdir, "notify-e2e", BADGESTREAM_WEBHOOK_URLS=receiver.url("/e2e"),
+                        BADGESTREAM_NOTIFY_GROUP_ID=f"bn-e2e-{suffix}",
+                        BADGESTREAM_NOTIFY_OUTBOX=str(workdir / "outbox-e2e.sqlite"))
+        try:
+            warm = {"event_id": "warm-1", "type": "quiz_completed", "user_id": "warm",
+                    "occurred_at": "2026-05-01T10:00:00+00:00",
+                    "data": {"quiz_id": "q1", "score": 9, "total_questions": 10}}
+            sent["warm-1"] = time.time()
+            producer.produce(settings.input_topics[0], key=b"warm", value=orjson.dumps(warm))
+            producer.flush(10)
+            wait_for(lambda: any(r.data.get("event_id") == "warm-1" for r in receiver.received), 240,
+                     "the worker and notifier to start", worker)
+            events = list(simulate_events(args.users, int(args.rate * args.seconds), seed=5))
+            began = time.time()
+            for i, event in enumerate(events):
+                due = began + i / args.rate
+                pause = due - time.time()
+                if pause > 0:
+                    time.sleep(pause)
+                sent[event["event_id"]] = time.time()
+                producer.produce(settings.input_topics[0], key=event["user_id"].encode(), value=orjson.dumps(event))
+                producer.poll(0)
+            producer.flush(30)
+            produced_for = time.time() - began
+            time.sleep(10)  # the tail
+        finally:
+            for child in (proc, worker):
+                child.terminate()
+                child.wait(60)
+    print(f"end to end: {len(events)} events in {produced_for:.1f}s ({len(events) / produced_for:.0f}/s)")
+    for kind, values in latencies.items():
+        if values:
+            line = (f"| {kind} | {len(values)} | {statistics.median(values) * 1000:.0f} ms | "
+                    f"{percentile(values, 0.99) * 1000:.0f} ms |")
+            rows.append(("e2e", line))
+            print(line, flush=True)
+    print("\n| endpoints | concurrency | deliveries | deliveries/s | wall time |\n|---|---|---|---|---|")
+    print("\n".join(line for kind, line in rows if kind == "throughput"))
+    print(f"\nat {args.rate:.0f} events/s:\n| webhook | received | p50 | p99 |\n|---|---|---|---|")
+    print("\n".join(line for kind, line in rows if kind == "e2e"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
