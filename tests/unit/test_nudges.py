@@ -128,3 +128,22 @@ def test_per_tier_thresholds_replace_the_badge_ones_and_may_exceed_a_lower_tier(
     nudge = cat.badges[0].nudge
     assert nudge is not None
     assert (nudge.thresholds("bronze"), nudge.thresholds("gold")) == ((1,), (5, 1))
+
+
+def test_the_worker_processor_hands_the_nudges_on_as_records_to_produce() -> None:
+    from schemas.records import NudgeRecord
+    from streams.worker.processor import EventProcessor
+
+    eng = engine(NUDGED)
+    processor = EventProcessor(eng.catalog, eng)
+    stored = None
+    produced: list[NudgeRecord] = []
+    for i in range(3):
+        raw = event(event_id=f"w{i}").model_dump_json().encode()
+        outcome = processor.process(b"u1", raw, "user-events", 0, i, stored)
+        stored = outcome.new_state
+        produced += [NudgeRecord.model_validate_json(value) for value in outcome.nudges]
+    assert [(n.badge_id, n.tier, n.threshold) for n in produced] == [
+        ("quiz_master", "bronze", 2), ("quiz_master", "bronze", 1), ("quiz_master", "silver", 4), ("regular", None, 1)]
+    again = processor.process(b"u1", event(event_id="w2").model_dump_json().encode(), "user-events", 0, 2, stored)
+    assert again.nudges == []  # a redelivered event does not nudge twice
