@@ -1,7 +1,8 @@
-"""The worker's Faust agent driven in-process with Faust's test context on the memory store.
+"""The worker's Faust agent driven in-process with Faust's test context, on each state store.
 
 No broker: the agent gets messages through ``agent.test_context()``, the state table lives in
-``memory://`` and the output producer is replaced by a recorder. What the agent must do: evaluate,
+``memory://`` or ``rocksdb://`` (the same contract for both) and the output producer is replaced
+by a recorder. What the agent must do: evaluate,
 store the new state, produce awards and progress keyed by user, dead-letter bad input, and publish a
 redelivered event's awards again.
 """
@@ -51,11 +52,11 @@ def quiz(event_id: str) -> bytes:
                          "occurred_at": "2026-03-02T10:00:00+00:00"})
 
 
-@pytest.fixture
-def app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+@pytest.fixture(params=["memory://", "rocksdb://"])
+def app(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     monkeypatch.setattr(worker_app, "OutputProducer", RecordingOutput)
     settings = Settings(data_dir=tmp_path / "worker", app_id=f"agent-test-{tmp_path.name}")
-    faust_app = worker_app.create_app(settings, CATALOG, store="memory://")
+    faust_app = worker_app.create_app(settings, CATALOG, store=request.param)
     faust_app.finalize()
     return faust_app
 
@@ -69,7 +70,8 @@ async def test_the_agent_evaluates_stores_state_and_produces_keyed_by_user(app: 
     out = RecordingOutput.last
     async with agent.test_context() as ctx:
         await ctx.put(quiz("e1"), key=b"u1", partition=partition)
-        assert table.get(b"u1") is not None  # the new state is stored
+        stored = table.get(b"u1")
+        assert stored is not None  # the new state is stored
         awards = [AwardRecord.model_validate_json(v) for t, k, v in out.sent if t == "badge-awards"]
         assert [(a.badge_id, a.user_id) for a in awards] == [("first_quiz", "u1")]
         assert {k for _, k, _ in out.sent} == {b"u1"}
@@ -79,6 +81,12 @@ async def test_the_agent_evaluates_stores_state_and_produces_keyed_by_user(app: 
         await ctx.put(quiz("e1"), key=b"u1", partition=partition)  # redelivered: the same award again
         again = [AwardRecord.model_validate_json(v) for t, _, v in out.sent if t == "badge-awards"]
         assert [a.award_id for a in again] == [a.award_id for a in awards]
+        assert table.get(b"u1") == stored  # a duplicate writes nothing
+
+        out.sent.clear()
+        await ctx.put(quiz("e2"), key=b"u1", partition=partition)  # read back from the store: progress 2 of 3
+        progress = [orjson.loads(v) for t, _, v in out.sent if t == "badge-progress"]
+        assert [(p["badge_id"], p["progress"]) for p in progress] == [("three_quizzes", 2)]
 
         out.sent.clear()
         await ctx.put(b"{not json", key=b"u1", partition=partition)
