@@ -217,8 +217,13 @@ class Notifier:
                         offsets[(message.topic() or "", message.partition() or 0)] = (message.offset() or 0) + 1
                 if offsets:
                     commit = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                    await loop.run_in_executor(pool, functools.partial(consumer.commit, offsets=commit,
-                                                                       asynchronous=False))
+                    try:
+                        await loop.run_in_executor(pool, functools.partial(consumer.commit, offsets=commit,
+                                                                           asynchronous=False))
+                    except KafkaException as exc:
+                        # e.g. the partitions moved to another notifier meanwhile: it reads them
+                        # again, and our rows are delivered anyway (at least once, same webhook-id).
+                        log.warning("offset commit failed (%s); those records will be read again", exc)
                 for dispatcher in dispatchers:
                     dispatcher.wake.set()
         finally:
