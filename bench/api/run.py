@@ -159,6 +159,23 @@ def time_queries(url: str, repeats: int = 5) -> list[tuple[str, float, float]]:
 
 # --- 3. HTTP load -----------------------------------------------------------------------------
 
+def _tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of ``root`` and its child processes (uvicorn's workers), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid, ppid = int(stat.parent.name), int(fields[1])
+            if pid == root or ppid == root:
+                total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+API_PID: list[int] = []
+LOAD = ["?"]
+
+
 @contextlib.contextmanager
 def api_process(url: str, workers: int, ttl: float) -> Iterator[str]:
     port = free_port()
@@ -169,6 +186,7 @@ def api_process(url: str, workers: int, ttl: float) -> Iterator[str]:
                              str(workers), "--log-level", "warning"], env=env, cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    API_PID[:] = [proc.pid]
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -250,18 +268,26 @@ async def _warm(base: str, path: str, workers: int) -> None:
 
 
 def load_test(base: str, endpoint: str, users: int, duration: float, workers: int,
-              warm: bool) -> tuple[float, float, float, int]:
+              warm: bool) -> tuple[float, float, float, int, float]:
+    """(requests/s, p50 ms, p99 ms, non-2xx, API CPU ms per request) of one endpoint under 64 connections."""
+    began_cpu = None
+
+    def measured(result: tuple[float, float, float, int]) -> tuple[float, float, float, int, float]:
+        cpu = _tree_cpu_seconds(API_PID[0]) - (began_cpu or 0.0)
+        return (*result, cpu * 1000 / max(result[0] * duration, 1))
+
     paths = {"user": None, "badges": "/v1/badges", "leaderboard": "/v1/leaderboard?limit=10"}
     path = paths[endpoint]
     if warm:  # each worker process has its own cache
         asyncio.run(_warm(base, path or "/v1/users/u-1", workers))
+    began_cpu = _tree_cpu_seconds(API_PID[0])
     if shutil.which("wrk"):
         if path is None:
-            return wrk(base, duration, WRK_RANDOM_USERS.replace("{last}", str(users - 1)))
-        return wrk(base + path, duration)
+            return measured(wrk(base, duration, WRK_RANDOM_USERS.replace("{last}", str(users - 1))))
+        return measured(wrk(base + path, duration))
     rng = random.Random(1)
     candidates = [f"/v1/users/u-{rng.randrange(users)}" for _ in range(10_000)] if path is None else [path]
-    return asyncio.run(_httpx_load(base, candidates, duration))
+    return measured(asyncio.run(_httpx_load(base, candidates, duration)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--awards", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
+    parser.add_argument("--skip-queries", action="store_true", help="no query timing (step 2)")
     parser.add_argument("--cache-ttl", type=float, default=30.0, help="BADGESTREAM_API_CACHE_TTL_S of the cached runs")
     parser.add_argument("--postgres-url", default=None, help="an existing, empty database (default: throwaway)")
     args = parser.parse_args(argv)
@@ -278,29 +305,35 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         url = args.postgres_url or stack.enter_context(throwaway_postgres("bench-api-pg-"))
         load(url, args.users, args.awards)
-        query_times = time_queries(url, repeats=3)
+        query_times = [] if args.skip_queries else time_queries(url, repeats=3)
         for name, with_ms, without_ms in query_times:
             say(f"{name}: {with_ms:.0f} ms with the 0003 indexes, {without_ms:.0f} ms without")
         results = []
         # Recomputing the aggregates per request is not load-tested: at this size one request costs the
         # query times above, and 64 of them at once only queue up. The query table is that comparison.
         ttl = args.cache_ttl
+        LOAD[0] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         with api_process(url, args.workers, ttl) as base:
             for endpoint in ("user", "badges", "leaderboard"):
-                rps, p50, p99, bad = load_test(base, endpoint, args.users, args.duration, args.workers, warm=True)
-                say(f"{endpoint} ttl={ttl:g}: {rps:,.0f} req/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms, non-2xx {bad}")
-                results.append((endpoint, ttl, rps, p50, p99, bad))
+                rps, p50, p99, bad, cpu = load_test(base, endpoint, args.users, args.duration, args.workers,
+                                                    warm=True)
+                say(f"{endpoint} ttl={ttl:g}: {rps:,.0f} req/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms, non-2xx {bad}, "
+                    f"API CPU {cpu:.2f} ms/request")
+                results.append((endpoint, ttl, rps, p50, p99, bad, cpu))
 
     out = io.StringIO()
     out.write(f"\n{args.users:,} users, {args.awards:,} awards, PostgreSQL, {args.workers} uvicorn workers, "
               f"{CONNECTIONS} connections ({tool}), {args.duration:g} s per run\n\n")
-    out.write("| endpoint | aggregates | requests/s | p50 ms | p99 ms | non-2xx |\n|---|---|---|---|---|---|\n")
-    for endpoint, ttl, rps, p50, p99, bad in results:
+    out.write(f"load average before the HTTP runs: {LOAD[0]}\n\n")
+    out.write("| endpoint | aggregates | requests/s | p50 ms | p99 ms | non-2xx | API CPU ms/request |\n"
+              "|---|---|---|---|---|---|---|\n")
+    for endpoint, ttl, rps, p50, p99, bad, cpu in results:
         mode = f"cached ({ttl:g} s)" if ttl else "recomputed per request"
-        out.write(f"| {endpoint} | {mode} | {rps:,.0f} | {p50:.1f} | {p99:.1f} | {bad} |\n")
-    out.write("\n| query (one call, median of 3) | with 0003 indexes, ms | without, ms |\n|---|---|---|\n")
+        out.write(f"| {endpoint} | {mode} | {rps:,.0f} | {p50:.1f} | {p99:.1f} | {bad} | {cpu:.2f} |\n")
+    if query_times:
+        out.write("\n| query (one call, median of 3) | with 0003 indexes, ms | without, ms |\n|---|---|---|\n")
     for name, with_ms, without_ms in query_times:
-        out.write(f"| {name} | {with_ms:.1f} | {without_ms:.1f} |\n")
+        out.write(f"| {name} | {with_ms:.0f} | {without_ms:.0f} |\n")
     print(out.getvalue())
     return 0
 
