@@ -63,6 +63,7 @@ bench: setup ## all benchmarks (see bench/*/README.md)
 	$(BIN)/python -m bench.sink.run
 	$(BIN)/python -m bench.replay.run
 	$(BIN)/python -m bench.notify.run
+	$(BIN)/python -m bench.api.run
 
 .PHONY: clean
 clean: ## stop local services and remove local state (var/)
