@@ -1,6 +1,6 @@
 """Per-user engine state: compact, immutable between events, and serialisable to versioned bytes.
 
-What is kept, and what bounds it (README "Engine guarantees" repeats this):
+What is kept, and what bounds it (docs/engine.md, "State size", repeats this):
 
 * the last :data:`RECENT_EVENT_IDS` event ids the engine evaluated for the user, as 8-byte BLAKE2b
   digests, oldest first (FIFO): a duplicate is recognised while it is among them — 16 KiB at most;
