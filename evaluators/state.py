@@ -3,7 +3,9 @@
 What is kept, and what bounds it (docs/engine.md, "State size", repeats this):
 
 * the last :data:`RECENT_EVENT_IDS` event ids the engine evaluated for the user, as 8-byte BLAKE2b
-  digests, oldest first (FIFO): a duplicate is recognised while it is among them — 16 KiB at most;
+  digests, oldest first (FIFO): a duplicate is recognised while it is among them — 512 bytes.
+  (Kafka redeliveries are recognised by the worker from input offsets, whatever their age; this
+  window is for the same event resent by an upstream service.)
 * per badge the user has made progress on: the fingerprint of the definition the progress was made
   under, the awards granted (tier names or an occurrence count), and the rule's progress —
   a count, a sum, up to ``count`` distinct values (dropped once the rule is met), merged runs of
@@ -29,7 +31,7 @@ import orjson
 from schemas.errors import BadgestreamError
 
 STATE_FORMAT = 1
-RECENT_EVENT_IDS = 2048
+RECENT_EVENT_IDS = 64
 """How many of a user's most recent event ids are remembered for duplicate detection (FIFO)."""
 
 DIGEST_BYTES = 8
@@ -318,8 +320,10 @@ class UserState:
             raise StateDecodeError(f"stored user state has format {version}, this engine reads {STATE_FORMAT}")
         end = _HEADER.size + length
         recent = bytes(raw[end:])
-        if end > len(raw) or len(recent) % DIGEST_BYTES or len(recent) > _RECENT_LIMIT:
+        if end > len(raw) or len(recent) % DIGEST_BYTES:
             raise StateDecodeError("stored user state is truncated or has a malformed event-id list")
+        if len(recent) > _RECENT_LIMIT:  # stored when the window was larger: keep its newest part
+            recent = recent[-_RECENT_LIMIT:]
         try:
             body = orjson.loads(raw[_HEADER.size : end])
             badges = body["b"]

@@ -3,8 +3,9 @@
 Agents act, the engine decides: each message goes through :class:`streams.worker.processor.EventProcessor`
 and the agent only stores the new state and produces what the outcome says. Delivery is
 at-least-once (Faust flushes the producer before it commits input offsets) made safe by idempotency:
-deterministic award ids, event-id dedupe in the state, and the per-user outbox that re-publishes a
-duplicate event's awards. One agent instance per partition (no ``concurrency > 1``: faust #606).
+deterministic award ids, redelivery recognised by input offset in the stored value, event-id
+dedupe for upstream resends, and the per-user outbox that re-publishes a redelivered event's
+awards (docs/worker-state.md). One agent instance per partition (no ``concurrency > 1``: faust #606).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.types import TP
 from faust.web import Request, Response, View
 
 from evaluators.runner import plugin_engine
@@ -101,6 +103,11 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             message.key, message.value, message.topic, message.partition, message.offset, error,
             failed_at=datetime.now(UTC)))
 
+    def committed_offset(topic: str, partition: int) -> int | None:
+        # Faust has no public accessor; the outbox only uses it to drop what is committed.
+        committed: int | None = getattr(app.consumer, "_committed_offset", {}).get(TP(topic, partition))
+        return committed
+
     def decode(message: Any) -> EventEnvelope | None:
         try:
             return processor.decode(message.value)
@@ -136,7 +143,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
                 metrics.observe(envelope.type, "forwarded", time.perf_counter() - began)
                 continue
             try:
-                outcome = processor.evaluate(envelope, table.get(user_key))
+                outcome = processor.evaluate(envelope, table.get(user_key),
+                                             (message.topic, message.partition, message.offset), committed_offset)
             except Exception as exc:  # an engine or state bug: keep the event (DLQ) and go on
                 log.exception("evaluating event %s of %s failed", envelope.event_id, envelope.user_id)
                 reject(message, InvalidEventError("processing_error", f"{type(exc).__name__}: {exc}"))
@@ -203,7 +211,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             state = user.state
             return self.json({"user_id": user_id, "catalog_fingerprint": state.catalog_fp,
                               "badges": {bid: badge.to_json() for bid, badge in sorted(state.badges.items())},
-                              "outbox_events": [event_id for event_id, _ in user.outbox]})
+                              "outbox_events": [entry.event_id for entry in user.outbox],
+                              "positions": user.positions})
 
     return app
 

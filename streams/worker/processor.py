@@ -5,20 +5,28 @@ and acts on the :class:`Outcome`: store the new state, produce awards, progress 
 forward the message to the repartition topic. Keeping the decision here makes it testable with
 literal bytes, and identical between the live worker and replay.
 
-Stored value per user (the table holds bytes): a small header, the engine's ``UserState`` bytes, and
-an *outbox* — the award records of the last few events that produced awards. If the worker dies
-after writing state but before its awards reached Kafka, the redelivered event is a duplicate to
-the engine (its event_id is in the state) and would award nothing; the outbox lets the worker
-publish the very same award records (same award_id) again instead of losing them. For the same
-reason the stored value keeps the user's *latest progress* per (badge, tier) — the record the sink
-would keep: newest ``updated_at``, later records winning ties — and a duplicate re-publishes it, so
-a progress record lost in a crash cannot leave its database row behind.
+Stored value per user (the table holds bytes): a small header, the engine's ``UserState`` bytes and
+a tail with three bounded parts:
+
+* the *input positions* — per input topic the partition and offset of the last event applied to this
+  state. A message at or below that offset is a Kafka redelivery (after a crash or rebalance) and is
+  recognised exactly, whatever its age; the engine's own window of recent event ids
+  (:data:`evaluators.state.RECENT_EVENT_IDS`) is then only needed for upstream resends.
+* the *outbox* — the award records of recent award-producing events, by input position. If the
+  worker dies after writing state but before its awards reached Kafka, the redelivered event would
+  award nothing; the outbox lets the worker publish the very same records (same award_id) again.
+  Entries below the partition's committed offset can never be redelivered and are pruned on
+  every write, so the outbox holds only what is still uncommitted (at most :data:`OUTBOX_EVENTS`).
+* the user's *latest progress* per (badge, tier) — the record the sink would keep: newest
+  ``updated_at``, later records winning ties. A redelivery re-publishes it, so a progress record
+  lost in a crash cannot leave its database row behind. Pruned like the outbox: a record made by
+  a committed event is durable already.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,44 +40,95 @@ from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope, parse_event
 from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord, supersedes
 
-STORED_FORMAT = 2  # 1: state + outbox; 2: state + {"o": outbox, "p": latest progress}
-OUTBOX_EVENTS = 32  # award-producing events remembered per user for redelivery after a crash
+STORED_FORMAT = 3  # 1: state + outbox; 2: + latest progress; 3: + input positions, outbox by position
+OUTBOX_EVENTS = 32  # most award-producing events kept per user, even when uncommitted (as before)
 _HEADER = struct.Struct(">BI")  # format version, length of the state bytes
+
+
+Position = tuple[str, int, int]
+"""Where a message was read: (topic, partition, offset)."""
+
+CommittedOffset = Callable[[str, int], "int | None"]
+"""The committed offset (the next one to read) of a (topic, partition), or None if unknown."""
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """The award records one event produced, and where that event was read (None: not known)."""
+
+    event_id: str
+    awards: tuple[bytes, ...]
+    position: Position | None = None
 
 
 @dataclass(frozen=True)
 class StoredUser:
-    """What the worker keeps per user: engine state plus the outbox of recent awards."""
+    """What the worker keeps per user: engine state, input positions, outbox and latest progress."""
 
     state: UserState
-    outbox: tuple[tuple[str, tuple[bytes, ...]], ...] = ()
-    # (badge_id, tier) -> [progress, target, updated_at ISO]: the newest progress record per key.
+    outbox: tuple[OutboxEntry, ...] = ()
+    # (badge_id, tier) -> [progress, target, updated_at ISO, position of the event or None]: the
+    # newest progress record per key that is not known to be committed.
     progress: dict[tuple[str, str | None], list[Any]] = field(default_factory=dict)
+    # topic -> (partition, offset) of the last message applied to this state.
+    positions: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         state = self.state.to_bytes()
+        topics = {topic: index for index, topic in enumerate(self.positions)}
+
+        def where(position: Position | None) -> list[Any]:
+            # (topic index in "h", offset): the partition of a topic is the one in "h".
+            if position is None or position[0] not in topics:
+                return []
+            return [topics[position[0]], position[2]]
+
         tail = orjson.dumps({
-            "o": [[event_id, [a.decode() for a in awards]] for event_id, awards in self.outbox],
-            "p": [[badge_id, tier, *value] for (badge_id, tier), value in self.progress.items()],
+            "h": [[topic, partition, offset] for topic, (partition, offset) in self.positions.items()],
+            "o": [[e.event_id, [a.decode() for a in e.awards], *where(e.position)] for e in self.outbox],
+            "p": [[badge_id, tier, *value[:3], *where(value[3] if len(value) > 3 else None)]
+                  for (badge_id, tier), value in self.progress.items()],
         })
         return _HEADER.pack(STORED_FORMAT, len(state)) + state + tail
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> StoredUser:
         version, length = _HEADER.unpack_from(raw)
-        if version not in (1, STORED_FORMAT):
+        if version not in (1, 2, STORED_FORMAT):
             raise ValueError(f"stored user state has format {version}, this worker reads 1..{STORED_FORMAT}")
         start = _HEADER.size
         state = UserState.from_bytes(raw[start : start + length])
         tail_raw = raw[start + length :]
         tail = orjson.loads(tail_raw) if tail_raw else None
         if version == 1:
-            tail = {"o": tail or [], "p": []}
+            tail = {"o": tail or []}
         elif tail is None:
-            tail = {"o": [], "p": []}
-        outbox = tuple((event_id, tuple(a.encode() for a in awards)) for event_id, awards in tail["o"])
-        progress = {(badge_id, tier): value for badge_id, tier, *value in tail["p"]}
-        return cls(state=state, outbox=outbox, progress=progress)
+            tail = {}
+        positions = {topic: (partition, offset) for topic, partition, offset in tail.get("h", ())}
+        topics = [(topic, partition) for topic, (partition, _) in positions.items()]
+
+        def where(rest: list[Any]) -> Position | None:
+            if len(rest) != 2:
+                return None
+            topic, partition = topics[rest[0]]
+            return (topic, partition, rest[1])
+
+        outbox = tuple(OutboxEntry(entry[0], tuple(a.encode() for a in entry[1]), where(entry[2:]))
+                       for entry in tail.get("o", ()))
+        progress = {(entry[0], entry[1]): [*entry[2:5], where(entry[5:])] for entry in tail.get("p", ())}
+        return cls(state=state, outbox=outbox, progress=progress, positions=positions)
+
+    def applied(self, position: Position) -> bool:
+        """Whether the message at ``position`` was already applied to this state (a redelivery)."""
+        topic, partition, offset = position
+        last = self.positions.get(topic)
+        return last is not None and last[0] == partition and offset <= last[1]
+
+    def with_position(self, position: Position | None) -> dict[str, tuple[int, int]]:
+        if position is None:
+            return self.positions
+        topic, partition, offset = position
+        return {**self.positions, topic: (partition, offset)}
 
     def progress_records(self) -> list[bytes]:
         """The latest progress record of every (badge, tier), as first published."""
@@ -77,30 +136,58 @@ class StoredUser:
                                               progress=value[0], target=value[1], updated_at=value[2]))
                 for (badge_id, tier), value in self.progress.items()]
 
-    def with_progress(self, records: Sequence[ProgressRecord]) -> dict[tuple[str, str | None], list[Any]]:
-        """The latest-progress map after ``records``, by the sink's rule (newest updated_at, ties: later)."""
-        if not records:
+    def with_progress(self, records: Sequence[ProgressRecord], position: Position | None = None,
+                      committed: CommittedOffset | None = None) -> dict[tuple[str, str | None], list[Any]]:
+        """The latest-progress map after ``records``, by the sink's rule (newest updated_at, ties: later).
+
+        Like the outbox, it only needs what a redelivery could still have lost: entries made by an
+        event below its partition's committed offset are dropped."""
+        latest = {key: value for key, value in self.progress.items()
+                  if not (committed is not None and _committed(value[3], committed))}
+        if not records and len(latest) == len(self.progress):
             return self.progress
-        latest = dict(self.progress)
         for record in records:
             key = (record.badge_id, record.tier)
             current = latest.get(key)
             if supersedes(record.updated_at, datetime.fromisoformat(current[2]) if current is not None else None):
-                latest[key] = [record.progress, record.target, record.updated_at.isoformat()]
+                latest[key] = [record.progress, record.target, record.updated_at.isoformat(), position]
         return latest
 
     def awards_for(self, event_id: str) -> tuple[bytes, ...]:
-        for seen_id, awards in self.outbox:
-            if seen_id == event_id:
-                return awards
+        for entry in self.outbox:
+            if entry.event_id == event_id:
+                return entry.awards
         return ()
 
-    def with_awards(self, event_id: str, awards: Sequence[bytes]) -> tuple[tuple[str, tuple[bytes, ...]], ...]:
-        if not awards:
+    def awards_at(self, position: Position) -> tuple[bytes, ...]:
+        """What the event read at ``position`` awarded, if it is still in the outbox."""
+        for entry in self.outbox:
+            if entry.position == position:
+                return entry.awards
+        # Written by a worker that did not record positions: the event id is all there is.
+        return ()
+
+    def with_awards(self, event_id: str, awards: Sequence[bytes], position: Position | None = None,
+                    committed: CommittedOffset | None = None) -> tuple[OutboxEntry, ...]:
+        """The outbox after an event that awarded ``awards``, without the entries that are committed.
+
+        An entry whose input offset lies below the committed offset of its partition can never be
+        redelivered; keeping it would only make every write of this user larger."""
+        kept = [entry for entry in self.outbox if entry.event_id != event_id
+                and not (committed is not None and _committed(entry.position, committed))]
+        if awards:
+            kept.append(OutboxEntry(event_id, tuple(awards), position))
+        if len(kept) == len(self.outbox) and not awards:
             return self.outbox
-        kept = [entry for entry in self.outbox if entry[0] != event_id]
-        kept.append((event_id, tuple(awards)))
         return tuple(kept[-OUTBOX_EVENTS:])
+
+
+def _committed(position: Position | None, committed: CommittedOffset) -> bool:
+    if position is None:
+        return False
+    topic, partition, offset = position
+    mark = committed(topic, partition)
+    return mark is not None and offset < mark
 
 
 @dataclass
@@ -151,18 +238,32 @@ class EventProcessor:
         except InvalidEventError as exc:
             return Outcome(status="dead_letter",
                            dead_letter=dead_letter(raw_key, raw_value, topic, partition, offset, exc))
-        return self.evaluate(event, stored)
+        return self.evaluate(event, stored, (topic, partition, offset))
 
-    def evaluate(self, event: EventEnvelope, stored: bytes | None) -> Outcome:
+    def evaluate(self, event: EventEnvelope, stored: bytes | None, position: Position | None = None,
+                 committed: CommittedOffset | None = None) -> Outcome:
+        """Evaluate ``event`` against the user's ``stored`` value.
+
+        ``position``: where the message was read; a message at or before the last position applied
+        to this user is a redelivery and changes nothing. ``committed`` prunes the outbox."""
         previous = StoredUser.from_bytes(stored) if stored else StoredUser(UserState.empty(event.user_id))
+        if position is not None and previous.applied(position):
+            # A Kafka redelivery of an event already in this state: re-publish what it awarded and
+            # the latest progress, in case they were lost in a crash after the state was written
+            # (the sink absorbs repeats).
+            return Outcome(status="duplicate",
+                           awards=list(previous.awards_at(position) or previous.awards_for(event.event_id)),
+                           progress=previous.progress_records())
         evaluation = self.engine.evaluate(previous.state, event)
         outcome = Outcome(evaluation=evaluation)
         if evaluation.duplicate:
-            # Nothing changes; re-publish what this event awarded, and the latest progress, in case
-            # they were lost in a crash after the state was written (the sink absorbs repeats).
+            # The same event id again under a new position (an upstream resend): nothing changes.
+            # Its awards are re-published if still at hand; without a position this may also be a
+            # redelivery, so the latest progress goes out again too.
             outcome.status = "duplicate"
             outcome.awards = list(previous.awards_for(event.event_id))
-            outcome.progress = previous.progress_records()
+            if position is None:
+                outcome.progress = previous.progress_records()
             return outcome
         if not evaluation.matched:
             # No badge listens to this type: counted by the caller, no state write needed.
@@ -173,7 +274,9 @@ class EventProcessor:
         outcome.progress = [progress_bytes(p) for p in evaluation.progress]
         outcome.nudges = [n.model_dump_json().encode() for n in evaluation.nudges]
         outcome.new_state = StoredUser(
-            state=evaluation.state, outbox=previous.with_awards(event.event_id, outcome.awards),
-            progress=previous.with_progress(evaluation.progress),
+            state=evaluation.state,
+            outbox=previous.with_awards(event.event_id, outcome.awards, position, committed),
+            progress=previous.with_progress(evaluation.progress, position, committed),
+            positions=previous.with_position(position),
         ).to_bytes()
         return outcome

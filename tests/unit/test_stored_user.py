@@ -1,0 +1,126 @@
+"""The worker's stored value per user: redelivery by input offset, the resend window, pruning, size."""
+
+from __future__ import annotations
+
+import orjson
+
+from evaluators.engine import Engine
+from evaluators.state import RECENT_EVENT_IDS
+from schemas.catalog import load_catalog
+from streams.devstack.simulate import simulate_events
+from streams.settings import DEMO_CATALOG
+from streams.worker.processor import EventProcessor, Outcome, StoredUser
+
+CATALOG = load_catalog(DEMO_CATALOG)
+PROCESSOR = EventProcessor(CATALOG, Engine(CATALOG))
+
+
+def quiz(n: int, user: str = "u", day: int = 2) -> bytes:
+    return orjson.dumps({"event_id": f"e{n}", "type": "quiz_completed", "user_id": user, "tz": "UTC",
+                         "occurred_at": f"2026-05-{day:02d}T10:{n % 60:02d}:00+00:00",
+                         "data": {"quiz_id": f"q{n % 7}", "score": 9, "total_questions": 10}})
+
+
+def feed(values: list[bytes], stored: bytes | None = None, first_offset: int = 0,
+         committed: int | None = None) -> tuple[bytes | None, list[Outcome]]:
+    outcomes = []
+    for offset, value in enumerate(values, first_offset):
+        outcome = PROCESSOR.evaluate(PROCESSOR.decode(value), stored, ("in", 0, offset),
+                                     None if committed is None else (lambda t, p: committed))
+        stored = outcome.new_state if outcome.new_state is not None else stored
+        outcomes.append(outcome)
+    return stored, outcomes
+
+
+def test_a_redelivery_is_recognised_by_offset_however_old() -> None:
+    events = [quiz(n) for n in range(RECENT_EVENT_IDS * 3)]
+    stored, outcomes = feed(events)
+    assert outcomes[0].awards  # first_quiz and more
+    # kill -9 before the first offset commit: everything is read again from offset 0, far beyond
+    # the event-id window. Nothing is counted twice, and the first event's awards go out again.
+    again = PROCESSOR.evaluate(PROCESSOR.decode(events[0]), stored, ("in", 0, 0))
+    assert again.status == "duplicate" and again.new_state is None
+    assert again.awards == outcomes[0].awards
+    _, replays = feed(events, stored)
+    assert all(o.status == "duplicate" and o.new_state is None for o in replays)
+    assert [a for o in replays for a in o.awards] == [a for o in outcomes for a in o.awards]
+
+
+def test_the_next_offset_after_a_redelivery_is_evaluated() -> None:
+    stored, _ = feed([quiz(1), quiz(2)])
+    later = PROCESSOR.evaluate(PROCESSOR.decode(quiz(3)), stored, ("in", 0, 2))
+    assert later.status == "processed" and later.new_state is not None
+    other_partition = PROCESSOR.evaluate(PROCESSOR.decode(quiz(4)), stored, ("in", 1, 0))
+    assert other_partition.status == "processed"  # offsets of another partition are not comparable
+    assert StoredUser.from_bytes(later.new_state).positions == {"in": (0, 2)}
+
+
+def test_an_upstream_resend_within_the_window_changes_nothing() -> None:
+    stored, _ = feed([quiz(n) for n in range(RECENT_EVENT_IDS)])
+    resend = PROCESSOR.evaluate(PROCESSOR.decode(quiz(1)), stored, ("in", 0, RECENT_EVENT_IDS))
+    assert resend.status == "duplicate" and resend.new_state is None and not resend.progress
+
+
+def test_an_upstream_resend_beyond_the_window_counts_again() -> None:
+    """The documented limit: the window holds the user's last RECENT_EVENT_IDS event ids."""
+    stored, _ = feed([quiz(n) for n in range(RECENT_EVENT_IDS + 1)])
+    resend = PROCESSOR.evaluate(PROCESSOR.decode(quiz(0)), stored, ("in", 0, RECENT_EVENT_IDS + 1))
+    assert resend.status == "processed"
+
+
+def test_committed_entries_leave_the_outbox_and_the_progress_tail() -> None:
+    stored, _ = feed([quiz(n) for n in range(20)])
+    user = StoredUser.from_bytes(stored or b"")
+    assert user.outbox and user.progress
+    # Every offset up to 20 committed: the next write keeps only what event 20 itself made.
+    stored, (last,) = feed([quiz(20)], stored, first_offset=20, committed=20)
+    user = StoredUser.from_bytes(stored or b"")
+    assert all(entry.position == ("in", 0, 20) for entry in user.outbox)
+    assert {value[3] for value in user.progress.values()} == {("in", 0, 20)}
+    assert len(user.progress) == len(last.progress)
+    # A redelivery of event 20 still re-publishes what it made.
+    again = PROCESSOR.evaluate(PROCESSOR.decode(quiz(20)), stored, ("in", 0, 20))
+    assert again.awards == last.awards
+    assert sorted(again.progress) == sorted(last.progress)
+
+
+def test_an_uncommitted_award_stays_in_the_outbox() -> None:
+    stored, outcomes = feed([quiz(n) for n in range(10)], committed=0)
+    stored, _ = feed([quiz(n) for n in range(10, 40)], stored, first_offset=10, committed=3)
+    user = StoredUser.from_bytes(stored or b"")
+    assert outcomes[0].awards and user.awards_at(("in", 0, 0)) == ()  # committed: dropped
+    assert outcomes[4].awards  # bronze at the 5th quiz, offset 4: not committed, kept
+    assert user.awards_at(("in", 0, 4)) == tuple(outcomes[4].awards)
+
+
+def test_a_value_stored_by_the_previous_format_is_read() -> None:
+    from evaluators.state import UserState
+    from streams.worker.processor import _HEADER
+
+    state = PROCESSOR.engine.evaluate(None, PROCESSOR.decode(quiz(1))).state
+    old_state = state.to_bytes() + bytes(8 * 2000)  # the 2048-digest window of before
+    raw = _HEADER.pack(2, len(old_state)) + old_state + orjson.dumps({
+        "o": [["e1", ['{"award_id": "a"}']]],
+        "p": [["first_quiz", None, 1, 1, "2026-05-02T10:01:00+00:00"]],
+    })
+    user = StoredUser.from_bytes(raw)
+    assert len(user.state.recent) == RECENT_EVENT_IDS * 8
+    assert user.awards_for("e1") == (b'{"award_id": "a"}',)
+    assert user.progress[("first_quiz", None)][:3] == [1, 1, "2026-05-02T10:01:00+00:00"]
+    assert isinstance(user.state, UserState)
+    rewritten = PROCESSOR.evaluate(PROCESSOR.decode(quiz(2)), raw, ("in", 0, 5))
+    assert rewritten.new_state is not None and StoredUser.from_bytes(rewritten.new_state).positions
+
+
+def test_a_mature_user_stays_under_4_kib() -> None:
+    """3,000 demo events of one user, offsets committed 100 events behind (a commit every few seconds)."""
+    stored: bytes | None = None
+    largest = 0
+    for offset, event in enumerate(simulate_events(1, 3000, seed=3)):
+        outcome = PROCESSOR.evaluate(PROCESSOR.decode(orjson.dumps(event)), stored, ("in", 0, offset),
+                                     lambda t, p, offset=offset: max(0, offset - 100))
+        if outcome.new_state is not None:
+            stored = outcome.new_state
+            if offset >= 1000:  # past the first months, when awards come thick and stay uncommitted
+                largest = max(largest, len(stored))
+    assert stored is not None and len(stored) <= 4096 and largest <= 4096, (len(stored or b""), largest)
