@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var/worker"), description="RocksDB state directory of the worker")
     web_port: int = Field(6066, description="worker HTTP port: metrics and state view")
     web_host: str = "127.0.0.1"
+    worker_instance_id: str | None = Field(
+        None, description="static group membership id of this worker (unique per worker); unset: derived from "
+        "host name and data_dir, so a restarted worker gets its partitions back at once; empty: dynamic membership"
+    )
     session_timeout_s: float = Field(
         15.0, gt=0, description="consumer group session timeout: how soon a dead worker's or sink's partitions move"
     )

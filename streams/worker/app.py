@@ -11,7 +11,9 @@ awards (docs/worker-state.md). One agent instance per partition (no ``concurrenc
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -42,6 +44,18 @@ from streams.worker.processor import EventProcessor, StoredUser, dead_letter
 log = logging.getLogger("badgestream.worker")
 
 STATE_TABLE = "user-state"
+
+
+def worker_instance_id(settings: Settings) -> str | None:
+    """The static group member id: configured, or stable per host and state directory.
+
+    Two workers never share a state directory (RocksDB locks it), so the id is unique among live
+    workers and the same after a restart. A worker that dies for good keeps its partitions only
+    until its session times out, as with dynamic membership."""
+    if settings.worker_instance_id is not None:
+        return settings.worker_instance_id or None
+    where = hashlib.blake2b(str(settings.data_dir.resolve()).encode(), digest_size=4).hexdigest()
+    return f"{settings.app_id}-{socket.gethostname()}-{where}"
 
 
 def create_app(settings: Settings, catalog: Catalog | None = None, *,
@@ -78,6 +92,9 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         stream_wait_empty=True,
         # Faust's 60 s default keeps a crashed worker's partitions idle for a minute.
         broker_session_timeout=settings.session_timeout_s,
+        # Static membership: a restarted worker rejoins under the same id and the coordinator hands
+        # its partitions straight back, instead of waiting out the session of its former self.
+        consumer_group_instance_id=worker_instance_id(settings),
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
     metrics = WorkerMetrics(known_types=catalog.event_types())
