@@ -38,7 +38,7 @@ from evaluators.state import BadgeMap, BadgeState, UserState, event_digest
 from schemas.catalog import Catalog, Level, Nudge, validate_catalog
 from schemas.errors import EvaluatorError
 from schemas.events import EventEnvelope
-from schemas.records import AwardRecord, NudgeRecord, ProgressRecord, make_award_id, make_nudge_id
+from schemas.records import AwardRecord, EventSource, NudgeRecord, ProgressRecord, make_award_id, make_nudge_id
 
 __all__ = ["BadgeFailure", "Engine", "Evaluation"]
 
@@ -97,11 +97,13 @@ class Engine:
 
     # --- the one entry point ---------------------------------------------------------------------
 
-    def evaluate(self, state: UserState | None, event: EventEnvelope, *, with_progress: bool = True) -> Evaluation:
+    def evaluate(self, state: UserState | None, event: EventEnvelope, *, with_progress: bool = True,
+                 source: EventSource | None = None) -> Evaluation:
         """Evaluate one event for its user; never raises for a valid envelope (failures go to ``errors``).
 
         ``with_progress=False`` skips building progress records (replay only needs awards and state);
-        state and awards are the same either way.
+        state and awards are the same either way. ``source``: where the event was read, the evidence
+        every award of this event carries.
         """
         if state is None:
             state = UserState.empty(event.user_id)
@@ -161,6 +163,8 @@ class Engine:
         nudges = self._nudges(badges, before, event) if before and self._nudging else ()
         new_state = UserState(event.user_id, state.badges.with_changes(badges),
                               UserState.remember(state.recent, digest), self.fingerprint, points)
+        if source is not None and awards:
+            awards = tuple(_construct(AwardRecord, {**award.__dict__, "source": source}) for award in awards)
         return Evaluation(state=new_state, awards=awards, progress=progress, nudges=nudges, errors=tuple(errors))
 
     # --- steps -----------------------------------------------------------------------------------

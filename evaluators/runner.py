@@ -12,6 +12,7 @@ from evaluators.registry import EvaluatorRegistry
 from evaluators.state import UserState
 from schemas.catalog import Catalog
 from schemas.events import EventEnvelope, parse_event
+from schemas.records import EventSource
 
 
 def plugin_engine(catalog: Catalog) -> Engine:
@@ -30,15 +31,16 @@ class EngineRun:
         self.with_progress = with_progress
         self.states: dict[str, UserState] = {}
 
-    def read(self, raw: bytes | None) -> tuple[EventEnvelope, Evaluation]:
+    def read(self, raw: bytes | None, source: EventSource | None = None) -> tuple[EventEnvelope, Evaluation]:
         """Parse and check one raw event (raises :class:`schemas.errors.InvalidEventError`), then evaluate it."""
         event = parse_event(raw, self.engine.catalog)
-        return event, self.evaluate(event)
+        return event, self.evaluate(event, source)
 
-    def evaluate(self, event: EventEnvelope) -> Evaluation:
+    def evaluate(self, event: EventEnvelope, source: EventSource | None = None) -> Evaluation:
         """Evaluate ``event`` against its user's state and keep the new state (a duplicate or an
-        event no badge listens to changes nothing)."""
-        evaluation = self.engine.evaluate(self.states.get(event.user_id), event, with_progress=self.with_progress)
+        event no badge listens to changes nothing). ``source``: where it was read (award evidence)."""
+        evaluation = self.engine.evaluate(self.states.get(event.user_id), event, with_progress=self.with_progress,
+                                          source=source)
         if evaluation.matched and not evaluation.duplicate:
             self.states[event.user_id] = evaluation.state
         return evaluation

@@ -84,15 +84,18 @@ def faust_credentials(settings: Settings) -> Any:
 
 
 def produce(producer: Producer, topic: str, key: bytes | None, value: bytes | str,
-            on_delivery: DeliveryCallback | None = None, *, drain: float = 0.05) -> None:
+            on_delivery: DeliveryCallback | None = None, *, drain: float = 0.05,
+            headers: list[tuple[str, bytes]] | None = None) -> None:
     """Queue one record; while librdkafka's local queue is full, serve deliveries for ``drain``
     seconds and try again (``BufferError`` is back-pressure, not a failure)."""
+    extra: dict[str, Any] = {}
+    if on_delivery is not None:
+        extra["on_delivery"] = on_delivery
+    if headers:
+        extra["headers"] = headers
     while True:
         try:
-            if on_delivery is None:
-                producer.produce(topic, key=key, value=value)
-            else:
-                producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            producer.produce(topic, key=key, value=value, **extra)
             return
         except BufferError:
             producer.poll(drain)

@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     worker_instance_id: str | None = Field(
         None, description="static group membership id of this worker (unique per worker); unset: derived from "
-        "host name and data_dir, so a restarted worker gets its partitions back at once; empty: dynamic membership"
+        "host name, data_dir and web address, so a restarted worker gets its partitions back at once; empty: "
+        "dynamic membership"
     )
     session_timeout_s: float = Field(
         15.0, gt=0, description="consumer group session timeout: how soon a dead worker's or sink's partitions move"

@@ -35,7 +35,7 @@ from evaluators.engine import Engine
 from evaluators.runner import EngineRun, plugin_engine
 from schemas.catalog import Catalog, load_catalog
 from schemas.errors import DeliveryError, InvalidEventError, TopicNotFoundError
-from schemas.records import AwardRecord
+from schemas.records import AwardRecord, EventSource
 from streams import db
 from streams.console import progress
 from streams.kafka import client_config, produce
@@ -55,14 +55,14 @@ class ReplayResult:
     seconds: float = 0.0
 
 
-def evaluate_stream(engine: Engine, messages: Iterable[bytes]) -> ReplayResult:
-    """Run the engine over raw event values in order and collect every award once."""
+def evaluate_stream(engine: Engine, messages: Iterable[tuple[bytes, EventSource | None]]) -> ReplayResult:
+    """Run the engine over raw event values (with where each was read) in order and collect every award once."""
     run = EngineRun(engine, with_progress=False)
     result = ReplayResult(awards={})
-    for raw in messages:
+    for raw, source in messages:
         result.events += 1
         try:
-            _event, evaluation = run.read(raw)
+            _event, evaluation = run.read(raw, source)
         except InvalidEventError:
             result.invalid += 1
             continue
@@ -90,8 +90,8 @@ def capture_end_offsets(consumer: Consumer, topics: list[str]) -> list[tuple[Top
     return spans
 
 
-def read_input(settings: Settings, show_progress: bool = True) -> Iterable[bytes]:
-    """Every input message value from the beginning up to the end offsets captured now."""
+def read_input(settings: Settings, show_progress: bool = True) -> Iterable[tuple[bytes, EventSource]]:
+    """Every input message value, and where it was read, from the beginning up to the end offsets captured now."""
     consumer = Consumer(client_config(settings, **{
         "group.id": f"{settings.app_id}-replay-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
@@ -118,7 +118,8 @@ def read_input(settings: Settings, show_progress: bool = True) -> Iterable[bytes
                         continue  # written after the replay started: not part of this replay
                     done += 1
                     value = message.value()
-                    yield value if value is not None else b""
+                    yield (value if value is not None else b""), EventSource(topic=key[0], partition=key[1],
+                                                                             offset=offset)
                     if offset >= end - 1:
                         del remaining[key]
                 update(done)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+import orjson
 from faust.types import TP
 from faust.web import Request, Response, View
 
@@ -27,6 +28,7 @@ from evaluators.runner import plugin_engine
 from schemas.catalog import Catalog, load_catalog
 from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope
+from schemas.records import EventSource
 from streams.kafka import (
     ensure_topics,
     faust_brokers,
@@ -44,18 +46,35 @@ from streams.worker.processor import EventProcessor, StoredUser, dead_letter
 log = logging.getLogger("badgestream.worker")
 
 STATE_TABLE = "user-state"
+SOURCE_HEADER = "badgestream-source"
+"""Header of a re-keyed event: ``[topic, partition, offset]`` of its original input position (JSON)."""
+
+
+def read_source_header(headers: Any) -> EventSource | None:
+    """The original position a re-keyed event carries, or None (absent or unreadable)."""
+    items = headers.items() if isinstance(headers, dict) else (headers or ())
+    for name, value in items:
+        if name == SOURCE_HEADER and value:
+            try:
+                topic, partition, offset = orjson.loads(value)
+                return EventSource(topic=topic, partition=partition, offset=offset)
+            except (ValueError, TypeError):
+                return None
+    return None
 
 
 def worker_instance_id(settings: Settings) -> str | None:
-    """The static group member id: configured, or stable per host and state directory.
+    """The static group member id: configured, or stable per host, state directory and web address.
 
     Two workers never share a state directory (RocksDB locks it), so the id is unique among live
-    workers and the same after a restart. A worker that dies for good keeps its partitions only
-    until its session times out, as with dynamic membership."""
+    workers and the same after a restart. The web address is part of it because a static member
+    gets its previous assignment back as it was, and Faust's assignor refuses one made out to
+    another URL. A worker that dies for good keeps its partitions only until its session times
+    out, as with dynamic membership."""
     if settings.worker_instance_id is not None:
         return settings.worker_instance_id or None
-    where = hashlib.blake2b(str(settings.data_dir.resolve()).encode(), digest_size=4).hexdigest()
-    return f"{settings.app_id}-{socket.gethostname()}-{where}"
+    where = f"{settings.data_dir.resolve()}|{settings.web_host}:{settings.web_port}"
+    return f"{settings.app_id}-{socket.gethostname()}-{hashlib.blake2b(where.encode(), digest_size=4).hexdigest()}"
 
 
 def create_app(settings: Settings, catalog: Catalog | None = None, *,
@@ -125,6 +144,18 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         committed: int | None = getattr(app.consumer, "_committed_offset", {}).get(TP(topic, partition))
         return committed
 
+    def first_read(message: Any) -> EventSource:
+        """Where ``message``'s event was first read: for a re-keyed event, the position it carries."""
+        if message.topic == repartition_name:
+            carried = read_source_header(message.headers)
+            if carried is not None:
+                return carried
+        return EventSource(topic=message.topic, partition=message.partition, offset=message.offset)
+
+    def source_header(message: Any) -> list[tuple[str, bytes]]:
+        source = first_read(message)
+        return [(SOURCE_HEADER, orjson.dumps([source.topic, source.partition, source.offset]))]
+
     def decode(message: Any) -> EventEnvelope | None:
         try:
             return processor.decode(message.value)
@@ -156,12 +187,13 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             ):
                 # Keyed by something else, or placed by another partitioner: re-key so that this
                 # user's events all meet the one table partition holding their state.
-                output.send(repartition_name, user_key, message.value)
+                output.send(repartition_name, user_key, message.value, headers=source_header(message))
                 metrics.observe(envelope.type, "forwarded", time.perf_counter() - began)
                 continue
             try:
                 outcome = processor.evaluate(envelope, table.get(user_key),
-                                             (message.topic, message.partition, message.offset), committed_offset)
+                                             (message.topic, message.partition, message.offset), committed_offset,
+                                             source=first_read(message))
             except Exception as exc:  # an engine or state bug: keep the event (DLQ) and go on
                 log.exception("evaluating event %s of %s failed", envelope.event_id, envelope.user_id)
                 reject(message, InvalidEventError("processing_error", f"{type(exc).__name__}: {exc}"))
@@ -197,7 +229,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             async for event in stream.events():
                 envelope = decode(event.message)
                 if envelope is not None:
-                    output.send(repartition_name, envelope.user_id.encode("utf-8"), event.message.value)
+                    output.send(repartition_name, envelope.user_id.encode("utf-8"), event.message.value,
+                                headers=source_header(event.message))
 
     @app.timer(5.0)
     async def report_lag() -> None:

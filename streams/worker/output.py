@@ -40,8 +40,8 @@ class OutputProducer:
         if err is not None:
             self._failures.append(f"{msg.topic()}: {err}")
 
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        produce(self._producer, topic, key, value, self._on_delivery)
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+        produce(self._producer, topic, key, value, self._on_delivery, headers=headers)
 
     def poll(self) -> None:
         self._producer.poll(0)

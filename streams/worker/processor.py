@@ -38,7 +38,7 @@ from evaluators.state import UserState
 from schemas.catalog import Catalog
 from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope, parse_event
-from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord, supersedes
+from schemas.records import AwardRecord, DeadLetterRecord, EventSource, ProgressRecord, supersedes
 
 STORED_FORMAT = 3  # 1: state + outbox; 2: + latest progress; 3: + input positions, outbox by position
 OUTBOX_EVENTS = 32  # most award-producing events kept per user, even when uncommitted (as before)
@@ -241,11 +241,12 @@ class EventProcessor:
         return self.evaluate(event, stored, (topic, partition, offset))
 
     def evaluate(self, event: EventEnvelope, stored: bytes | None, position: Position | None = None,
-                 committed: CommittedOffset | None = None) -> Outcome:
+                 committed: CommittedOffset | None = None, source: EventSource | None = None) -> Outcome:
         """Evaluate ``event`` against the user's ``stored`` value.
 
         ``position``: where the message was read; a message at or before the last position applied
-        to this user is a redelivery and changes nothing. ``committed`` prunes the outbox."""
+        to this user is a redelivery and changes nothing. ``committed`` prunes the outbox.
+        ``source``: the awards' evidence, where the event was first read (default: ``position``)."""
         previous = StoredUser.from_bytes(stored) if stored else StoredUser(UserState.empty(event.user_id))
         if position is not None and previous.applied(position):
             # A Kafka redelivery of an event already in this state: re-publish what it awarded and
@@ -254,7 +255,9 @@ class EventProcessor:
             return Outcome(status="duplicate",
                            awards=list(previous.awards_at(position) or previous.awards_for(event.event_id)),
                            progress=previous.progress_records())
-        evaluation = self.engine.evaluate(previous.state, event)
+        if source is None and position is not None:
+            source = EventSource(topic=position[0], partition=position[1], offset=position[2])
+        evaluation = self.engine.evaluate(previous.state, event, source=source)
         outcome = Outcome(evaluation=evaluation)
         if evaluation.duplicate:
             # The same event id again under a new position (an upstream resend): nothing changes.

@@ -82,6 +82,20 @@ def test_replay_reproduces_the_live_award_set_exactly(live: StackConfig) -> None
     assert result.events == len(harness.read_events())
     assert len(result.awards) == award_count(settings.database_url_value)
     assert found.empty, found.as_json()
+    # The same evidence: every award names the input position of its deciding event, as live.
+    table = db.user_badges
+    awards_db = db.make_engine(settings.database_url_value)
+    try:
+        with awards_db.connect() as conn:
+            rows = conn.execute(sa.select(table.c.award_id, table.c.source_topic, table.c.source_partition,
+                                          table.c.source_offset)).all()
+    finally:
+        awards_db.dispose()
+    live_sources = {row.award_id: (row.source_topic, row.source_partition, row.source_offset) for row in rows}
+    replayed = {aid: (a.source.topic, a.source.partition, a.source.offset) if a.source else None
+                for aid, a in result.awards.items()}
+    assert replayed == live_sources
+    assert all(topic == live.input_topic for topic, _, _ in live_sources.values())
 
 
 def test_a_new_badge_is_awarded_retroactively_and_apply_twice_changes_nothing(

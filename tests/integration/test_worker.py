@@ -132,6 +132,12 @@ def test_bad_input_is_dead_lettered_while_good_events_around_it_are_processed(st
     # g2 was keyed "u-1" on purpose: the worker re-keyed it by user_id and still awarded u-2.
     got = sorted((r["user_id"], r["badge_id"]) for r in awards_from(awards))
     assert got == [("u-1", "first_quiz"), ("u-2", "first_quiz")]
+    # The evidence names where each deciding event was first read: g2's original input position
+    # (offset 6, after g1 and the five bad records), not its place in the re-keying topic.
+    sources = {r["user_id"]: r["source"] for r in awards_from(awards)}
+    assert sources["u-1"]["topic"] == sources["u-2"]["topic"] == stack.input_topic
+    assert sources["u-2"]["partition"] == sources["u-1"]["partition"]
+    assert (sources["u-1"]["offset"], sources["u-2"]["offset"]) == (0, len(bad) + 1)
 
     # Observability: the counters saw all of it, and the state view answers for the key.
     counts = Counter(re.findall(r'^badgestream_dead_letters_total\{reason="(\w+)"\} (\d+)', metrics, re.MULTILINE))
@@ -184,11 +190,16 @@ def test_many_input_topics_including_one_partitioned_differently(stack: StackCon
         harness.produce_lines(stack.bootstrap, other, [quiz(f"c{i}", f"u-{i}", day=3) for i in range(6)])
         harness.produce_lines(stack.bootstrap, stack.input_topic,
                               [quiz(f"d{d}-{i}", f"u-{i}", day=d) for d in (4, 5) for i in range(6)])
-        messages = harness.consume(stack.bootstrap, stack.awards_topic, expected=12, timeout=120, watch=worker)
+        harness.produce_lines(stack.bootstrap, other, [quiz("z1", "u-9", day=1)])  # offset 12 of `other`
+        messages = harness.consume(stack.bootstrap, stack.awards_topic, expected=13, timeout=120, watch=worker)
         assert "rekey" in worker.log()
     finally:
         worker.stop()
         _cleanup(stack)
     got = sorted((r["user_id"], r["badge_id"]) for r in awards_from(messages))
     # Five quizzes per user across both topics: the state saw all of them in one place.
-    assert got == sorted([(f"u-{i}", b) for i in range(6) for b in ("first_quiz", "five_quizzes")])
+    assert got == sorted([(f"u-{i}", b) for i in range(6) for b in ("first_quiz", "five_quizzes")]
+                         + [("u-9", "first_quiz")])
+    # u-9's award was decided by an event re-keyed from `other`: its evidence is that original input.
+    (z1,) = [r for r in awards_from(messages) if r["user_id"] == "u-9"]
+    assert z1["source"] == {"topic": other, "partition": 0, "offset": 12}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from evaluators.engine import Engine
+from evaluators.runner import plugin_engine
 from evaluators.state import RECENT_EVENT_IDS
 from schemas.catalog import load_catalog
 from streams.devstack.simulate import simulate_events
@@ -12,7 +12,7 @@ from streams.settings import DEMO_CATALOG
 from streams.worker.processor import EventProcessor, Outcome, StoredUser
 
 CATALOG = load_catalog(DEMO_CATALOG)
-PROCESSOR = EventProcessor(CATALOG, Engine(CATALOG))
+PROCESSOR = EventProcessor(CATALOG, plugin_engine(CATALOG))
 
 
 def quiz(n: int, user: str = "u", day: int = 2) -> bytes:
@@ -124,3 +124,21 @@ def test_a_mature_user_stays_under_4_kib() -> None:
             if offset >= 1000:  # past the first months, when awards come thick and stay uncommitted
                 largest = max(largest, len(stored))
     assert stored is not None and len(stored) <= 4096 and largest <= 4096, (len(stored or b""), largest)
+
+
+def test_awards_carry_where_their_event_was_read() -> None:
+    from schemas.records import EventSource
+    from streams.worker.app import SOURCE_HEADER, read_source_header
+
+    first = PROCESSOR.evaluate(PROCESSOR.decode(quiz(1)), None, ("in", 3, 41))
+    assert first.award_records and {a.source for a in first.award_records} == {EventSource(topic="in", partition=3,
+                                                                                           offset=41)}
+    assert all(orjson.loads(a)["source"] == {"topic": "in", "partition": 3, "offset": 41} for a in first.awards)
+    # A re-keyed event is read from the internal topic but names its original input position.
+    rekeyed = PROCESSOR.evaluate(PROCESSOR.decode(quiz(1)), None, ("app-events-by-user", 0, 7),
+                                 source=EventSource(topic="in", partition=1, offset=5))
+    assert {a.source for a in rekeyed.award_records} == {EventSource(topic="in", partition=1, offset=5)}
+    header = [(SOURCE_HEADER, b'["in", 1, 5]')]
+    assert read_source_header(header) == EventSource(topic="in", partition=1, offset=5)
+    assert read_source_header([(SOURCE_HEADER, b"not json")]) is None
+    assert read_source_header(None) is None
