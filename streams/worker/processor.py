@@ -256,7 +256,8 @@ class EventProcessor:
                            awards=list(previous.awards_at(position) or previous.awards_for(event.event_id)),
                            progress=previous.progress_records())
         if source is None and position is not None:
-            source = EventSource(topic=position[0], partition=position[1], offset=position[2])
+            # Built without validation: a Kafka position is already well-typed (once per event).
+            source = EventSource.model_construct(topic=position[0], partition=position[1], offset=position[2])
         evaluation = self.engine.evaluate(previous.state, event, source=source)
         outcome = Outcome(evaluation=evaluation)
         if evaluation.duplicate:
