@@ -1,23 +1,31 @@
-"""End-to-end worker benchmark on the real broker: throughput, event->award latency, and the ceiling.
+"""bench/worker: the worker end to end on the real broker, side by side with its alternatives, one table.
 
-1. ceiling: a bare aiokafka consumer that only reads and decodes (``parse_event``) the same events;
-2. throughput: one ``badgestream worker`` subprocess, events/s from the first produce until the
-   worker has processed the last one (its own ``badgestream_events_total`` counter);
-3. latency: events produced at a steady rate (default 2k/s); for every award, the time from
-   producing the deciding event to receiving the award on the award topic; p50/p99.
+For a fresh-user stream and a mature one (few users, long histories), in one run:
 
-    python -m bench.worker.run [--events 200000] [--users 10000] [--rate 2000] [--seconds 20]
+a. bare confluent-kafka read + ``parse_event`` of the stream: the ceiling of any Python consumer;
+b. a plain loop without Faust doing the worker's work: consume, decode, evaluate with the state in a
+   dict (the worker's own :class:`EventProcessor`), produce awards and progress: the limit of this design;
+c. the seed article's design: per event, for every badge listening to its type, SQL against SQLite
+   (store the event, count the user's qualifying events, read and upsert progress);
+w. the worker (``badgestream worker`` subprocess): events/s until its ``badgestream_events_total``
+   has seen the last event;
+d. latency at a steady rate: from producing an event to receiving the award it decided;
+e. restart: kill -9 the worker, start it again, time until it has processed a new event
+   (static group membership, and dynamic as before);
+f. output records (awards + progress + nudges) and changelog bytes per input event, largest stored value.
+
+Usage: python -m bench.worker.run [--fresh-users 10000] [--fresh-events 40000] [--mature-users 100]
+       [--mature-events 30000] [--rate 2000] [--seconds 10]
+Everything shares the machine (broker JVM, producers, the worker): the load average is printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import re
 import shutil
 import signal
-import statistics
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -25,21 +33,27 @@ import threading
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from deploy.kafka.broker import configured_or_throwaway_broker, free_port  # noqa: E402
+from evaluators.runner import plugin_engine  # noqa: E402
+from schemas.catalog import load_catalog  # noqa: E402
 from schemas.events import parse_event  # noqa: E402
 from streams.devstack.simulate import simulate_events  # noqa: E402
-from streams.kafka import ensure_topics, required_topics  # noqa: E402
+from streams.kafka import TopicSpec, ensure_topics, required_topics  # noqa: E402
 from streams.settings import Settings  # noqa: E402
+from streams.worker.processor import EventProcessor  # noqa: E402
 
-EVENTS_TOTAL = re.compile(r"^badgestream_events_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
+EVENTS_TOTAL = "badgestream_events_total{"
+SEED_EVENTS = 3000  # the seed design is slow: measured on the first events of the stream
 
 
 def events_processed(port: int) -> float:
@@ -48,7 +62,7 @@ def events_processed(port: int) -> float:
             body = response.read().decode()
     except OSError:
         return -1.0
-    return sum(float(v) for v in EVENTS_TOTAL.findall(body))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(EVENTS_TOTAL))
 
 
 def produce(bootstrap: str, topic: str, events: list[bytes], keys: list[bytes]) -> None:
@@ -66,169 +80,370 @@ def produce(bootstrap: str, topic: str, events: list[bytes], keys: list[bytes]) 
     producer.flush(120)
 
 
-async def ceiling(bootstrap: str, topic: str, count: int) -> float:
-    from aiokafka import AIOKafkaConsumer
+def consumer(bootstrap: str, topics: list[str], **extra: Any) -> Consumer:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False, **extra})
+    c.subscribe(topics)
+    return c
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"ceiling-{uuid.uuid4().hex[:8]}",
-                                auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000)
-    await consumer.start()
+
+def read(bootstrap: str, topic: str, count: int, handle: Any) -> float:
+    """events/s of reading ``count`` records of ``topic`` and calling ``handle`` on each (clock starts at the first)."""
+    c = consumer(bootstrap, [topic])
+    seen, began = 0, None
     try:
-        seen = 0
-        began = None
         while seen < count:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
-            for messages in batches.values():
+            for message in c.consume(2000, timeout=1.0):
+                if message.error() is not None:
+                    continue
                 if began is None:
                     began = time.perf_counter()
-                for message in messages:
-                    parse_event(message.value)
-                    seen += 1
+                handle(message)
+                seen += 1
         return seen / (time.perf_counter() - (began or time.perf_counter()))
     finally:
-        await consumer.stop()
+        c.close()
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def bare(bootstrap: str, topic: str, count: int) -> float:
+    return read(bootstrap, topic, count, lambda m: parse_event(m.value()))
+
+
+def plain_loop(bootstrap: str, topic: str, count: int, out_topic: str) -> float:
+    """(b): the worker's work without Faust: decode, evaluate against a dict, produce the outputs."""
+    catalog = load_catalog(Settings().catalog_path)
+    processor = EventProcessor(catalog, plugin_engine(catalog))
+    table: dict[bytes, bytes] = {}
+    out = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
+                    "queue.buffering.max.messages": 1_000_000})
+
+    def handle(message: Any) -> None:
+        key = message.key()
+        outcome = processor.evaluate(processor.decode(message.value()), table.get(key),
+                                     (message.topic(), message.partition(), message.offset()))
+        if outcome.new_state is not None:
+            table[key] = outcome.new_state
+        for value in (*outcome.awards, *outcome.progress, *outcome.nudges):
+            while True:
+                try:
+                    out.produce(out_topic, key=key, value=value)
+                    break
+                except BufferError:
+                    out.poll(0.05)
+        out.poll(0)
+
+    began = time.perf_counter()
+    rate = read(bootstrap, topic, count, handle)
+    out.flush(60)
+    return min(rate, count / (time.perf_counter() - began))
+
+
+SEED_SCHEMA = """
+CREATE TABLE events (id INTEGER PRIMARY KEY, event_id TEXT, user_id TEXT, type TEXT, occurred_at TEXT, data TEXT);
+CREATE INDEX events_user ON events (user_id, type);
+CREATE TABLE progress (user_id TEXT, badge_id TEXT, progress INTEGER, target INTEGER, PRIMARY KEY (user_id, badge_id));
+CREATE TABLE user_badges (user_id TEXT, badge_id TEXT, awarded_at TEXT, PRIMARY KEY (user_id, badge_id));
+"""
+
+
+def seed_design(bootstrap: str, topic: str, count: int, path: Path) -> float:
+    """(c): the seed article's worker: every listening badge queries the user's history in SQLite."""
+    catalog = load_catalog(Settings().catalog_path)
+    listening: dict[str, list[tuple[str, list[str], int]]] = {}
+    for badge in catalog.badges:
+        target = getattr(badge.rule, "count", None) or 1
+        for event_type in badge.on:
+            listening.setdefault(event_type, []).append((badge.id, list(badge.on), int(target)))
+    db = sqlite3.connect(path)
+    db.executescript(SEED_SCHEMA)
+
+    def handle(message: Any) -> None:
+        event = parse_event(message.value())
+        db.execute("INSERT INTO events (event_id, user_id, type, occurred_at, data) VALUES (?, ?, ?, ?, ?)",
+                   (event.event_id, event.user_id, event.type, event.occurred_at.isoformat(),
+                    orjson.dumps(event.data).decode()))
+        for badge_id, types, target in listening.get(event.type, ()):
+            marks = ",".join("?" * len(types))
+            (n,) = db.execute(f"SELECT COUNT(DISTINCT event_id) FROM events WHERE user_id = ? AND type IN ({marks})",
+                              (event.user_id, *types)).fetchone()
+            row = db.execute("SELECT progress FROM progress WHERE user_id = ? AND badge_id = ?",
+                             (event.user_id, badge_id)).fetchone()
+            if row is None or row[0] != n:
+                db.execute("INSERT INTO progress VALUES (?, ?, ?, ?) ON CONFLICT (user_id, badge_id) "
+                           "DO UPDATE SET progress = excluded.progress", (event.user_id, badge_id, n, target))
+            if n >= target:
+                db.execute("INSERT OR IGNORE INTO user_badges VALUES (?, ?, ?)",
+                           (event.user_id, badge_id, event.occurred_at.isoformat()))
+        db.commit()
+
+    try:
+        return read(bootstrap, topic, count, handle)
+    finally:
+        db.close()
+
+
+def end_offsets(bootstrap: str, topics: list[str]) -> int:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}"})
+    try:
+        total = 0
+        for topic in topics:
+            meta = c.list_topics(topic, timeout=10).topics.get(topic)
+            for partition in (meta.partitions if meta is not None else {}):
+                low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                total += high - low
+        return total
+    finally:
+        c.close()
+
+
+def changelog_bytes(bootstrap: str, topic: str) -> tuple[int, int, int]:
+    """(records, total value bytes, largest value) of a changelog topic, read to its end."""
+    records = end_offsets(bootstrap, [topic])
+    c = consumer(bootstrap, [topic])
+    seen = total = largest = 0
+    deadline = time.monotonic() + 120
+    try:
+        while seen < records and time.monotonic() < deadline:
+            for message in c.consume(5000, timeout=1.0):
+                if message.error() is None:
+                    size = len(message.value() or b"")
+                    seen += 1
+                    total += size
+                    largest = max(largest, size)
+        return seen, total, largest
+    finally:
+        c.close()
+
+
+@dataclass
+class Row:
+    stream: str
+    events: int
+    figures: dict[str, str] = field(default_factory=dict)
+
+
+class Worker:
+    """One ``badgestream worker`` subprocess on the bench's topics."""
+
+    def __init__(self, settings: Settings, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.port = settings.web_port
+        self.env = {**os.environ, "PYTHONPATH": str(REPO),
+                    "BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+                    "BADGESTREAM_INPUT_TOPICS": settings.input_topics[0],
+                    "BADGESTREAM_AWARDS_TOPIC": settings.awards_topic,
+                    "BADGESTREAM_PROGRESS_TOPIC": settings.progress_topic,
+                    "BADGESTREAM_NUDGES_TOPIC": settings.nudges_topic,
+                    "BADGESTREAM_DLQ_TOPIC": settings.dlq_topic,
+                    "BADGESTREAM_TOPIC_PARTITIONS": str(settings.topic_partitions),
+                    "BADGESTREAM_APP_ID": settings.app_id, "BADGESTREAM_WEB_PORT": str(self.port),
+                    "BADGESTREAM_DATA_DIR": str(workdir / "worker"), **(extra_env or {})}
+        self.log_path = workdir / "worker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"], env=self.env,
+                                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def processed(self) -> float:
+        return events_processed(self.port)
+
+    def wait_for(self, count: float, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while self.processed() < count:
+            if time.monotonic() > deadline or (self.process is not None and self.process.poll() is not None):
+                raise SystemExit(f"worker stopped or stuck; see {self.log_path}")
+            time.sleep(0.02)
+
+    def kill9(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def latency(bootstrap: str, settings: Settings, events: list[dict[str, Any]], rate: float) -> tuple[int, str]:
+    sent_at: dict[str, float] = {}
+    received: list[float] = []
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:8]}",
+                  "auto.offset.reset": "latest", "enable.auto.commit": False})
+    c.subscribe([settings.awards_topic])
+    while not c.assignment():
+        c.poll(0.2)
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set():
+            message = c.poll(0.05)  # poll, not consume(n, timeout): that would add the timeout
+            if message is not None and message.error() is None:
+                now = time.perf_counter()
+                event_id = orjson.loads(message.value() or b"{}").get("event_id")
+                if event_id in sent_at:
+                    received.append(now - sent_at.pop(event_id))
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 0,
+                         "enable.idempotence": True})
+    start = time.perf_counter()
+    for n, event in enumerate(events):
+        due = start + n / rate
+        while (now := time.perf_counter()) < due:
+            time.sleep(min(due - now, 0.001))
+        sent_at[event["event_id"]] = time.perf_counter()
+        producer.produce(settings.input_topics[0], key=event["user_id"].encode(), value=orjson.dumps(event))
+        producer.poll(0)
+    producer.flush(30)
+    actual = len(events) / (time.perf_counter() - start)
+    time.sleep(3)
+    stop.set()
+    collector.join()
+    c.close()
+    if not received:
+        return 0, f"no awards at {actual:,.0f}/s"
+    ms = sorted(v * 1000 for v in received)
+
+    def pick(q: float) -> float:
+        return ms[min(len(ms) - 1, int(q * len(ms)))]
+
+    return len(ms), f"p50 {pick(0.5):.0f} / p99 {pick(0.99):.0f} ms at {actual:,.0f}/s ({len(ms)} awards)"
+
+
+def restart_time(worker: Worker, bootstrap: str, n: int) -> float:
+    """Seconds from starting a crashed (kill -9) worker again until it has processed one new event.
+
+    A crash, not a clean stop: a dynamic member that stops cleanly leaves the group at once, one
+    that dies is only noticed when its session times out; a static member's successor takes over
+    its partitions without waiting for that."""
+    time.sleep(4)  # past a commit, so the restart does not start by re-reading a backlog
+    worker.kill9()
+    probe = orjson.dumps({"event_id": f"probe-{n}-{uuid.uuid4().hex[:6]}", "type": "user_logged_in",
+                          "user_id": f"probe-{n}", "occurred_at": "2026-01-01T00:00:00+00:00"})
+    produce(bootstrap, worker.settings.input_topics[0], [probe], [f"probe-{n}".encode()])
+    began = time.perf_counter()
+    worker.start()
+    # The counter restarts at 0 with the process: one event processed means the partitions are back.
+    deadline = time.monotonic() + 180
+    while worker.processed() < 1:
+        if time.monotonic() > deadline:
+            return float("nan")
+        time.sleep(0.05)
+    return time.perf_counter() - began
+
+
+def python_start() -> float:
+    """Seconds to start a worker's Python and import what it imports, without Kafka (part of every restart)."""
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import streams.worker.app, streams.cli.main"], cwd=REPO, check=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    return time.perf_counter() - began
+
+
+def run_stream(bootstrap: str, name: str, users: int, events: int, args: argparse.Namespace) -> Row:
+    row = Row(name, events)
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-worker-{name}-"))
+    suffix = f"{name}-{uuid.uuid4().hex[:6]}"
+    settings = Settings(kafka_bootstrap_servers=bootstrap, input_topics=[f"bench-events-{suffix}"],
+                        awards_topic=f"bench-awards-{suffix}", progress_topic=f"bench-progress-{suffix}",
+                        nudges_topic=f"bench-nudges-{suffix}", dlq_topic=f"bench-dlq-{suffix}",
+                        sink_dlq_topic=f"bench-sink-dlq-{suffix}", topic_partitions=args.partitions,
+                        app_id=f"bench-{suffix}", web_port=free_port(), data_dir=workdir / "worker")
+    ensure_topics(settings, required_topics(settings))
+    ensure_topics(settings, [TopicSpec(f"bench-loop-out-{suffix}", args.partitions, {})])
+    dicts = list(simulate_events(users, events, seed=7))
+    values = [orjson.dumps(e) for e in dicts]
+    keys = [e["user_id"].encode() for e in dicts]
+    topic = settings.input_topics[0]
+    produce(bootstrap, topic, values, keys)
+    print(f"[{name}] {events} events of {users} users produced; load {os.getloadavg()[0]:.1f}", flush=True)
+
+    a = bare(bootstrap, topic, events)
+    b = plain_loop(bootstrap, topic, events, f"bench-loop-out-{suffix}")
+    c = seed_design(bootstrap, topic, min(SEED_EVENTS, events), workdir / "seed.db")
+    print(f"[{name}] bare {a:,.0f}/s, plain loop {b:,.0f}/s, seed design {c:,.0f}/s", flush=True)
+
+    worker = Worker(settings, workdir)
+    worker.start()
+    try:
+        # The stream is already there: the clock runs from the first event processed to the last.
+        worker.wait_for(1)
+        began = time.perf_counter()
+        first = worker.processed()
+        worker.wait_for(events)
+        w = (events - first) / (time.perf_counter() - began)
+        load = os.getloadavg()[0]
+        print(f"[{name}] worker {w:,.0f}/s (load {load:.1f})", flush=True)
+        # (f) before the latency phase adds its own events
+        time.sleep(3)  # let the last commit and changelog writes go out
+        outputs = end_offsets(bootstrap, [settings.awards_topic, settings.progress_topic, settings.nudges_topic])
+        changelog = f"{settings.app_id}-user-state-changelog"
+        records, total, largest = changelog_bytes(bootstrap, changelog)
+
+        lat_users = max(users // 4, 100) if name == "fresh" else users
+        lat_events = [dict(e, user_id=("lat-" + e["user_id"]) if name == "fresh" else e["user_id"],
+                           event_id="lat-" + e["event_id"])
+                      for e in simulate_events(lat_users, int(args.rate * args.seconds), seed=11)]
+        _, lat = latency(bootstrap, settings, lat_events, args.rate)
+        print(f"[{name}] latency {lat}", flush=True)
+        static = restart_time(worker, bootstrap, 1)
+        worker.stop()
+        worker.env["BADGESTREAM_WORKER_INSTANCE_ID"] = ""  # dynamic membership, as before
+        worker.start()
+        worker.wait_for(1)
+        dynamic = restart_time(worker, bootstrap, 2)
+        started = python_start()
+        print(f"[{name}] restart {static:.1f}s static, {dynamic:.1f}s dynamic membership", flush=True)
+    finally:
+        worker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    row.figures = {
+        "a. bare read+parse": f"{a:,.0f}/s",
+        "b. plain loop (no Faust)": f"{b:,.0f}/s",
+        f"c. seed design (first {min(SEED_EVENTS, events):,})": f"{c:,.0f}/s",
+        "worker": f"{w:,.0f}/s",
+        "worker / b": f"{w / b:.0%}",
+        "worker / c": f"{w / c:.1f}x",
+        "d. latency": lat,
+        "e. restart after kill -9 (static / dynamic membership)": f"{static:.1f} s / {dynamic:.1f} s",
+        "   of which starting the process (import, catalog)": f"{started:.1f} s",
+        "f. output records per event": f"{outputs / events:.2f}",
+        "f. changelog bytes per event": f"{total / events:,.0f} ({records / events:.2f} records)",
+        "f. largest stored value": f"{largest:,} B",
+        "load average during the worker run": f"{load:.1f}",
+    }
+    return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--fresh-users", type=int, default=10_000)
+    parser.add_argument("--fresh-events", type=int, default=40_000)
+    parser.add_argument("--mature-users", type=int, default=100)
+    parser.add_argument("--mature-events", type=int, default=30_000)
     parser.add_argument("--rate", type=float, default=2000.0, help="events/s of the latency phase")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of the latency phase")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--py-spy", default=None, metavar="FILE",
-                        help="record the worker with py-spy (collapsed stacks) into FILE")
     args = parser.parse_args()
-
     with configured_or_throwaway_broker("bench-worker-kafka-") as bootstrap:
-        return run(args, bootstrap)
-
-
-def run(args: argparse.Namespace, bootstrap: str) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-worker-"))
-    suffix = uuid.uuid4().hex[:8]
-    web_port = free_port()
-    settings = Settings(kafka_bootstrap_servers=bootstrap, input_topics=[f"bench-events-{suffix}"],
-                        awards_topic=f"bench-awards-{suffix}", progress_topic=f"bench-progress-{suffix}",
-                        dlq_topic=f"bench-dlq-{suffix}", sink_dlq_topic=f"bench-sink-dlq-{suffix}",
-                        topic_partitions=args.partitions, app_id=f"bench-{suffix}", web_port=web_port,
-                        data_dir=workdir / "worker")
-    ensure_topics(settings, required_topics(settings))
-    ceiling_topic = f"bench-ceiling-{suffix}"
-    from streams.kafka import TopicSpec
-
-    ensure_topics(settings, [TopicSpec(ceiling_topic, args.partitions, {})])
-
-    print(f"generating {args.events} events for {args.users} users ...", flush=True)
-    dicts = list(simulate_events(args.users, args.events, seed=7))
-    values = [orjson.dumps(e) for e in dicts]
-    keys = [e["user_id"].encode() for e in dicts]
-
-    produce(bootstrap, ceiling_topic, values, keys)
-    ceiling_rate = asyncio.run(ceiling(bootstrap, ceiling_topic, len(values)))
-    print(f"ceiling (aiokafka read + parse_event): {ceiling_rate:,.0f} events/s", flush=True)
-
-    env = {**os.environ, "PYTHONPATH": str(REPO),
-           "BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-           "BADGESTREAM_INPUT_TOPICS": settings.input_topics[0],
-           "BADGESTREAM_AWARDS_TOPIC": settings.awards_topic, "BADGESTREAM_PROGRESS_TOPIC": settings.progress_topic,
-           "BADGESTREAM_DLQ_TOPIC": settings.dlq_topic, "BADGESTREAM_TOPIC_PARTITIONS": str(args.partitions),
-           "BADGESTREAM_APP_ID": settings.app_id, "BADGESTREAM_WEB_PORT": str(web_port),
-           "BADGESTREAM_DATA_DIR": str(workdir / "worker")}
-    log = (workdir / "worker.log").open("wb")
-    command = [sys.executable, "-m", "streams.cli", "worker", "-l", "warn"]
-    if args.py_spy:
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        command = [py_spy, "record", "--format", "raw", "--rate", "50", "-o", str(Path(args.py_spy).resolve()),
-                   "--", *command]
-    worker = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        # Warm up: one event through, so partitions are assigned and tables recovered.
-        warm = orjson.dumps({"event_id": "warm-1", "type": "user_logged_in", "user_id": "warm",
-                             "occurred_at": "2026-01-01T00:00:00+00:00"})
-        produce(bootstrap, settings.input_topics[0], [warm], [b"warm"])
-        deadline = time.monotonic() + 180
-        while events_processed(web_port) < 1:
-            if time.monotonic() > deadline or worker.poll() is not None:
-                raise SystemExit(f"worker did not start; see {workdir / 'worker.log'}")
-            time.sleep(0.2)
-
-        began = time.perf_counter()
-        producer_thread = threading.Thread(target=produce, args=(bootstrap, settings.input_topics[0], values, keys))
-        producer_thread.start()
-        target = len(values) + 1
-        while events_processed(web_port) < target:
-            if worker.poll() is not None:
-                raise SystemExit(f"worker died; see {workdir / 'worker.log'}")
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - began
-        producer_thread.join()
-        throughput = len(values) / elapsed
-        print(f"worker throughput: {len(values)} events in {elapsed:.1f}s = {throughput:,.0f} events/s "
-              f"({throughput / ceiling_rate:.0%} of the ceiling)", flush=True)
-
-        # Latency at a steady rate, on fresh users so that awards happen.
-        count = int(args.rate * args.seconds)
-        latency_events = [dict(e, user_id="lat-" + e["user_id"], event_id="lat-" + e["event_id"])
-                          for e in simulate_events(max(args.users // 4, 100), count, seed=11)]
-        sent_at: dict[str, float] = {}
-        received: list[float] = []
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{suffix}",
-                             "auto.offset.reset": "latest", "enable.auto.commit": False})
-        consumer.subscribe([settings.awards_topic])
-        consumer.poll(2.0)
-        while not consumer.assignment():
-            consumer.poll(0.5)
-        stop = threading.Event()
-
-        def collect() -> None:
-            while not stop.is_set():
-                # poll, not consume(n, timeout): consume waits for n messages or the timeout,
-                # which would add up to the timeout to every measured latency.
-                message = consumer.poll(0.05)
-                if message is not None and message.error() is None:
-                    now = time.perf_counter()
-                    event_id = orjson.loads(message.value())["event_id"]
-                    if event_id in sent_at:
-                        received.append(now - sent_at[event_id])
-
-        collector = threading.Thread(target=collect)
-        collector.start()
-        producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 0,
-                             "enable.idempotence": True})
-        start = time.perf_counter()
-        for n, event in enumerate(latency_events):
-            due = start + n / args.rate
-            while (now := time.perf_counter()) < due:
-                time.sleep(min(due - now, 0.001))
-            sent_at[event["event_id"]] = time.perf_counter()
-            producer.produce(settings.input_topics[0], key=event["user_id"].encode(), value=orjson.dumps(event))
-            producer.poll(0)
-        producer.flush(30)
-        actual_rate = len(latency_events) / (time.perf_counter() - start)
-        time.sleep(3)
-        stop.set()
-        collector.join()
-        consumer.close()
-        if received:
-            ms = [v * 1000 for v in received]
-            print(f"latency at {actual_rate:,.0f} events/s over {args.seconds:.0f}s: {len(ms)} awards, "
-                  f"p50 {percentile(ms, 0.5):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms, "
-                  f"mean {statistics.fmean(ms):.1f} ms", flush=True)
-        else:
-            print("latency: no awards received", flush=True)
-    finally:
-        worker.send_signal(signal.SIGINT if args.py_spy else signal.SIGTERM)
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        rows = [run_stream(bootstrap, "fresh", args.fresh_users, args.fresh_events, args),
+                run_stream(bootstrap, "mature", args.mature_users, args.mature_events, args)]
+    names = list(rows[0].figures)
+    print()
+    print(f"| figure | fresh ({args.fresh_users:,} users, {args.fresh_events:,} events) "
+          f"| mature ({args.mature_users:,} users, {args.mature_events:,} events) |")
+    print("|---|---|---|")
+    for figure in names:
+        print(f"| {figure} | {rows[0].figures[figure]} | {rows[1].figures[figure]} |")
     return 0
 
 
