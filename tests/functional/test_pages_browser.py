@@ -97,7 +97,7 @@ def test_a_profile_page_shows_earned_badges_progress_and_never_an_unearned_hidde
     assert page.locator("progress").first.get_attribute("max") == "5"
     body = page.locator("body").inner_text()
     assert "Secret Society" not in body  # hidden and not earned
-    assert "35 points" in body and "15 to Regular" in body
+    assert "35 points" in body and "15 points to Regular" in body
     # Readable on a phone: nothing wider than the screen.
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     shoot(page, "profile-u-1")
