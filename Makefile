@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -16,14 +16,21 @@ help: ## list the developer commands
 deps: ## install OS packages the project needs (Java, Maven, PostgreSQL) if missing
 	@bash deploy/install-system-deps.sh
 
-$(STAMP): pyproject.toml
+# Every Python dependency comes from requirements.lock (exact versions with hashes); badgestream
+# itself is installed on top, editable, without resolving anything again.
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,dev]"
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 .PHONY: venv
-venv: $(STAMP) ## create the virtualenv and install badgestream with test and dev extras
+venv: $(STAMP) ## create the virtualenv and install badgestream with test and dev extras from requirements.lock
+
+.PHONY: lock
+lock: venv ## re-resolve requirements.lock (exact versions, hashes) after changing dependencies in pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml requirements-build.in --extra test --extra dev --generate-hashes \
+		--python-version 3.11 --quiet --output-file requirements.lock
 
 .PHONY: kafka-libs
 kafka-libs: venv ## fetch Apache Kafka from Maven Central into deploy/kafka/lib
