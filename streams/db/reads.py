@@ -28,18 +28,26 @@ class BadgeInfo:
 
 
 @dataclass(frozen=True)
-class UserAward:
+class HeldAward:
+    """A held (not revoked) award of one user, with what the user endpoint shows next to it."""
+
     award_id: str
     badge_id: str
     tier: str | None
     occurrence: int
     awarded_at: datetime
     event_id: str
+    points: int
+
+
+@dataclass(frozen=True)
+class UserAward(HeldAward):
+    """Any award of one user, revoked ones included, with everything the sink stored about it."""
+
     metadata: dict[str, Any]
     backfill: bool
     revoked_at: datetime | None
     catalog_version: str
-    points: int = 0
 
 
 @dataclass(frozen=True)
@@ -188,19 +196,6 @@ def award_evidence(conn: Connection, award_id: str) -> AwardEvidence | None:
         revoked_at=row.revoked_at, points=row.points, source_topic=row.source_topic,
         source_partition=row.source_partition, source_offset=row.source_offset,
     )
-
-
-@dataclass(frozen=True)
-class HeldAward:
-    """A held (not revoked) award of one user, with what the user endpoint shows next to it."""
-
-    award_id: str
-    badge_id: str
-    tier: str | None
-    occurrence: int
-    awarded_at: datetime
-    event_id: str
-    points: int
 
 
 def _held_awards_query() -> sa.Select[Any]:
