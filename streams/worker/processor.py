@@ -12,9 +12,10 @@ a tail with three bounded parts:
   state. A message at or below that offset is a Kafka redelivery (after a crash or rebalance) and is
   recognised exactly, whatever its age; the engine's own window of recent event ids
   (:data:`evaluators.state.RECENT_EVENT_IDS`) is then only needed for upstream resends.
-* the *outbox* — the award records of recent award-producing events, by input position. If the
-  worker dies after writing state but before its awards reached Kafka, the redelivered event would
-  award nothing; the outbox lets the worker publish the very same records (same award_id) again.
+* the *outbox* — the award and nudge records of recent events that made any, by input position. If
+  the worker dies after writing state but before its outputs reached Kafka, the redelivered event
+  would award (and nudge) nothing; the outbox lets the worker publish the very same records (same
+  award_id, same nudge_id) again.
   Entries below the partition's committed offset can never be redelivered and are pruned on
   every write, so the outbox holds only what is still uncommitted (at most :data:`OUTBOX_EVENTS`).
 * the user's *latest progress* per (badge, tier) — the record the sink would keep: newest
@@ -40,8 +41,8 @@ from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope, parse_event
 from schemas.records import AwardRecord, DeadLetterRecord, EventSource, ProgressRecord, supersedes
 
-STORED_FORMAT = 3  # 1: state + outbox; 2: + latest progress; 3: + input positions, outbox by position
-OUTBOX_EVENTS = 32  # most award-producing events kept per user, even when uncommitted (as before)
+STORED_FORMAT = 4  # 1: state + outbox; 2: + latest progress; 3: + input positions, outbox by position; 4: + nudges
+OUTBOX_EVENTS = 32  # most award- or nudge-producing events kept per user, even when uncommitted
 _HEADER = struct.Struct(">BI")  # format version, length of the state bytes
 
 
@@ -54,11 +55,12 @@ CommittedOffset = Callable[[str, int], "int | None"]
 
 @dataclass(frozen=True)
 class OutboxEntry:
-    """The award records one event produced, and where that event was read (None: not known)."""
+    """The award and nudge records one event produced, and where that event was read (None: not known)."""
 
     event_id: str
     awards: tuple[bytes, ...]
     position: Position | None = None
+    nudges: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ class StoredUser:
 
         tail = orjson.dumps({
             "h": [[topic, partition, offset] for topic, (partition, offset) in self.positions.items()],
-            "o": [[e.event_id, [a.decode() for a in e.awards], *where(e.position)] for e in self.outbox],
+            "o": [[e.event_id, [a.decode() for a in e.awards], [n.decode() for n in e.nudges], *where(e.position)]
+                  for e in self.outbox],
             "p": [[badge_id, tier, *value[:3], *where(value[3] if len(value) > 3 else None)]
                   for (badge_id, tier), value in self.progress.items()],
         })
@@ -94,7 +97,7 @@ class StoredUser:
     @classmethod
     def from_bytes(cls, raw: bytes) -> StoredUser:
         version, length = _HEADER.unpack_from(raw)
-        if version not in (1, 2, STORED_FORMAT):
+        if not 1 <= version <= STORED_FORMAT:
             raise ValueError(f"stored user state has format {version}, this worker reads 1..{STORED_FORMAT}")
         start = _HEADER.size
         state = UserState.from_bytes(raw[start : start + length])
@@ -113,7 +116,10 @@ class StoredUser:
             topic, partition = topics[rest[0]]
             return (topic, partition, rest[1])
 
-        outbox = tuple(OutboxEntry(entry[0], tuple(a.encode() for a in entry[1]), where(entry[2:]))
+        # Format 4 added the nudges as the third field of an outbox entry.
+        nudged = 1 if version >= 4 else 0
+        outbox = tuple(OutboxEntry(entry[0], tuple(a.encode() for a in entry[1]), where(entry[2 + nudged:]),
+                                   tuple(n.encode() for n in entry[2]) if nudged else ())
                        for entry in tail.get("o", ()))
         progress = {(entry[0], entry[1]): [*entry[2:5], where(entry[5:])] for entry in tail.get("p", ())}
         return cls(state=state, outbox=outbox, progress=progress, positions=positions)
@@ -153,31 +159,42 @@ class StoredUser:
                 latest[key] = [record.progress, record.target, record.updated_at.isoformat(), position]
         return latest
 
-    def awards_for(self, event_id: str) -> tuple[bytes, ...]:
+    def entry_for(self, event_id: str) -> OutboxEntry | None:
+        """The outbox entry of the event with this id, if it is still there."""
         for entry in self.outbox:
             if entry.event_id == event_id:
-                return entry.awards
-        return ()
+                return entry
+        return None
+
+    def entry_at(self, position: Position) -> OutboxEntry | None:
+        """The outbox entry of the event read at ``position``, if it is still there."""
+        for entry in self.outbox:
+            if entry.position == position:
+                return entry
+        # Written by a worker that did not record positions: the event id is all there is.
+        return None
+
+    def awards_for(self, event_id: str) -> tuple[bytes, ...]:
+        entry = self.entry_for(event_id)
+        return entry.awards if entry is not None else ()
 
     def awards_at(self, position: Position) -> tuple[bytes, ...]:
         """What the event read at ``position`` awarded, if it is still in the outbox."""
-        for entry in self.outbox:
-            if entry.position == position:
-                return entry.awards
-        # Written by a worker that did not record positions: the event id is all there is.
-        return ()
+        entry = self.entry_at(position)
+        return entry.awards if entry is not None else ()
 
-    def with_awards(self, event_id: str, awards: Sequence[bytes], position: Position | None = None,
-                    committed: CommittedOffset | None = None) -> tuple[OutboxEntry, ...]:
-        """The outbox after an event that awarded ``awards``, without the entries that are committed.
+    def with_outputs(self, event_id: str, awards: Sequence[bytes], nudges: Sequence[bytes] = (),
+                     position: Position | None = None,
+                     committed: CommittedOffset | None = None) -> tuple[OutboxEntry, ...]:
+        """The outbox after an event that made ``awards`` and ``nudges``, without the committed entries.
 
         An entry whose input offset lies below the committed offset of its partition can never be
         redelivered; keeping it would only make every write of this user larger."""
         kept = [entry for entry in self.outbox if entry.event_id != event_id
                 and not (committed is not None and _committed(entry.position, committed))]
-        if awards:
-            kept.append(OutboxEntry(event_id, tuple(awards), position))
-        if len(kept) == len(self.outbox) and not awards:
+        if awards or nudges:
+            kept.append(OutboxEntry(event_id, tuple(awards), position, tuple(nudges)))
+        if len(kept) == len(self.outbox) and not (awards or nudges):
             return self.outbox
         return tuple(kept[-OUTBOX_EVENTS:])
 
@@ -252,9 +269,9 @@ class EventProcessor:
             # A Kafka redelivery of an event already in this state: re-publish what it awarded and
             # the latest progress, in case they were lost in a crash after the state was written
             # (the sink absorbs repeats).
-            return Outcome(status="duplicate",
-                           awards=list(previous.awards_at(position) or previous.awards_for(event.event_id)),
-                           progress=previous.progress_records())
+            entry = previous.entry_at(position) or previous.entry_for(event.event_id)
+            return Outcome(status="duplicate", awards=list(entry.awards) if entry else [],
+                           nudges=list(entry.nudges) if entry else [], progress=previous.progress_records())
         if source is None and position is not None:
             # Built without validation: a Kafka position is already well-typed (once per event).
             source = EventSource.model_construct(topic=position[0], partition=position[1], offset=position[2])
@@ -265,7 +282,9 @@ class EventProcessor:
             # Its awards are re-published if still at hand; without a position this may also be a
             # redelivery, so the latest progress goes out again too.
             outcome.status = "duplicate"
-            outcome.awards = list(previous.awards_for(event.event_id))
+            entry = previous.entry_for(event.event_id)
+            if entry is not None:
+                outcome.awards, outcome.nudges = list(entry.awards), list(entry.nudges)
             if position is None:
                 outcome.progress = previous.progress_records()
             return outcome
@@ -279,7 +298,7 @@ class EventProcessor:
         outcome.nudges = [n.model_dump_json().encode() for n in evaluation.nudges]
         outcome.new_state = StoredUser(
             state=evaluation.state,
-            outbox=previous.with_awards(event.event_id, outcome.awards, position, committed),
+            outbox=previous.with_outputs(event.event_id, outcome.awards, outcome.nudges, position, committed),
             progress=previous.with_progress(evaluation.progress, position, committed),
             positions=previous.with_position(position),
         ).to_bytes()

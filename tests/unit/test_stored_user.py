@@ -142,3 +142,29 @@ def test_awards_carry_where_their_event_was_read() -> None:
     assert read_source_header(header) == EventSource(topic="in", partition=1, offset=5)
     assert read_source_header([(SOURCE_HEADER, b"not json")]) is None
     assert read_source_header(None) is None
+
+
+def test_a_redelivery_after_a_crash_publishes_the_same_nudges_again() -> None:
+    # quiz_master's bronze tier (5 quizzes) nudges at 2 to go: the third quiz.
+    stored, outcomes = feed([quiz(1), quiz(2), quiz(3)])
+    assert not outcomes[1].nudges and outcomes[2].nudges
+    # kill -9 after the state write, before the nudge reached Kafka: the event is read again.
+    again = PROCESSOR.evaluate(PROCESSOR.decode(quiz(3)), stored, ("in", 0, 2))
+    assert again.status == "duplicate" and again.new_state is None
+    assert again.nudges == outcomes[2].nudges
+    # Once its offset is committed the entry is gone, like an award's.
+    _, later = feed([quiz(4)], stored, first_offset=3, committed=3)
+    assert StoredUser.from_bytes(later[0].new_state or b"").entry_at(("in", 0, 2)) is None
+
+
+def test_an_outbox_entry_of_format_3_reads_with_its_position_and_no_nudges() -> None:
+    from streams.worker.processor import _HEADER
+
+    state = PROCESSOR.engine.evaluate(None, PROCESSOR.decode(quiz(1))).state.to_bytes()
+    raw = _HEADER.pack(3, len(state)) + state + orjson.dumps({
+        "h": [["in", 0, 7]],
+        "o": [["e1", ['{"award_id": "a"}'], 0, 7]],
+    })
+    entry = StoredUser.from_bytes(raw).entry_at(("in", 0, 7))
+    assert entry is not None and entry.awards == (b'{"award_id": "a"}',) and entry.nudges == ()
+    assert StoredUser.from_bytes(StoredUser.from_bytes(raw).to_bytes()).entry_at(("in", 0, 7)) == entry
