@@ -49,6 +49,7 @@ from schemas.catalog import load_catalog  # noqa: E402
 from schemas.events import parse_event  # noqa: E402
 from streams.devstack.simulate import simulate_events  # noqa: E402
 from streams.kafka import TopicSpec, ensure_topics, required_topics  # noqa: E402
+from streams.kafka import produce as produce_one  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.worker.processor import EventProcessor  # noqa: E402
 
@@ -70,12 +71,7 @@ def produce(bootstrap: str, topic: str, events: list[bytes], keys: list[bytes]) 
                          "batch.num.messages": 10000, "queue.buffering.max.messages": 500000,
                          "enable.idempotence": True})
     for key, value in zip(keys, events, strict=True):
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_one(producer, topic, key, value)
         producer.poll(0)
     producer.flush(120)
 
@@ -124,12 +120,7 @@ def plain_loop(bootstrap: str, topic: str, count: int, out_topic: str) -> float:
         if outcome.new_state is not None:
             table[key] = outcome.new_state
         for value in (*outcome.awards, *outcome.progress, *outcome.nudges):
-            while True:
-                try:
-                    out.produce(out_topic, key=key, value=value)
-                    break
-                except BufferError:
-                    out.poll(0.05)
+            produce_one(out, out_topic, key, value)
         out.poll(0)
 
     began = time.perf_counter()
