@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(
         15.0, gt=0, description="consumer group session timeout: how soon a dead worker's or sink's partitions move"
     )
+    worker_progress_coalesce_s: float = Field(
+        1.0, ge=0, description="the worker publishes a user's progress at most this often per (badge, tier): "
+        "the newest record of each wins, as in the sink; 0: every record at once"
+    )
+    worker_state_cache: int = Field(
+        2000, ge=0, description="users whose new state the worker keeps in memory until the next commit (one "
+        "table write per user per commit); past it the oldest are written at once; 0: every event writes"
+    )
 
     # Sink
     database_url: SecretStr = Field(

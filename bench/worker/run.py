@@ -51,7 +51,8 @@ from streams.devstack.simulate import simulate_events  # noqa: E402
 from streams.kafka import TopicSpec, ensure_topics, required_topics  # noqa: E402
 from streams.kafka import produce as produce_one  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.worker.processor import EventProcessor  # noqa: E402
+from streams.worker.output import OutputProducer  # noqa: E402
+from streams.worker.processor import EventProcessor, StoredUser  # noqa: E402
 
 EVENTS_TOTAL = "badgestream_events_total{"
 SEED_EVENTS = 3000  # the seed design is slow: measured on the first events of the stream
@@ -109,23 +110,25 @@ def plain_loop(bootstrap: str, topic: str, count: int, out_topic: str) -> float:
     """(b): the worker's work without Faust: decode, evaluate against a dict, produce the outputs."""
     catalog = load_catalog(Settings().catalog_path)
     processor = EventProcessor(catalog, plugin_engine(catalog))
-    table: dict[bytes, bytes] = {}
-    out = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
-                    "queue.buffering.max.messages": 1_000_000})
+    table: dict[bytes, StoredUser] = {}  # decoded, as the worker keeps them between commits
+    out = OutputProducer(Settings(kafka_bootstrap_servers=bootstrap))  # the worker's, progress coalescing too
 
     def handle(message: Any) -> None:
         key = message.key()
-        outcome = processor.evaluate(processor.decode(message.value()), table.get(key),
-                                     (message.topic(), message.partition(), message.offset()))
-        if outcome.new_state is not None:
-            table[key] = outcome.new_state
-        for value in (*outcome.awards, *outcome.progress, *outcome.nudges):
-            produce_one(out, out_topic, key, value)
-        out.poll(0)
+        outcome = processor.evaluate_user(processor.decode(message.value()), table.get(key),
+                                          (message.topic(), message.partition(), message.offset()))
+        if outcome.new_user is not None:
+            table[key] = outcome.new_user
+        for value in (*outcome.awards, *outcome.nudges):
+            out.send(out_topic, key, value)
+        for value, (badge_id, tier, at) in zip(outcome.progress, outcome.progress_keys, strict=True):
+            out.send_progress(out_topic, key, value, badge_id, tier, at)
+        out.poll()
 
     began = time.perf_counter()
     rate = read(bootstrap, topic, count, handle)
-    out.flush(60)
+    out.release()
+    out.flush_blocking(60)
     return min(rate, count / (time.perf_counter() - began))
 
 

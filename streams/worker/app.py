@@ -1,7 +1,10 @@
 """The Faust application: input topics in, per-user state in a RocksDB table, awards/progress/DLQ out.
 
 Agents act, the engine decides: each message goes through :class:`streams.worker.processor.EventProcessor`
-and the agent only stores the new state and produces what the outcome says. Delivery is
+and the agent only stores the new state and produces what the outcome says. User states stay
+decoded in memory and are written to the table once per user per commit, before the commit
+(streams/worker/state_cache.py); progress is coalesced per (user, badge, tier) before it is
+produced (streams/worker/output.py). Delivery is
 at-least-once (Faust flushes the producer before it commits input offsets) made safe by idempotency:
 deterministic award ids, redelivery recognised by input offset in the stored value, event-id
 dedupe for upstream resends, and the per-user outbox that re-publishes a redelivered event's
@@ -15,12 +18,14 @@ import hashlib
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 import orjson
+from faust.streams import _current_event as faust_current_event
 from faust.types import TP
 from faust.web import Request, Response, View
 
@@ -42,6 +47,7 @@ from streams.worker import consumer as safe_consumer
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.output import OutputProducer
 from streams.worker.processor import EventProcessor, StoredUser, dead_letter
+from streams.worker.state_cache import StateCache
 
 log = logging.getLogger("badgestream.worker")
 
@@ -117,8 +123,23 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
     metrics = WorkerMetrics(known_types=catalog.event_types())
-    # Faust's own consumer can commit past input events nobody evaluated (streams/worker/consumer.py).
-    safe_consumer.install(app, on_rewind=lambda tp: metrics.input_rewind(tp.topic, tp.partition))
+    # bytes key and value types select Faust's "raw" serializers: the state is our own encoding.
+    table = app.Table(STATE_TABLE, partitions=partitions, default=None, key_type=bytes, value_type=bytes)
+
+    def write_state(key: bytes, value: bytes, event: Any) -> None:
+        # Faust's RocksDB store and changelog take the partition from the current event.
+        token = faust_current_event.set(weakref.ref(event))
+        try:
+            table[key] = value
+        finally:
+            faust_current_event.reset(token)
+
+    states = StateCache(write_state, settings.worker_state_cache)
+    app.badgestream_states = states  # type: ignore[attr-defined]  # for tests and the state view
+    # Faust's own consumer can commit past input events nobody evaluated (streams/worker/consumer.py);
+    # ours also writes the pending user states before each commit.
+    safe_consumer.install(app, on_rewind=lambda tp: metrics.input_rewind(tp.topic, tp.partition),
+                          before_commit=states.write_all, on_revoke=states.suspend, on_assign=states.resume)
 
     aligned = [t for t in settings.input_topics if input_partitions.get(t, partitions) == partitions]
     misaligned = [t for t in settings.input_topics if t not in aligned]
@@ -129,8 +150,6 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     output = OutputProducer(settings)
     output_ready = asyncio.Event()
     awards_topic, progress_topic, dlq_topic = settings.awards_topic, settings.progress_topic, settings.dlq_topic
-    # bytes key and value types select Faust's "raw" serializers: the state is our own encoding.
-    table = app.Table(STATE_TABLE, partitions=partitions, default=None, key_type=bytes, value_type=bytes)
     repartition_name = by_user.get_topic_name()
 
     def reject(message: Any, error: InvalidEventError) -> None:
@@ -191,20 +210,20 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
                 metrics.observe(envelope.type, "forwarded", time.perf_counter() - began)
                 continue
             try:
-                outcome = processor.evaluate(envelope, table.get(user_key),
-                                             (message.topic, message.partition, message.offset), committed_offset,
-                                             source=first_read(message))
+                outcome = processor.evaluate_user(envelope, states.get(user_key, table.get),
+                                                  (message.topic, message.partition, message.offset),
+                                                  committed_offset, source=first_read(message))
             except Exception as exc:  # an engine or state bug: keep the event (DLQ) and go on
                 log.exception("evaluating event %s of %s failed", envelope.event_id, envelope.user_id)
                 reject(message, InvalidEventError("processing_error", f"{type(exc).__name__}: {exc}"))
                 metrics.observe(envelope.type, "dead_letter", time.perf_counter() - began)
                 continue
-            if outcome.new_state is not None:
-                table[user_key] = outcome.new_state
+            if outcome.new_user is not None:
+                states.put(user_key, outcome.new_user, event)
             for value in outcome.awards:
                 output.send(awards_topic, user_key, value)
-            for value in outcome.progress:
-                output.send(progress_topic, user_key, value)
+            for value, (badge_id, tier, updated_at) in zip(outcome.progress, outcome.progress_keys, strict=True):
+                output.send_progress(progress_topic, user_key, value, badge_id, tier, updated_at)
             for value in outcome.nudges:
                 output.send(settings.nudges_topic, user_key, value)
             output.poll()
@@ -232,6 +251,12 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
                     output.send(repartition_name, envelope.user_id.encode("utf-8"), event.message.value,
                                 headers=source_header(event.message))
 
+    @app.timer(max(0.05, settings.worker_progress_coalesce_s / 2))
+    async def release_progress() -> None:
+        """Held progress goes out within about ``worker_progress_coalesce_s`` even when input stops."""
+        if output_ready.is_set():
+            output.release_due()
+
     @app.timer(5.0)
     async def report_lag() -> None:
         consumer = app.consumer
@@ -254,10 +279,9 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     class UserStateView(View):
         @app.table_route(table=table, match_info="user_id")  # type: ignore[arg-type]
         async def get(self, request: Request, user_id: str) -> Response:
-            stored = table.get(user_id.encode("utf-8"))
-            if stored is None:
+            user: StoredUser | None = states.get(user_id.encode("utf-8"), table.get)
+            if user is None:
                 return self.json({"user_id": user_id, "state": None}, status=404)
-            user = StoredUser.from_bytes(stored)
             state = user.state
             return self.json({"user_id": user_id, "catalog_fingerprint": state.catalog_fp,
                               "badges": {bid: badge.to_json() for bid, badge in sorted(state.badges.items())},

@@ -31,6 +31,12 @@ class SafeConsumer(AIOKafkaConsumer):
 
     #: Called with the topic partition whenever a jump was refused and the partition re-read.
     _bs_on_rewind: Callable[[TP], None] | None = None
+    #: Called before every commit, before the producers are flushed: writes what must be durable
+    #: before an offset is committed (the worker's pending user states: streams/worker/state_cache.py).
+    _bs_before_commit: Callable[[], object] | None = None
+    #: Called when partitions are revoked (a rebalance begins) and when new ones are assigned.
+    _bs_on_revoke: Callable[[], object] | None = None
+    _bs_on_assign: Callable[[], object] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -94,7 +100,23 @@ class SafeConsumer(AIOKafkaConsumer):
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self._bs_policy.revoked(revoked)
+        if self._bs_on_revoke is not None:
+            self._bs_on_revoke()
         await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        if self._bs_on_assign is not None:
+            self._bs_on_assign()
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
+        # Synchronous, before Faust picks the offsets and flushes: what it writes (table values,
+        # hence changelog records) is in the producer before the flush that precedes the commit.
+        # If it raises, nothing is committed.
+        if self._bs_before_commit is not None:
+            self._bs_before_commit()
+        result: bool = await super()._commit_tps(tps, start_new_transaction)
+        return result
 
     async def _bs_rewind(self, tp: TP, offset: int, seen: int) -> None:
         log.warning("input %s[%s]: got offset %s while %s was expected; reading again from %s "
@@ -269,12 +291,16 @@ class SafeConsumer(AIOKafkaConsumer):
         return int(batch[-1]) + 1
 
 
-def install(app: Any, on_rewind: Callable[[TP], None] | None = None) -> None:
+def install(app: Any, on_rewind: Callable[[TP], None] | None = None, *,
+            before_commit: Callable[[], object] | None = None, on_revoke: Callable[[], object] | None = None,
+            on_assign: Callable[[], object] | None = None) -> None:
     """Make ``app`` create a :class:`SafeConsumer` (call before the app creates its consumer)."""
 
     class BadgestreamConsumer(SafeConsumer):
         pass
 
-    if on_rewind is not None:
-        BadgestreamConsumer._bs_on_rewind = staticmethod(on_rewind)
+    for name, hook in (("_bs_on_rewind", on_rewind), ("_bs_before_commit", before_commit),
+                       ("_bs_on_revoke", on_revoke), ("_bs_on_assign", on_assign)):
+        if hook is not None:
+            setattr(BadgestreamConsumer, name, staticmethod(hook))
     app.transport.Consumer = BadgestreamConsumer

@@ -5,25 +5,39 @@ few microseconds instead of the tens that made output the larger half of the wor
 At-least-once stays intact because :meth:`OutputProducer.flush` is chained into Faust's producer
 flush, which Faust awaits before every offset commit: no input offset is committed before the
 records its processing produced are acknowledged by the broker.
+
+Progress is coalesced: a progress record is held for up to ``worker_progress_coalesce_s`` and
+replaced by a newer one of the same (user, badge, tier), by the sink's own rule
+(:func:`schemas.records.supersedes`), so the sink's rows end the same while most records are never
+sent. Held records are produced before every flush, hence before any commit of the events that made
+them; a crash loses only records of uncommitted events, and those events are read again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
 from schemas.errors import DeliveryError
+from schemas.records import supersedes
 from streams.kafka import client_config, produce
 from streams.settings import Settings
 
 log = logging.getLogger("badgestream.output")
 
 
+HeldKey = tuple[str, "bytes | None", str, "str | None"]
+"""(topic, user key, badge_id, tier) of a held progress record."""
+
+
 class OutputProducer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self._producer = Producer(client_config(settings, **{
             "enable.idempotence": True,  # keeps per-partition order through retries
             "acks": "all",
@@ -35,6 +49,12 @@ class OutputProducer:
             "message.timeout.ms": 0,
         }))
         self._failures: list[str] = []
+        self._coalesce_s = settings.worker_progress_coalesce_s
+        self._clock = clock
+        self._held: dict[HeldKey, tuple[datetime, bytes]] = {}
+        self._held_since: float | None = None
+        #: progress records replaced by a newer one before they were sent
+        self.coalesced = 0
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -43,7 +63,43 @@ class OutputProducer:
     def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
         produce(self._producer, topic, key, value, self._on_delivery, headers=headers)
 
+    def send_progress(self, topic: str, key: bytes | None, value: bytes, badge_id: str, tier: str | None,
+                      updated_at: datetime) -> None:
+        """Hold a progress record, or replace the held one of the same (user, badge, tier) if newer."""
+        if self._coalesce_s <= 0:
+            self.send(topic, key, value)
+            return
+        slot = (topic, key, badge_id, tier)
+        held = self._held.get(slot)
+        if held is not None:
+            self.coalesced += 1
+            if not supersedes(updated_at, held[0]):
+                return
+        self._held[slot] = (updated_at, value)
+        if self._held_since is None:
+            self._held_since = self._clock()
+
+    @property
+    def held(self) -> int:
+        """Progress records held, not yet produced."""
+        return len(self._held)
+
+    def release(self) -> int:
+        """Produce every held progress record now; returns how many."""
+        held, self._held, self._held_since = self._held, {}, None
+        for (topic, key, _badge, _tier), (_at, value) in held.items():
+            self.send(topic, key, value)
+        return len(held)
+
+    def release_due(self) -> int:
+        """:meth:`release` if the oldest held record has waited ``worker_progress_coalesce_s``."""
+        since = self._held_since
+        if since is not None and self._clock() - since >= self._coalesce_s:
+            return self.release()
+        return 0
+
     def poll(self) -> None:
+        self.release_due()
         self._producer.poll(0)
 
     def flush_blocking(self, timeout: float | None = None, report_every: float = 30.0) -> None:
@@ -67,6 +123,7 @@ class OutputProducer:
             raise DeliveryError(f"{len(failures)} output records failed: " + "; ".join(failures[:5]))
 
     async def flush(self) -> None:
+        self.release()  # held progress goes out before any commit of the events that made it
         await asyncio.get_running_loop().run_in_executor(None, self.flush_blocking)
 
     def chain_into(self, faust_producer: Any) -> None:

@@ -49,6 +49,9 @@ _HEADER = struct.Struct(">BI")  # format version, length of the state bytes
 Position = tuple[str, int, int]
 """Where a message was read: (topic, partition, offset)."""
 
+ProgressKey = tuple[str, "str | None", datetime]
+"""(badge_id, tier, updated_at) of a progress record: what coalescing needs without decoding it."""
+
 CommittedOffset = Callable[[str, int], "int | None"]
 """The committed offset (the next one to read) of a (topic, partition), or None if unknown."""
 
@@ -142,6 +145,10 @@ class StoredUser:
                                               progress=value[0], target=value[1], updated_at=value[2]))
                 for (badge_id, tier), value in self.progress.items()]
 
+    def progress_keys(self) -> list[ProgressKey]:
+        """(badge_id, tier, updated_at) of each of :meth:`progress_records`, in the same order."""
+        return [(badge_id, tier, datetime.fromisoformat(value[2])) for (badge_id, tier), value in self.progress.items()]
+
     def with_progress(self, records: Sequence[ProgressRecord], position: Position | None = None,
                       committed: CommittedOffset | None = None) -> dict[tuple[str, str | None], list[Any]]:
         """The latest-progress map after ``records``, by the sink's rule (newest updated_at, ties: later).
@@ -211,14 +218,20 @@ def _committed(position: Position | None, committed: CommittedOffset) -> bool:
 class Outcome:
     """What the worker must do for one input message."""
 
-    new_state: bytes | None = None  # None: leave the stored state alone
+    new_user: StoredUser | None = None  # None: leave the stored state alone
     awards: list[bytes] = field(default_factory=list)
     progress: list[bytes] = field(default_factory=list)
+    progress_keys: list[ProgressKey] = field(default_factory=list)  # one per ``progress`` record
     nudges: list[bytes] = field(default_factory=list)
     dead_letter: bytes | None = None
     status: str = "processed"  # processed | duplicate | unmatched | dead_letter
     evaluation: Evaluation | None = None
     award_records: tuple[AwardRecord, ...] = ()
+
+    @property
+    def new_state(self) -> bytes | None:
+        """The new stored value as bytes (encoded on demand: the worker encodes a user once per commit)."""
+        return self.new_user.to_bytes() if self.new_user is not None else None
 
 
 def dead_letter(raw_key: bytes | None, raw_value: bytes | None, topic: str, partition: int, offset: int,
@@ -264,14 +277,23 @@ class EventProcessor:
         ``position``: where the message was read; a message at or before the last position applied
         to this user is a redelivery and changes nothing. ``committed`` prunes the outbox.
         ``source``: the awards' evidence, where the event was first read (default: ``position``)."""
-        previous = StoredUser.from_bytes(stored) if stored else StoredUser(UserState.empty(event.user_id))
+        return self.evaluate_user(event, StoredUser.from_bytes(stored) if stored else None, position, committed,
+                                  source)
+
+    def evaluate_user(self, event: EventEnvelope, user: StoredUser | None, position: Position | None = None,
+                      committed: CommittedOffset | None = None, source: EventSource | None = None) -> Outcome:
+        """:meth:`evaluate` on a decoded stored value (None: a user not seen before); the new value is
+        ``Outcome.new_user``. Stored values are never changed in place, so the worker can keep them
+        decoded between events."""
+        previous = user if user is not None else StoredUser(UserState.empty(event.user_id))
         if position is not None and previous.applied(position):
             # A Kafka redelivery of an event already in this state: re-publish what it awarded and
             # the latest progress, in case they were lost in a crash after the state was written
             # (the sink absorbs repeats).
             entry = previous.entry_at(position) or previous.entry_for(event.event_id)
             return Outcome(status="duplicate", awards=list(entry.awards) if entry else [],
-                           nudges=list(entry.nudges) if entry else [], progress=previous.progress_records())
+                           nudges=list(entry.nudges) if entry else [], progress=previous.progress_records(),
+                           progress_keys=previous.progress_keys())
         if source is None and position is not None:
             # Built without validation: a Kafka position is already well-typed (once per event).
             source = EventSource.model_construct(topic=position[0], partition=position[1], offset=position[2])
@@ -286,7 +308,7 @@ class EventProcessor:
             if entry is not None:
                 outcome.awards, outcome.nudges = list(entry.awards), list(entry.nudges)
             if position is None:
-                outcome.progress = previous.progress_records()
+                outcome.progress, outcome.progress_keys = previous.progress_records(), previous.progress_keys()
             return outcome
         if not evaluation.matched:
             # No badge listens to this type: counted by the caller, no state write needed.
@@ -295,11 +317,12 @@ class EventProcessor:
         outcome.award_records = evaluation.awards
         outcome.awards = [award_bytes(a) for a in evaluation.awards]
         outcome.progress = [progress_bytes(p) for p in evaluation.progress]
+        outcome.progress_keys = [(p.badge_id, p.tier, p.updated_at) for p in evaluation.progress]
         outcome.nudges = [n.model_dump_json().encode() for n in evaluation.nudges]
-        outcome.new_state = StoredUser(
+        outcome.new_user = StoredUser(
             state=evaluation.state,
             outbox=previous.with_outputs(event.event_id, outcome.awards, outcome.nudges, position, committed),
             progress=previous.with_progress(evaluation.progress, position, committed),
             positions=previous.with_position(position),
-        ).to_bytes()
+        )
         return outcome

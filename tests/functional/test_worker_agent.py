@@ -40,8 +40,14 @@ class RecordingOutput:
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         self.sent.append((topic, key, value))
 
+    def send_progress(self, topic: str, key: bytes | None, value: bytes, *_key: Any) -> None:
+        self.sent.append((topic, key, value))  # no coalescing here: tests/unit/test_output.py has it
+
     def poll(self) -> None:
         pass
+
+    def release_due(self) -> int:
+        return 0
 
     def chain_into(self, faust_producer: Any) -> None:
         pass
@@ -70,6 +76,8 @@ async def test_the_agent_evaluates_stores_state_and_produces_keyed_by_user(app: 
     out = RecordingOutput.last
     async with agent.test_context() as ctx:
         await ctx.put(quiz("e1"), key=b"u1", partition=partition)
+        assert table.get(b"u1") is None and len(app.badgestream_states) == 1  # pending until a commit
+        app.badgestream_states.write_all()  # what the consumer does before every commit
         stored = table.get(b"u1")
         assert stored is not None  # the new state is stored
         awards = [AwardRecord.model_validate_json(v) for t, k, v in out.sent if t == "badge-awards"]
@@ -84,6 +92,7 @@ async def test_the_agent_evaluates_stores_state_and_produces_keyed_by_user(app: 
         assert table.get(b"u1") == stored  # a duplicate writes nothing
 
         out.sent.clear()
+        app.badgestream_states.resume()  # forget what is in memory: the next event reads the table
         await ctx.put(quiz("e2"), key=b"u1", partition=partition)  # read back from the store: progress 2 of 3
         progress = [orjson.loads(v) for t, _, v in out.sent if t == "badge-progress"]
         assert [(p["badge_id"], p["progress"]) for p in progress] == [("three_quizzes", 2)]
@@ -92,3 +101,41 @@ async def test_the_agent_evaluates_stores_state_and_produces_keyed_by_user(app: 
         await ctx.put(b"{not json", key=b"u1", partition=partition)
         (letter,) = [DeadLetterRecord.model_validate_json(v) for t, _, v in out.sent if t == "badge-events-dlq"]
         assert letter.error_code == "invalid_json" and letter.original_value() == b"{not json"
+
+
+def quiz_of(user_id: str, event_id: str) -> bytes:
+    return orjson.dumps({"event_id": event_id, "type": "quiz_completed", "user_id": user_id,
+                         "occurred_at": "2026-03-02T10:00:00+00:00"})
+
+
+async def test_states_written_at_commit_go_to_each_users_own_partition(app: Any) -> None:
+    (chain,) = [task for task in app._app_tasks if task.__name__ == "chain_output_flush"]
+    await chain()
+    agent = app.agents["evaluate"]
+    table = app.tables[worker_app.STATE_TABLE]
+    partitions = Settings().topic_partitions
+    users = {}
+    for n in range(40):  # users on every partition
+        users.setdefault(partition_for(f"u{n}".encode(), partitions), f"u{n}")
+    assert len(users) == partitions
+    changelog: list[tuple[int | None, bytes]] = []
+    send_changelog = table.send_changelog
+
+    def record(partition: int | None, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+        changelog.append((partition, key))
+        return send_changelog(partition, key, value, *args, **kwargs)
+
+    table.send_changelog = record
+    async with agent.test_context() as ctx:
+        for round_ in range(3):  # interleaved: the last event put is of the last partition's user
+            for partition, user_id in sorted(users.items()):
+                await ctx.put(quiz_of(user_id, f"{user_id}-{round_}"), key=user_id.encode(), partition=partition)
+        assert changelog == []  # nothing written per event
+        app.badgestream_states.write_all()
+        # one write per user, each under its own partition (not that of the last event handed over)
+        assert sorted(changelog) == sorted((p, u.encode()) for p, u in users.items())
+        if hasattr(table.data, "_dbs"):  # rocksdb://: each value sits in its partition's database
+            for partition, user_id in users.items():
+                assert table.data._dbs[partition].get(user_id.encode()) is not None
+                others = [db for p, db in table.data._dbs.items() if p != partition]
+                assert all(db.get(user_id.encode()) is None for db in others)

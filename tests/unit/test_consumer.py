@@ -299,6 +299,14 @@ UPSTREAM_SOURCES = {
     "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.seek_wait": "12e8d34e554e9024",
     "faust.tables.recovery.Recovery.on_recovery_completed": "6ef567acf072e46d",  # the recovery race
     "aiokafka.consumer.consumer.AIOKafkaConsumer.seek": "a9430f1f3b9ac419",
+    # the pending user states are written before these pick offsets, flush the producer and commit
+    "faust.transport.consumer.Consumer._commit_tps": "a20e230b05ae8b15",
+    "faust.transport.consumer.Consumer._commit_offsets": "1a69799041188441",
+    "faust.transport.consumer.Consumer.on_partitions_assigned": "29ce96596f05a18c",
+    # a state written at commit time takes its partition from the event we make current
+    "faust.stores.rocksdb.Store._set": "4227e561e288d941",
+    "faust.tables.table.Table.on_key_set": "a370e35ca55c2c7e",
+    "faust.tables.base.Collection.partition_for_key": "3b2291811b8dd791",
 }
 
 
@@ -319,3 +327,35 @@ def test_the_upstream_code_the_safe_consumer_depends_on_is_unchanged() -> None:
         "Re-read each against docs/decisions/0001-safe-consumer.md, adapt SafeConsumer (and ReadPolicy), "
         "run tests/reliability (the whole tier) and tests/unit/test_consumer.py, then record the new hashes here."
     )
+
+
+def committing(before: Any) -> Any:
+    """A consumer with only what ``_commit_tps`` needs, recording the steps of a commit."""
+    consumer = object.__new__(SafeConsumer)
+    consumer.steps = []
+    consumer._bs_before_commit = before
+    return consumer
+
+
+async def test_pending_states_are_written_before_offsets_are_picked_and_flushed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def faust_commit_tps(self: Any, tps: Any, start_new_transaction: bool) -> bool:
+        self.steps.append("faust: offsets, producer flush, commit")
+        return True
+
+    monkeypatch.setattr(FaustConsumer, "_commit_tps", faust_commit_tps)
+    consumer = committing(lambda: consumer.steps.append("write pending states"))
+    assert await consumer._commit_tps([INPUT], True) is True
+    assert consumer.steps == ["write pending states", "faust: offsets, producer flush, commit"]
+
+
+async def test_a_failed_state_write_commits_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def faust_commit_tps(self: Any, tps: Any, start_new_transaction: bool) -> bool:
+        raise AssertionError("committed although the pending states were not written")
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(FaustConsumer, "_commit_tps", faust_commit_tps)
+    with pytest.raises(OSError, match="disk full"):
+        await committing(fail)._commit_tps([INPUT], True)
