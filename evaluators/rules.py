@@ -285,6 +285,15 @@ class SumBadge(CompiledBadge):
         return {"progress": float(state.total), "target": float(target), "field": self.field}
 
 
+STREAK_LATE_PERIODS = 60
+"""How late (in the streak's periods, days or weeks) an event may still extend a streak.
+
+A streak not yet met keeps the runs of periods it was active in, and only those ending within
+``length + freezes + STREAK_LATE_PERIODS`` periods of the newest one: a user's stored state stays
+bounded however long they go on without meeting it. Events arriving in any order within that reach
+give the same result; an event older than that finds no run to join and counts as a run of its own."""
+
+
 def _add_to_runs(runs: tuple[tuple[int, int], ...], point: int) -> tuple[tuple[tuple[int, int], ...], int] | None:
     """Insert ``point`` into sorted, disjoint, non-adjacent inclusive runs.
 
@@ -353,6 +362,9 @@ class StreakBadge(CompiledBadge):
         runs, length = added
         if self.freezes:
             length = _longest_with_freezes(runs, point, self.length, self.freezes)
+        horizon = runs[-1][1] - self.length - self.freezes - STREAK_LATE_PERIODS
+        if runs[0][1] < horizon:
+            runs = tuple(run for run in runs if run[1] >= horizon)
         new = state.copy()
         new.n = max(state.n, length)
         # Met (streaks are never repeatable): the runs are no longer needed, only the length reached.

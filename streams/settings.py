@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(
         15.0, gt=0, description="consumer group session timeout: how soon a dead worker's or sink's partitions move"
     )
+    worker_event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="event loop of the worker: uvloop (libuv, faster per message) or Python's asyncio"
+    )
     worker_progress_coalesce_s: float = Field(
         1.0, ge=0, description="the worker publishes a user's progress at most this often per (badge, tier): "
         "the newest record of each wins, as in the sink; 0: every record at once"

@@ -241,6 +241,12 @@ class Worker:
                                         cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the worker process has used so far (Linux /proc)."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def processed(self) -> float:
         return events_processed(self.port)
 
@@ -361,28 +367,40 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
     produce(bootstrap, topic, values, keys)
     print(f"[{name}] {events} events of {users} users produced; load {os.getloadavg()[0]:.1f}", flush=True)
 
-    a = bare(bootstrap, topic, events)
-    b = plain_loop(bootstrap, topic, events, f"bench-loop-out-{suffix}")
-    c = seed_design(bootstrap, topic, min(SEED_EVENTS, events), workdir / "seed.db")
-    print(f"[{name}] bare {a:,.0f}/s, plain loop {b:,.0f}/s, seed design {c:,.0f}/s", flush=True)
+    a = b = c = float("nan")
+    if not args.worker_only:
+        a = bare(bootstrap, topic, events)
+        b = plain_loop(bootstrap, topic, events, f"bench-loop-out-{suffix}")
+        c = seed_design(bootstrap, topic, min(SEED_EVENTS, events), workdir / "seed.db")
+        print(f"[{name}] bare {a:,.0f}/s, plain loop {b:,.0f}/s, seed design {c:,.0f}/s", flush=True)
 
     worker = Worker(settings, workdir)
     worker.start()
     try:
         # The stream is already there: the clock runs from the first event processed to the last.
         worker.wait_for(1)
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), worker.cpu_seconds()
         first = worker.processed()
         worker.wait_for(events)
-        w = (events - first) / (time.perf_counter() - began)
+        elapsed = time.perf_counter() - began
+        w = (events - first) / elapsed
+        cpu = (worker.cpu_seconds() - cpu_began) / elapsed
         load = os.getloadavg()[0]
-        print(f"[{name}] worker {w:,.0f}/s (load {load:.1f})", flush=True)
+        print(f"[{name}] worker {w:,.0f}/s, {cpu:.0%} of a core (load {load:.1f})", flush=True)
         # (f) before the latency phase adds its own events
         time.sleep(3)  # let the last commit and changelog writes go out
         outputs = end_offsets(bootstrap, [settings.awards_topic, settings.progress_topic, settings.nudges_topic])
         changelog = f"{settings.app_id}-user-state-changelog"
         records, total, largest = changelog_bytes(bootstrap, changelog)
 
+        if args.worker_only:
+            print(f"[{name}] output records/event {outputs / events:.2f}, changelog {total / events:,.0f} B/event "
+                  f"({records / events:.2f} records), largest value {largest:,} B", flush=True)
+            row.figures = {"worker": f"{w:,.0f}/s", "worker CPU (share of one core)": f"{cpu:.0%}",
+                           "f. output records per event": f"{outputs / events:.2f}",
+                           "f. changelog bytes per event": f"{total / events:,.0f} ({records / events:.2f} records)",
+                           "f. largest stored value": f"{largest:,} B"}
+            return row
         lat_users = max(users // 4, 100) if name == "fresh" else users
         lat_events = [dict(e, user_id=("lat-" + e["user_id"]) if name == "fresh" else e["user_id"],
                            event_id="lat-" + e["event_id"])
@@ -393,6 +411,9 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
         worker.stop()
         worker.env["BADGESTREAM_WORKER_INSTANCE_ID"] = ""  # dynamic membership, as before
         worker.start()
+        warm = orjson.dumps({"event_id": f"warm-{uuid.uuid4().hex[:6]}", "type": "user_logged_in",
+                             "user_id": "warm", "occurred_at": "2026-01-01T00:00:00+00:00"})
+        produce(bootstrap, settings.input_topics[0], [warm], [b"warm"])  # everything else may be committed
         worker.wait_for(1)
         dynamic = restart_time(worker, bootstrap, 2)
         started = python_start()
@@ -405,6 +426,7 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
         "b. plain loop (no Faust)": f"{b:,.0f}/s",
         f"c. seed design (first {min(SEED_EVENTS, events):,})": f"{c:,.0f}/s",
         "worker": f"{w:,.0f}/s",
+        "worker CPU (share of one core)": f"{cpu:.0%}",
         "worker / b": f"{w / b:.0%}",
         "worker / c": f"{w / c:.1f}x",
         "d. latency": lat,
@@ -427,6 +449,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=2000.0, help="events/s of the latency phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--worker-only", action="store_true",
+                        help="only the worker's throughput and figure f (no alternatives, latency or restart)")
     args = parser.parse_args()
     with configured_or_throwaway_broker("bench-worker-kafka-") as bootstrap:
         rows = [run_stream(bootstrap, "fresh", args.fresh_users, args.fresh_events, args),

@@ -7,6 +7,8 @@ unbounded label values.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -14,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 class WorkerMetrics:
     def __init__(self, known_types: set[str]) -> None:
         self.known_types = set(known_types)
+        self._event_children: dict[tuple[str, str], Any] = {}
         self.registry = CollectorRegistry()
         self.events = Counter("badgestream_events_total", "Input events by type and outcome",
                               ["type", "outcome"], registry=self.registry)
@@ -36,7 +39,13 @@ class WorkerMetrics:
         return event_type if event_type in self.known_types or event_type.startswith("_") else "_other"
 
     def observe(self, event_type: str, outcome: str, seconds: float) -> None:
-        self.events.labels(self._type_label(event_type), outcome).inc()
+        # Once per event: each labelled child is looked up once (keyed by label, so hostile types
+        # cannot grow the cache either).
+        labels = (self._type_label(event_type), outcome)
+        child = self._event_children.get(labels)
+        if child is None:
+            child = self._event_children[labels] = self.events.labels(*labels)
+        child.inc()
         self.latency.observe(seconds)
 
     def award(self, badge_id: str) -> None:

@@ -140,6 +140,20 @@ def test_streak_in_any_arrival_order_and_any_run() -> None:
     assert [len(r.awards) for r in results] == [0, 0, 0, 1]  # the gap filled last completes 1..3 March
 
 
+def test_an_unmet_streak_keeps_only_the_runs_a_late_event_could_still_join() -> None:
+    from evaluators.rules import STREAK_LATE_PERIODS
+
+    eng = engine(STREAK3)
+    state, results = run(eng, days("2026-01-01", 500, step=2))  # every other day for 1,000 days: never met
+    assert award_keys(results) == set()
+    runs = state.badges["streak"].runs
+    assert len(runs) <= (3 + STREAK_LATE_PERIODS) // 2 + 1 and runs[-1][0] - runs[0][0] <= 3 + STREAK_LATE_PERIODS
+    newest = date(2026, 1, 1) + timedelta(days=998)
+    # a late event inside the reach still completes a streak: it fills the day between two runs
+    state, results = run(eng, days(str(newest - timedelta(days=3)), 1), state)
+    assert award_keys(results) == {("streak", None, 1)}
+
+
 def test_day_boundary_is_the_events_own_time_zone() -> None:
     eng = engine(STREAK3)
     # 23:30 UTC on three days is 01:30 the next day in Berlin (CET, +1): still consecutive.
