@@ -14,7 +14,9 @@ state is never mutated (a new :class:`UserState` shares whatever did not change)
    cascade, in catalog order, until nothing more is due; each award adds its badge's points to
    the user's total, and once the cascade is done every level whose ``at`` the total reached is
    awarded (several at once if need be), and what depends on those levels cascades again;
-6. one progress record per (badge, tier) whose progress changed;
+6. one progress record per (badge, tier) whose progress changed — for a tiered count only the
+   lowest tier that moved: every higher tier's progress is the same count (the sink derives those
+   rows, :func:`schemas.records.expand_tiers`);
 7. nudges: for badges declaring ``nudge`` (never hidden ones), one record per threshold that the
    remaining amount crossed with this event — above it before, at or below it (and above 0) after.
    Derived from the progress before and after, so it needs no state of its own.
@@ -319,6 +321,9 @@ class Engine:
                 else:
                     known = set(old)
                     changed = [entry for entry in changed if entry not in known]
+            if rule.collapses_tiers:
+                # The lowest tier that moved (tiers are by target): the higher ones moved with it.
+                changed = changed[:1]
             for tier, progress, target in changed:
                 records.append(_construct(ProgressRecord, {
                     "user_id": event.user_id,

@@ -78,6 +78,9 @@ class CompiledBadge:
     """A catalog badge ready to evaluate; one subclass per rule kind."""
 
     kind = ""
+    #: Progress of every tier follows from the lowest tier that moved (tiers of one count): only
+    #: that tier's record is published; :func:`schemas.records.expand_tiers` derives the others.
+    collapses_tiers = False
     tiered = False
 
     def __init__(self, badge: Badge, index: int) -> None:
@@ -175,6 +178,7 @@ class CountBadge(CompiledBadge):
 
 
 class TiersBadge(CompiledBadge):
+    collapses_tiers = True
     kind = "tiers"
     tiered = True
 

@@ -118,6 +118,34 @@ def supersedes(updated_at: datetime, current: datetime | None) -> bool:
     return current is None or updated_at >= current
 
 
+TierLadders = dict[str, tuple[tuple[str, float], ...]]
+"""Per tiered badge, its (tier, target) ordered by target (``Catalog.tier_ladders``)."""
+
+
+def expand_tiers(records: Iterable[ProgressRecord], ladders: TierLadders) -> list[ProgressRecord]:
+    """Each progress record of a tiered badge, followed by the records of its higher tiers.
+
+    The worker publishes, per event, only the lowest tier of a tiered count whose progress moved:
+    every higher tier moved with it to the same count (below their targets, which are higher).
+    Derived here they are exactly the records the worker used to publish, so the rows are the same;
+    a record of any tier expands alike, so records published before this change expand harmlessly."""
+    out: list[ProgressRecord] = []
+    for record in records:
+        out.append(record)
+        ladder = ladders.get(record.badge_id)
+        if ladder is None or record.tier is None:
+            continue
+        higher = False
+        for tier, target in ladder:
+            if higher:
+                out.append(ProgressRecord.model_construct(
+                    user_id=record.user_id, badge_id=record.badge_id, tier=tier,
+                    progress=min(record.progress, target), target=target, updated_at=record.updated_at))
+            elif tier == record.tier:
+                higher = True
+    return out
+
+
 K = TypeVar("K", bound=Hashable)
 
 

@@ -12,7 +12,8 @@ w. the worker (``badgestream worker`` subprocess): events/s until its ``badgestr
 d. latency at a steady rate: from producing an event to receiving the award it decided;
 e. restart: kill -9 the worker, start it again, time until it has processed a new event
    (static group membership, and dynamic as before);
-f. output records (awards + progress + nudges) and changelog bytes per input event, largest stored value.
+f. output records (awards + progress + nudges) and changelog bytes per input event, largest stored value;
+   and awards + progress per event on the demo stream (``make run``'s), DESIGN.md's measure.
 
 Usage: python -m bench.worker.run [--fresh-users 10000] [--fresh-events 40000] [--mature-users 100]
        [--mature-events 30000] [--rate 2000] [--seconds 10]
@@ -349,6 +350,35 @@ def python_start() -> float:
     return time.perf_counter() - began
 
 
+DEMO_EVENTS = REPO / "deploy" / "demo" / "events.jsonl"
+
+
+def demo_records(bootstrap: str, args: argparse.Namespace) -> str:
+    """Figure f on the demo stream (``make run``'s events, sent at once): output records per event."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-worker-demo-"))
+    suffix = f"demo-{uuid.uuid4().hex[:6]}"
+    settings = Settings(kafka_bootstrap_servers=bootstrap, input_topics=[f"bench-events-{suffix}"],
+                        awards_topic=f"bench-awards-{suffix}", progress_topic=f"bench-progress-{suffix}",
+                        nudges_topic=f"bench-nudges-{suffix}", dlq_topic=f"bench-dlq-{suffix}",
+                        sink_dlq_topic=f"bench-sink-dlq-{suffix}", topic_partitions=args.partitions,
+                        app_id=f"bench-{suffix}", web_port=free_port(), data_dir=workdir / "worker")
+    ensure_topics(settings, required_topics(settings))
+    values = [line for line in DEMO_EVENTS.read_bytes().splitlines() if line.strip()]
+    produce(bootstrap, settings.input_topics[0], values, [orjson.loads(v)["user_id"].encode() for v in values])
+    worker = Worker(settings, workdir)
+    worker.start()
+    try:
+        worker.wait_for(len(values))
+        time.sleep(3)  # the coalescing window and the last commit
+        outputs = end_offsets(bootstrap, [settings.awards_topic, settings.progress_topic])
+    finally:
+        worker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    figure = f"{outputs / len(values):.2f} ({outputs:,} awards and progress for {len(values)} events)"
+    print(f"[demo] output records per event {figure}", flush=True)
+    return figure
+
+
 def run_stream(bootstrap: str, name: str, users: int, events: int, args: argparse.Namespace) -> Row:
     row = Row(name, events)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-worker-{name}-"))
@@ -453,9 +483,12 @@ def main() -> int:
                         help="only the worker's throughput and figure f (no alternatives, latency or restart)")
     args = parser.parse_args()
     with configured_or_throwaway_broker("bench-worker-kafka-") as bootstrap:
+        demo = demo_records(bootstrap, args)
         rows = [run_stream(bootstrap, "fresh", args.fresh_users, args.fresh_events, args),
                 run_stream(bootstrap, "mature", args.mature_users, args.mature_events, args)]
     names = list(rows[0].figures)
+    print()
+    print(f"demo stream (deploy/demo/events.jsonl, make run): awards + progress per event {demo}")
     print()
     print(f"| figure | fresh ({args.fresh_users:,} users, {args.fresh_events:,} events) "
           f"| mature ({args.mature_users:,} users, {args.mature_events:,} events) |")

@@ -551,6 +551,11 @@ class Catalog(_Model):
     def levels_by_id(self) -> dict[str, Level]:
         return {level.id: level for level in self.levels}
 
+    def tier_ladders(self) -> dict[str, tuple[tuple[str, float], ...]]:
+        """Per tiered badge, its (tier, target) by target: what :func:`schemas.records.expand_tiers` needs."""
+        return {badge.id: tuple((name, float(target)) for name, target in badge.rule.ordered())
+                for badge in self.badges if isinstance(badge.rule, TiersRule)}
+
     def event_types(self) -> set[str]:
         """Every event type the catalog knows: listened to by a badge or checked under ``events``."""
         types = set(self.events)

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from schemas.catalog import Catalog, load_catalog
 from schemas.errors import SinkError, SinkStopped
-from schemas.records import DeadLetterRecord
+from schemas.records import DeadLetterRecord, TierLadders, expand_tiers
 from streams import db
 from streams.kafka import client_config, produce
 from streams.settings import Settings, settings_for
@@ -124,6 +124,7 @@ class AwardSink:
         # A plain mapping (the YAML's data, as tests pass it) is read into the catalog model.
         self._catalog = Catalog.model_validate(catalog) if isinstance(catalog, Mapping) else catalog
         self._write_catalog = write_catalog
+        self._ladders: TierLadders | None = None
         self._consumer_overrides = consumer_overrides or {}
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -339,8 +340,16 @@ class AwardSink:
                 raise SinkStopped("stopped while dead letters were undelivered")
 
     def _write(self, decoded: DecodedBatch) -> db.WriteResult:
+        progress = expand_tiers(decoded.progress, self._tier_ladders())
         with self.engine.begin() as conn:
-            return db.write_records(conn, decoded.awards, decoded.progress)
+            return db.write_records(conn, decoded.awards, progress)
+
+    def _tier_ladders(self) -> TierLadders:
+        """The catalog's tiers: the worker publishes only the lowest tier that moved (expand_tiers)."""
+        if self._ladders is None:
+            catalog = self._catalog if self._catalog is not None else self._load_catalog()
+            self._ladders = catalog.tier_ladders()
+        return self._ladders
 
     def _commit(self, offsets: list[TopicPartition]) -> bool:
         try:

@@ -37,8 +37,9 @@ def test_tiers_are_each_awarded_once_in_order() -> None:
     _, results = run(eng, [event("quiz") for _ in range(7)])
     assert [(a.tier, a.metadata["progress"]) for a in awards_of(results)] == [("bronze", 1), ("silver", 3), ("gold", 5)]
     assert awards_of(results)[1].metadata == {"progress": 3, "target": 3, "tier_rank": 2, "tiers": 3}
-    # Progress: one record per tier whose progress moved.
-    assert [(p.tier, p.progress) for p in results[1].progress] == [("silver", 2), ("gold", 2)]
+    # Progress: the lowest tier that moved stands for the ones above it (the sink derives them).
+    assert [(p.tier, p.progress) for p in results[1].progress] == [("silver", 2)]
+    assert [(p.tier, p.progress) for p in results[0].progress] == [("bronze", 1)]
 
 
 def test_tiers_sharing_a_target_jump_together() -> None:

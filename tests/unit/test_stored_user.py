@@ -163,8 +163,47 @@ def test_an_outbox_entry_of_format_3_reads_with_its_position_and_no_nudges() -> 
     state = PROCESSOR.engine.evaluate(None, PROCESSOR.decode(quiz(1))).state.to_bytes()
     raw = _HEADER.pack(3, len(state)) + state + orjson.dumps({
         "h": [["in", 0, 7]],
-        "o": [["e1", ['{"award_id": "a"}'], 0, 7]],
+        "o": [["e1", ['{"award_id":"a"}'], 0, 7]],  # records are compact JSON (pydantic's), as ever
     })
     entry = StoredUser.from_bytes(raw).entry_at(("in", 0, 7))
-    assert entry is not None and entry.awards == (b'{"award_id": "a"}',) and entry.nudges == ()
+    assert entry is not None and entry.awards == (b'{"award_id":"a"}',) and entry.nudges == ()
     assert StoredUser.from_bytes(StoredUser.from_bytes(raw).to_bytes()).entry_at(("in", 0, 7)) == entry
+
+
+def test_a_user_stays_under_4_kib_even_with_a_full_outbox_of_uncommitted_awards() -> None:
+    """Nothing committed at all (a long catch-up between two commits): the outbox is at its bound."""
+    user: StoredUser | None = None
+    largest = 0
+    for offset, event in enumerate(simulate_events(1, 3000, seed=3)):
+        outcome = PROCESSOR.evaluate_user(PROCESSOR.decode(orjson.dumps(event)), user, ("in", 0, offset))
+        if outcome.new_user is not None:
+            user = outcome.new_user
+            largest = max(largest, len(user.to_bytes()))
+    assert user is not None and len(user.outbox) > 16
+    assert largest <= 4096
+    assert StoredUser.from_bytes(user.to_bytes()) == user  # compressed (format 5), read back whole
+
+
+def test_a_small_value_is_stored_uncompressed_and_reads_back() -> None:
+    from evaluators.state import UserState
+    from streams.worker.processor import _HEADER
+
+    small = StoredUser(UserState.empty("u1"), positions={"in": (0, 7)})
+    raw = small.to_bytes()
+    assert _HEADER.unpack_from(raw)[0] == 5 and StoredUser.from_bytes(raw) == small
+
+
+def test_outbox_records_read_back_byte_for_byte() -> None:
+    """Embedded as JSON in the stored value, re-published from it after a crash: the same bytes."""
+    user: StoredUser | None = None
+    published: list[bytes] = []
+    for offset, event in enumerate(simulate_events(3, 2000, seed=5)):
+        outcome = PROCESSOR.evaluate_user(PROCESSOR.decode(orjson.dumps(event)), user if user and
+                                          user.state.user_id == event["user_id"] else None, ("in", 0, offset))
+        if outcome.new_user is not None and event["user_id"] == "u-000000":
+            user = outcome.new_user
+            again = StoredUser.from_bytes(user.to_bytes())
+            for entry, read_back in zip(user.outbox, again.outbox, strict=True):
+                assert read_back.awards == entry.awards and read_back.nudges == entry.nudges
+                published.extend(entry.awards + entry.nudges)
+    assert len(set(published)) > 20
