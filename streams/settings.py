@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     worker_event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="event loop of the worker: uvloop (libuv, faster per message) or Python's asyncio"
     )
+    worker_delivery: Literal["direct", "stream"] = Field(
+        "direct", description="how input messages reach the evaluation: direct (the consumer's fetch loop calls it, "
+        "in offset order, no per-message queue and stream) or stream (Faust's agent stream)"
+    )
     worker_progress_coalesce_s: float = Field(
         1.0, ge=0, description="the worker publishes a user's progress at most this often per (badge, tier): "
         "the newest record of each wins, as in the sink; 0: every record at once"

@@ -136,11 +136,13 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             faust_current_event.reset(token)
 
     states = StateCache(write_state, settings.worker_state_cache)
+    direct = safe_consumer.DirectDelivery()
     app.badgestream_states = states  # type: ignore[attr-defined]  # for tests and the state view
     # Faust's own consumer can commit past input events nobody evaluated (streams/worker/consumer.py);
     # ours also writes the pending user states before each commit.
     safe_consumer.install(app, on_rewind=lambda tp: metrics.input_rewind(tp.topic, tp.partition),
-                          before_commit=states.write_all, on_revoke=states.suspend, on_assign=states.resume)
+                          before_commit=states.write_all, on_revoke=states.suspend, on_assign=states.resume,
+                          direct=direct)
 
     aligned = [t for t in settings.input_topics if input_partitions.get(t, partitions) == partitions]
     misaligned = [t for t in settings.input_topics if t not in aligned]
@@ -189,60 +191,84 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
 
     @app.task
     async def chain_output_flush() -> None:
-        output.chain_into(app.producer)
-        output_ready.set()
+        chain_output()
         # What exists once the app is up lives as long as the worker: out of the collector's sight,
         # its full passes only walk what events create.
         gc.collect()
         gc.freeze()
 
+    def chain_output() -> None:
+        if not output_ready.is_set():
+            output.chain_into(app.producer)
+            output_ready.set()
+
+    def handle(message: Any, event: Any) -> None:
+        """Everything the worker does for one input message; ``event`` is current (Faust's context)."""
+        began = time.perf_counter()
+        envelope = decode(message)
+        if envelope is None:
+            metrics.observe("_invalid", "dead_letter", time.perf_counter() - began)
+            return
+        user_key = envelope.user_id.encode("utf-8")
+        if message.topic != repartition_name and (
+            message.key != user_key or partition_for(user_key, partitions) != message.partition
+        ):
+            # Keyed by something else, or placed by another partitioner: re-key so that this
+            # user's events all meet the one table partition holding their state.
+            output.send(repartition_name, user_key, message.value, headers=source_header(message))
+            metrics.observe(envelope.type, "forwarded", time.perf_counter() - began)
+            return
+        try:
+            outcome = processor.evaluate_user(envelope, states.get(user_key, table.get),
+                                              (message.topic, message.partition, message.offset),
+                                              committed_offset, source=first_read(message))
+        except Exception as exc:  # an engine or state bug: keep the event (DLQ) and go on
+            log.exception("evaluating event %s of %s failed", envelope.event_id, envelope.user_id)
+            reject(message, InvalidEventError("processing_error", f"{type(exc).__name__}: {exc}"))
+            metrics.observe(envelope.type, "dead_letter", time.perf_counter() - began)
+            return
+        if outcome.new_user is not None:
+            states.put(user_key, outcome.new_user, event)
+        for value in outcome.awards:
+            output.send(awards_topic, user_key, value)
+        for value, (badge_id, tier, updated_at) in zip(outcome.progress, outcome.progress_keys, strict=True):
+            output.send_progress(progress_topic, user_key, value, badge_id, tier, updated_at)
+        for value in outcome.nudges:
+            output.send(settings.nudges_topic, user_key, value)
+        output.poll()
+        if outcome.evaluation is not None:
+            for failure in outcome.evaluation.errors:
+                metrics.evaluator_error(failure.badge_id, failure.kind)
+                log.warning("badge %s on event %s: %s: %s", failure.badge_id, envelope.event_id,
+                            failure.kind, failure.message)
+        for record in outcome.award_records:
+            metrics.award(record.badge_id)
+            log.info("award %s%s to %s (event %s)", record.badge_id, f"/{record.tier}" if record.tier else "",
+                     record.user_id, record.event_id)
+        metrics.observe(envelope.type, outcome.status, time.perf_counter() - began)
+
+    def handle_direct(message: Any) -> None:
+        """The direct path (``worker_delivery=direct``): the safe consumer calls this for every input
+        message, in offset order, and acknowledges it once this returns."""
+        chain_output()  # nothing is produced before commits flush the output producer
+        current = _Current(message)
+        token = faust_current_event.set(weakref.ref(current))  # type: ignore[arg-type]
+        try:
+            handle(message, current)
+        finally:
+            faust_current_event.reset(token)
+
+    if settings.worker_delivery == "direct":
+        direct.topics.update(evaluated.topics)
+        direct.handle = handle_direct
+
     @app.agent(evaluated, name="evaluate")
     async def evaluate(stream: faust.StreamT[bytes]) -> None:
+        """Faust's own delivery (``worker_delivery=stream``, and Faust's test context); with the
+        direct path the safe consumer hands these topics to :func:`handle_direct` instead."""
         await output_ready.wait()  # nothing is produced before commits flush the output producer
         async for event in stream.events():
-            message = event.message
-            began = time.perf_counter()
-            envelope = decode(message)
-            if envelope is None:
-                metrics.observe("_invalid", "dead_letter", time.perf_counter() - began)
-                continue
-            user_key = envelope.user_id.encode("utf-8")
-            if message.topic != repartition_name and (
-                message.key != user_key or partition_for(user_key, partitions) != message.partition
-            ):
-                # Keyed by something else, or placed by another partitioner: re-key so that this
-                # user's events all meet the one table partition holding their state.
-                output.send(repartition_name, user_key, message.value, headers=source_header(message))
-                metrics.observe(envelope.type, "forwarded", time.perf_counter() - began)
-                continue
-            try:
-                outcome = processor.evaluate_user(envelope, states.get(user_key, table.get),
-                                                  (message.topic, message.partition, message.offset),
-                                                  committed_offset, source=first_read(message))
-            except Exception as exc:  # an engine or state bug: keep the event (DLQ) and go on
-                log.exception("evaluating event %s of %s failed", envelope.event_id, envelope.user_id)
-                reject(message, InvalidEventError("processing_error", f"{type(exc).__name__}: {exc}"))
-                metrics.observe(envelope.type, "dead_letter", time.perf_counter() - began)
-                continue
-            if outcome.new_user is not None:
-                states.put(user_key, outcome.new_user, event)
-            for value in outcome.awards:
-                output.send(awards_topic, user_key, value)
-            for value, (badge_id, tier, updated_at) in zip(outcome.progress, outcome.progress_keys, strict=True):
-                output.send_progress(progress_topic, user_key, value, badge_id, tier, updated_at)
-            for value in outcome.nudges:
-                output.send(settings.nudges_topic, user_key, value)
-            output.poll()
-            if outcome.evaluation is not None:
-                for failure in outcome.evaluation.errors:
-                    metrics.evaluator_error(failure.badge_id, failure.kind)
-                    log.warning("badge %s on event %s: %s: %s", failure.badge_id, envelope.event_id,
-                                failure.kind, failure.message)
-            for record in outcome.award_records:
-                metrics.award(record.badge_id)
-                log.info("award %s%s to %s (event %s)", record.badge_id, f"/{record.tier}" if record.tier else "",
-                         record.user_id, record.event_id)
-            metrics.observe(envelope.type, outcome.status, time.perf_counter() - began)
+            handle(event.message, event)
 
     if misaligned:
         rekeyed = app.topic(*misaligned, key_serializer="raw", value_serializer="raw")
@@ -295,6 +321,16 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
                               "positions": user.positions})
 
     return app
+
+
+class _Current:
+    """What Faust's context needs of the current event on the direct path: its message (the table
+    and its changelog take the partition, and check the topic, from it)."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
 
 
 class RepeatFilter(logging.Filter):

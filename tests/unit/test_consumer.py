@@ -18,7 +18,7 @@ from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.worker.consumer import SafeConsumer
+from streams.worker.consumer import DirectDelivery, SafeConsumer
 from streams.worker.read_policy import Action, Decision, ReadPolicy
 
 INPUT = TP("user-events", 0)
@@ -101,8 +101,10 @@ class Loop(SafeConsumer):
         self._commit_every = None
         self._n_acked = 0
         self.done = asyncio.Event()
+        self.flow = True
         self.app = SimpleNamespace(tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}),
-                                   topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+                                   topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+                                   flow_control=SimpleNamespace(is_active=lambda: self.flow))
         self.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
         self._thread = SimpleNamespace(seek_wait=self._seek_wait)
         self.callback = self._callback
@@ -211,6 +213,52 @@ def test_nothing_is_handed_over_before_the_seek_that_ends_recovery() -> None:
     loop.run()
     assert loop.delivered == [] and loop._bs_policy.expected[INPUT] is None
     assert loop._bs_policy.set_aside == {INPUT}  # the seek that ends recovery seeks it once more
+
+
+class DirectLoop(Loop):
+    """The loop with the input topic on the direct path: handled in the loop, acknowledged after."""
+
+    def __init__(self, *args: Any, fail_at: int | None = None, stop_flow_at: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handled: list[int] = []
+        self.acked: list[int] = []
+        self.fail_at, self.stop_flow_at = fail_at, stop_flow_at
+        self._bs_direct = DirectDelivery({INPUT.topic}, self.handle)
+        self.consumer_stopped_errors = ()
+        self.log = SimpleNamespace(exception=lambda *args: None)
+
+    def handle(self, message: Any) -> None:
+        assert message.offset not in self.acked  # nothing is acknowledged before it was evaluated
+        if message.offset == self.fail_at:
+            raise RuntimeError("state store failed")
+        self.handled.append(message.offset)
+        if message.offset == self.stop_flow_at:
+            self.flow = False  # a rebalance begins while the batch is being read
+
+    def ack(self, message: Any) -> bool:
+        self.acked.append(message.offset)
+        return True
+
+
+def test_the_direct_path_evaluates_in_order_and_acknowledges_after_each() -> None:
+    loop = DirectLoop([[5, 6, 7], [8, 9]], expected=5)
+    loop.run()
+    assert loop.handled == loop.acked == [5, 6, 7, 8, 9] and loop.delivered == []  # no stream involved
+    assert loop._bs_policy.expected[INPUT] == 10
+
+
+def test_a_failure_on_the_direct_path_acknowledges_nothing_from_the_failed_event_on() -> None:
+    loop = DirectLoop([[5, 6, 7, 8]], expected=5, fail_at=7)
+    with pytest.raises(RuntimeError, match="state store failed"):
+        loop.run()
+    assert loop.handled == [5, 6] and loop.acked == [5, 6]  # 7 and after: not acknowledged, read again
+
+
+def test_the_direct_path_handles_nothing_while_the_flow_is_stopped() -> None:
+    loop = DirectLoop([[5, 6, 7]], expected=5, stop_flow_at=5)
+    loop.run()
+    assert loop.handled == [5] and loop.acked == [5]
+    assert loop._bs_policy.expected[INPUT] == 6  # 6 and 7 are expected again after the seek
 
 
 # --- the read policy alone: literal offsets in, decisions out -------------------------------------
