@@ -59,6 +59,29 @@ EVENTS_TOTAL = "badgestream_events_total{"
 SEED_EVENTS = 3000  # the seed design is slow: measured on the first events of the stream
 
 
+def histogram(port: int, name: str) -> str:
+    """``count, mean and p99 (as the upper bound of its bucket)`` of one of the worker's histograms."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            body = response.read().decode()
+    except OSError:
+        return "n/a"
+    buckets: list[tuple[float, float]] = []
+    count = total = 0.0
+    for line in body.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith(f"{name}_count"):
+            count = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{name}_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+    if not count:
+        return "none"
+    p99 = next(bound for bound, seen in buckets if seen >= 0.99 * count)
+    return f"{count:,.0f}, mean {total / count * 1000:.1f} ms, p99 <= {p99 * 1000:g} ms"
+
+
 def events_processed(port: int) -> float:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
@@ -436,7 +459,9 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
                            event_id="lat-" + e["event_id"])
                       for e in simulate_events(lat_users, int(args.rate * args.seconds), seed=11)]
         _, lat = latency(bootstrap, settings, lat_events, args.rate)
-        print(f"[{name}] latency {lat}", flush=True)
+        commits = histogram(worker.port, "badgestream_commit_seconds")
+        flushes = histogram(worker.port, "badgestream_state_flush_seconds")
+        print(f"[{name}] latency {lat}; commits {commits}; state writes before them {flushes}", flush=True)
         static = restart_time(worker, bootstrap, 1)
         worker.stop()
         worker.env["BADGESTREAM_WORKER_INSTANCE_ID"] = ""  # dynamic membership, as before
@@ -460,6 +485,8 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
         "worker / b": f"{w / b:.0%}",
         "worker / c": f"{w / c:.1f}x",
         "d. latency": lat,
+        "d. commits (count, mean, p99), whole run": commits,
+        "d. of which writing pending states (loop blocked)": flushes,
         "e. restart after kill -9 (static / dynamic membership)": f"{static:.1f} s / {dynamic:.1f} s",
         "   of which starting the process (import, catalog)": f"{started:.1f} s",
         "f. output records per event": f"{outputs / events:.2f}",

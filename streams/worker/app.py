@@ -140,9 +140,18 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     app.badgestream_states = states  # type: ignore[attr-defined]  # for tests and the state view
     # Faust's own consumer can commit past input events nobody evaluated (streams/worker/consumer.py);
     # ours also writes the pending user states before each commit.
+    counted_writes = [0]
+
+    def write_pending() -> None:
+        began = time.perf_counter()
+        if states.write_all():
+            metrics.state_flush_seconds.observe(time.perf_counter() - began)
+        metrics.state_writes.inc(states.writes - counted_writes[0])  # with those written past the limit
+        counted_writes[0] = states.writes
+
     safe_consumer.install(app, on_rewind=lambda tp: metrics.input_rewind(tp.topic, tp.partition),
-                          before_commit=states.write_all, on_revoke=states.suspend, on_assign=states.resume,
-                          direct=direct)
+                          before_commit=write_pending, on_revoke=states.suspend, on_assign=states.resume,
+                          direct=direct, on_commit=metrics.commit_seconds.observe)
 
     aligned = [t for t in settings.input_topics if input_partitions.get(t, partitions) == partitions]
     misaligned = [t for t in settings.input_topics if t not in aligned]

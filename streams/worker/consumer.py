@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,8 @@ class SafeConsumer(AIOKafkaConsumer):
     #: Called when partitions are revoked (a rebalance begins) and when new ones are assigned.
     _bs_on_revoke: Callable[[], object] | None = None
     _bs_on_assign: Callable[[], object] | None = None
+    #: Called with the seconds every commit took (pending states, producer flush, commit).
+    _bs_on_commit: Callable[[float], object] | None = None
     #: Topics evaluated on the direct path, and how (set by the app before the consumer starts).
     _bs_direct: DirectDelivery | None = None
 
@@ -132,9 +135,12 @@ class SafeConsumer(AIOKafkaConsumer):
         # Synchronous, before Faust picks the offsets and flushes: what it writes (table values,
         # hence changelog records) is in the producer before the flush that precedes the commit.
         # If it raises, nothing is committed.
+        began = time.perf_counter()
         if self._bs_before_commit is not None:
             self._bs_before_commit()
         result: bool = await super()._commit_tps(tps, start_new_transaction)
+        if self._bs_on_commit is not None:
+            self._bs_on_commit(time.perf_counter() - began)
         return result
 
     async def _bs_rewind(self, tp: TP, offset: int, seen: int) -> None:
@@ -325,14 +331,15 @@ class SafeConsumer(AIOKafkaConsumer):
 
 def install(app: Any, on_rewind: Callable[[TP], None] | None = None, *,
             before_commit: Callable[[], object] | None = None, on_revoke: Callable[[], object] | None = None,
-            on_assign: Callable[[], object] | None = None, direct: DirectDelivery | None = None) -> None:
+            on_assign: Callable[[], object] | None = None, direct: DirectDelivery | None = None,
+            on_commit: Callable[[float], object] | None = None) -> None:
     """Make ``app`` create a :class:`SafeConsumer` (call before the app creates its consumer)."""
 
     class BadgestreamConsumer(SafeConsumer):
         pass
 
     for name, hook in (("_bs_on_rewind", on_rewind), ("_bs_before_commit", before_commit),
-                       ("_bs_on_revoke", on_revoke), ("_bs_on_assign", on_assign)):
+                       ("_bs_on_revoke", on_revoke), ("_bs_on_assign", on_assign), ("_bs_on_commit", on_commit)):
         if hook is not None:
             setattr(BadgestreamConsumer, name, staticmethod(hook))
     BadgestreamConsumer._bs_direct = direct

@@ -32,6 +32,15 @@ class WorkerMetrics:
         self.input_rewinds = Counter("badgestream_input_rewinds_total",
                                      "Times an input partition was read again instead of skipping records "
                                      "(streams/worker/consumer.py)", ["topic", "partition"], registry=self.registry)
+        self.commit_seconds = Histogram(
+            "badgestream_commit_seconds", "Offset commits: writing pending states, flushing the producers, committing",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=self.registry)
+        self.state_flush_seconds = Histogram(
+            "badgestream_state_flush_seconds", "Writing the pending user states before a commit (the event loop "
+            "waits meanwhile)", buckets=(0.0001, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry)
+        self.state_writes = Counter("badgestream_state_writes_total", "User states written to the table",
+                                    registry=self.registry)
         self.consumer_lag = Gauge("badgestream_consumer_lag", "Messages not yet committed, per input partition",
                                   ["topic", "partition"], registry=self.registry)
 

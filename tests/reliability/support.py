@@ -24,10 +24,11 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from evaluators import rules
 from evaluators.runner import EngineRun, plugin_engine
 from schemas.catalog import load_catalog
 from schemas.errors import InvalidEventError
-from schemas.records import newest_progress
+from schemas.records import ProgressRecord, newest_progress
 from streams.devstack.simulate import simulate_events
 from tests.integration import harness
 from tests.integration.harness import Process, StackConfig
@@ -92,11 +93,10 @@ class Expected:
     progress_records: int = 0  # records on the progress topic in a clean run, before reduction
 
 
-def expected_offline(events_file: Path, catalog: Path = harness.DEMO_CATALOG) -> Expected:
-    """Awards from ``badgestream evaluate``; progress rows from the same engine, reduced like the sink."""
-    awards = sorted(award_tuple(r) for r in harness.offline_awards(events_file, catalog))
+def _published_progress(events_file: Path, catalog: Path) -> tuple[list[ProgressRecord], int, int]:
+    """Progress records the engine publishes over the file, the valid events and the users."""
     run = EngineRun(plugin_engine(load_catalog(catalog)))
-    published = []
+    published: list[ProgressRecord] = []
     valid = 0
     for raw in events_file.read_bytes().splitlines():
         if not raw.strip():
@@ -107,9 +107,25 @@ def expected_offline(events_file: Path, catalog: Path = harness.DEMO_CATALOG) ->
             continue
         valid += 1
         published += result.progress
-    newest = newest_progress(published, lambda p: (p.user_id, p.badge_id, p.tier or None))
+    return published, valid, len(run.states)
+
+
+def expected_offline(events_file: Path, catalog: Path = harness.DEMO_CATALOG) -> Expected:
+    """Awards from ``badgestream evaluate``; progress rows from the same engine, reduced like the sink.
+
+    The rows are those of every tier's progress published, as the worker did before it published
+    only the lowest tier that moved (the sink derives the others): the sink must end with exactly
+    those rows. ``progress_records`` counts what the engine publishes now."""
+    awards = sorted(award_tuple(r) for r in harness.offline_awards(events_file, catalog))
+    published, valid, users = _published_progress(events_file, catalog)
+    collapses, rules.TiersBadge.collapses_tiers = rules.TiersBadge.collapses_tiers, False
+    try:
+        every_tier, _, _ = _published_progress(events_file, catalog)
+    finally:
+        rules.TiersBadge.collapses_tiers = collapses
+    newest = newest_progress(every_tier, lambda p: (p.user_id, p.badge_id, p.tier or None))
     progress = {k: (float(p.progress), float(p.target), utc(p.updated_at)) for k, p in newest.items()}
-    return Expected(awards=awards, progress=progress, valid_events=valid, users=len(run.states),
+    return Expected(awards=awards, progress=progress, valid_events=valid, users=users,
                     progress_records=len(published))
 
 
