@@ -166,8 +166,14 @@ class Engine:
         new_state = UserState(event.user_id, state.badges.with_changes(badges),
                               UserState.remember(state.recent, digest), self.fingerprint, points)
         if source is not None and awards:
-            awards = tuple(_construct(AwardRecord, {**award.__dict__, "source": source}) for award in awards)
+            awards = self.with_source(awards, source)
         return Evaluation(state=new_state, awards=awards, progress=progress, nudges=nudges, errors=tuple(errors))
+
+    @staticmethod
+    def with_source(awards: tuple[AwardRecord, ...], source: EventSource) -> tuple[AwardRecord, ...]:
+        """``awards`` carrying ``source`` as their evidence (for a caller that knows it only once
+        there are awards: building it for every event showed in the worker's profile)."""
+        return tuple(_construct(AwardRecord, {**award.__dict__, "source": source}) for award in awards)
 
     # --- steps -----------------------------------------------------------------------------------
 

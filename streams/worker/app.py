@@ -27,7 +27,6 @@ from typing import Any
 import faust
 import orjson
 from faust.streams import _current_event as faust_current_event
-from faust.types import TP
 from faust.web import Request, Response, View
 
 from evaluators.runner import plugin_engine
@@ -135,7 +134,13 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         finally:
             faust_current_event.reset(token)
 
-    states = StateCache(write_state, settings.worker_state_cache)
+    def committed_offset(topic: str, partition: int) -> int | None:
+        # Faust has no public accessor; the stored value only uses it to drop what is committed.
+        # (A TP is a named tuple: a plain tuple finds the same entry, without building one.)
+        committed: int | None = getattr(app.consumer, "_committed_offset", {}).get((topic, partition))
+        return committed
+
+    states = StateCache(write_state, settings.worker_state_cache, prune=lambda user: user.pruned(committed_offset))
     direct = safe_consumer.DirectDelivery()
     app.badgestream_states = states  # type: ignore[attr-defined]  # for tests and the state view
     # Faust's own consumer can commit past input events nobody evaluated (streams/worker/consumer.py);
@@ -169,11 +174,6 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         output.send(dlq_topic, message.key, dead_letter(
             message.key, message.value, message.topic, message.partition, message.offset, error,
             failed_at=datetime.now(UTC)))
-
-    def committed_offset(topic: str, partition: int) -> int | None:
-        # Faust has no public accessor; the outbox only uses it to drop what is committed.
-        committed: int | None = getattr(app.consumer, "_committed_offset", {}).get(TP(topic, partition))
-        return committed
 
     def first_read(message: Any) -> EventSource:
         """Where ``message``'s event was first read: for a re-keyed event, the position it carries."""
@@ -228,9 +228,10 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             metrics.observe(envelope.type, "forwarded", time.perf_counter() - began)
             return
         try:
+            # Committed entries are pruned when the value is written (StateCache), not per event.
             outcome = processor.evaluate_user(envelope, states.get(user_key, table.get),
                                               (message.topic, message.partition, message.offset),
-                                              committed_offset, source=first_read(message))
+                                              source=first_read(message) if message.topic == repartition_name else None)
         except Exception as exc:  # an engine or state bug: keep the event (DLQ) and go on
             log.exception("evaluating event %s of %s failed", envelope.event_id, envelope.user_id)
             reject(message, InvalidEventError("processing_error", f"{type(exc).__name__}: {exc}"))

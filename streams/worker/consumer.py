@@ -59,6 +59,8 @@ class SafeConsumer(AIOKafkaConsumer):
     _bs_on_commit: Callable[[float], object] | None = None
     #: Topics evaluated on the direct path, and how (set by the app before the consumer starts).
     _bs_direct: DirectDelivery | None = None
+    #: The commit started by the fetch loop, while it runs.
+    _bs_commit_task: asyncio.Future[None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -209,7 +211,7 @@ class SafeConsumer(AIOKafkaConsumer):
                         if acks_enabled_for(message.topic):
                             await self._add_gap(tp, want, offset - 1)
                     if self._bs_n_acked_due():
-                        await self.commit()
+                        self._bs_commit_soon()
                     if tp.topic in direct_topics:
                         if self.suspend_flow.is_set() or not flow_active():
                             policy.cut_short(tp, offset)  # a rebalance: read again after its seek
@@ -250,6 +252,24 @@ class SafeConsumer(AIOKafkaConsumer):
             raise
         finally:
             unset_flag(CONSUMER_FETCHING)
+
+    def _bs_commit_soon(self) -> None:
+        """Commit in the background: Faust's loop awaited the commit here, so fetching (and, on the
+        direct path, evaluating) stopped for as long as the producers took to flush. What a commit
+        covers is fixed synchronously at its start, after the pending states are written
+        (``_commit_tps``), so events evaluated meanwhile are simply left for the next one."""
+        task = self._bs_commit_task
+        if task is None or task.done():
+            self._bs_commit_task = asyncio.ensure_future(self._bs_commit_or_crash())
+
+    async def _bs_commit_or_crash(self) -> None:
+        try:
+            await self.commit()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # e.g. an output record the broker refused: stop before committing more
+            log.exception("commit failed: %r", exc)
+            await self.crash(exc)
 
     def _bs_n_acked_due(self) -> bool:
         commit_every = self._commit_every

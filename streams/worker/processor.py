@@ -29,7 +29,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -179,6 +179,15 @@ class StoredUser:
                 latest[key] = [record.progress, record.target, record.updated_at.isoformat(), position]
         return latest
 
+    def pruned(self, committed: CommittedOffset) -> StoredUser:
+        """Without the outbox and progress entries of committed events (the worker prunes when it
+        writes a value, once per commit, rather than on every event)."""
+        outbox = tuple(entry for entry in self.outbox if not _committed(entry.position, committed))
+        progress = {key: value for key, value in self.progress.items() if not _committed(value[3], committed)}
+        if len(outbox) == len(self.outbox) and len(progress) == len(self.progress):
+            return self
+        return StoredUser(state=self.state, outbox=outbox, progress=progress, positions=self.positions)
+
     def entry_for(self, event_id: str) -> OutboxEntry | None:
         """The outbox entry of the event with this id, if it is still there."""
         for entry in self.outbox:
@@ -219,7 +228,7 @@ class StoredUser:
         return tuple(kept[-OUTBOX_EVENTS:])
 
 
-def _committed(position: Position | None, committed: CommittedOffset) -> bool:
+def _committed(position: Position | Sequence[Any] | None, committed: CommittedOffset) -> bool:
     if position is None:
         return False
     topic, partition, offset = position
@@ -307,10 +316,12 @@ class EventProcessor:
             return Outcome(status="duplicate", awards=list(entry.awards) if entry else [],
                            nudges=list(entry.nudges) if entry else [], progress=previous.progress_records(),
                            progress_keys=previous.progress_keys())
-        if source is None and position is not None:
-            # Built without validation: a Kafka position is already well-typed (once per event).
-            source = EventSource.model_construct(topic=position[0], partition=position[1], offset=position[2])
         evaluation = self.engine.evaluate(previous.state, event, source=source)
+        if source is None and position is not None and evaluation.awards:
+            # The awards' evidence is where the event was read; built without validation (a Kafka
+            # position is well-typed), and only for the events that award something.
+            read_at = EventSource.model_construct(topic=position[0], partition=position[1], offset=position[2])
+            evaluation = replace(evaluation, awards=self.engine.with_source(evaluation.awards, read_at))
         outcome = Outcome(evaluation=evaluation)
         if evaluation.duplicate:
             # The same event id again under a new position (an upstream resend): nothing changes.

@@ -37,8 +37,9 @@ Write = Callable[[bytes, bytes, Any], None]
 
 
 class StateCache:
-    def __init__(self, write: Write, limit: int) -> None:
+    def __init__(self, write: Write, limit: int, prune: Callable[[StoredUser], StoredUser] | None = None) -> None:
         self._write = write
+        self._prune = prune  # applied to a value when it is written (drops what is committed)
         self.limit = limit
         #: key -> (newest value, the event that made it); insertion order is oldest first
         self._pending: dict[bytes, tuple[StoredUser, Any]] = {}
@@ -69,6 +70,8 @@ class StateCache:
     def put(self, key: bytes, user: StoredUser, event: Any) -> None:
         """``user`` is the new value of ``key``, made by ``event``; write-through when ``limit`` is 0."""
         if self.limit <= 0 and not self._suspended:
+            if self._prune is not None:
+                user = self._prune(user)
             self._write(key, user.to_bytes(), event)
             self.writes += 1
             return
@@ -92,6 +95,8 @@ class StateCache:
 
     def _flush_one(self, key: bytes) -> None:
         user, event = self._pending[key]
+        if self._prune is not None:
+            user = self._prune(user)
         self._write(key, user.to_bytes(), event)  # raises: the value stays pending, no commit follows
         del self._pending[key]
         self.writes += 1

@@ -261,6 +261,35 @@ def test_the_direct_path_handles_nothing_while_the_flow_is_stopped() -> None:
     assert loop._bs_policy.expected[INPUT] == 6  # 6 and 7 are expected again after the seek
 
 
+class CommittingLoop(DirectLoop):
+    """A commit every 2 acknowledgements, one that takes until the test lets it finish."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._commit_every = 2
+        self.commits_started: list[list[int]] = []
+        self.release = asyncio.Event()
+
+    def ack(self, message: Any) -> bool:
+        self._n_acked += 1
+        return super().ack(message)
+
+    async def commit(self, *args: Any, **kwargs: Any) -> bool:  # type: ignore[override]
+        self.commits_started.append(list(self.handled))
+        await self.release.wait()
+        return True
+
+
+async def test_the_fetch_loop_goes_on_while_a_commit_flushes() -> None:
+    loop = CommittingLoop([[5, 6, 7, 8, 9, 10]], expected=5)
+    await asyncio.wait_for(loop._drain_messages(SimpleNamespace(_stopped=loop.done)), timeout=5)
+    # Due after 6, 8 and 10, yet the loop evaluated on while the commit waited for its flush (one
+    # awaited in the loop never returns here); and no second one starts while the first runs.
+    assert loop.handled == [5, 6, 7, 8, 9, 10] and len(loop.commits_started) == 1
+    loop.release.set()
+    await asyncio.sleep(0)
+
+
 # --- the read policy alone: literal offsets in, decisions out -------------------------------------
 
 def policy_at(expected: int | None) -> ReadPolicy[str]:
