@@ -382,16 +382,22 @@ def python_start() -> float:
 DEMO_EVENTS = REPO / "deploy" / "demo" / "events.jsonl"
 
 
+def bench_settings(bootstrap: str, suffix: str, partitions: int, workdir: Path) -> Settings:
+    """A worker's settings on topics of its own (created here), named after ``suffix``."""
+    settings = Settings(kafka_bootstrap_servers=bootstrap, input_topics=[f"bench-events-{suffix}"],
+                        awards_topic=f"bench-awards-{suffix}", progress_topic=f"bench-progress-{suffix}",
+                        nudges_topic=f"bench-nudges-{suffix}", dlq_topic=f"bench-dlq-{suffix}",
+                        sink_dlq_topic=f"bench-sink-dlq-{suffix}", topic_partitions=partitions,
+                        app_id=f"bench-{suffix}", web_port=free_port(), data_dir=workdir / "worker")
+    ensure_topics(settings, required_topics(settings))
+    return settings
+
+
 def demo_records(bootstrap: str, args: argparse.Namespace) -> str:
     """Figure f on the demo stream (``make run``'s events, sent at once): output records per event."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-worker-demo-"))
     suffix = f"demo-{uuid.uuid4().hex[:6]}"
-    settings = Settings(kafka_bootstrap_servers=bootstrap, input_topics=[f"bench-events-{suffix}"],
-                        awards_topic=f"bench-awards-{suffix}", progress_topic=f"bench-progress-{suffix}",
-                        nudges_topic=f"bench-nudges-{suffix}", dlq_topic=f"bench-dlq-{suffix}",
-                        sink_dlq_topic=f"bench-sink-dlq-{suffix}", topic_partitions=args.partitions,
-                        app_id=f"bench-{suffix}", web_port=free_port(), data_dir=workdir / "worker")
-    ensure_topics(settings, required_topics(settings))
+    settings = bench_settings(bootstrap, suffix, args.partitions, workdir)
     values = [line for line in DEMO_EVENTS.read_bytes().splitlines() if line.strip()]
     produce(bootstrap, settings.input_topics[0], values, [orjson.loads(v)["user_id"].encode() for v in values])
     worker = Worker(settings, workdir)
@@ -412,12 +418,7 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
     row = Row(name, events)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-worker-{name}-"))
     suffix = f"{name}-{uuid.uuid4().hex[:6]}"
-    settings = Settings(kafka_bootstrap_servers=bootstrap, input_topics=[f"bench-events-{suffix}"],
-                        awards_topic=f"bench-awards-{suffix}", progress_topic=f"bench-progress-{suffix}",
-                        nudges_topic=f"bench-nudges-{suffix}", dlq_topic=f"bench-dlq-{suffix}",
-                        sink_dlq_topic=f"bench-sink-dlq-{suffix}", topic_partitions=args.partitions,
-                        app_id=f"bench-{suffix}", web_port=free_port(), data_dir=workdir / "worker")
-    ensure_topics(settings, required_topics(settings))
+    settings = bench_settings(bootstrap, suffix, args.partitions, workdir)
     ensure_topics(settings, [TopicSpec(f"bench-loop-out-{suffix}", args.partitions, {})])
     dicts = list(simulate_events(users, events, seed=7))
     values = [orjson.dumps(e) for e in dicts]
