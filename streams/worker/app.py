@@ -143,8 +143,6 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     states = StateCache(write_state, settings.worker_state_cache, prune=lambda user: user.pruned(committed_offset))
     direct = safe_consumer.DirectDelivery()
     app.badgestream_states = states  # type: ignore[attr-defined]  # for tests and the state view
-    # Faust's own consumer can commit past input events nobody evaluated (streams/worker/consumer.py);
-    # ours also writes the pending user states before each commit.
     counted_writes = [0]
 
     def write_pending() -> None:
@@ -154,6 +152,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         metrics.state_writes.inc(states.writes - counted_writes[0])  # with those written past the limit
         counted_writes[0] = states.writes
 
+    # Faust's own consumer can commit past input events nobody evaluated (streams/worker/consumer.py);
+    # ours also writes the pending user states before each commit, and evaluates input directly.
     safe_consumer.install(app, on_rewind=lambda tp: metrics.input_rewind(tp.topic, tp.partition),
                           before_commit=write_pending, on_revoke=states.suspend, on_assign=states.resume,
                           direct=direct, on_commit=metrics.commit_seconds.observe)
