@@ -135,8 +135,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             faust_current_event.reset(token)
 
     def committed_offset(topic: str, partition: int) -> int | None:
-        # Faust has no public accessor; the stored value only uses it to drop what is committed.
-        # (A TP is a named tuple: a plain tuple finds the same entry, without building one.)
+        # Faust has no public accessor. Used to drop what is committed from stored values, and for
+        # the lag metric. (A TP is a named tuple: a plain tuple finds the same entry.)
         committed: int | None = getattr(app.consumer, "_committed_offset", {}).get((topic, partition))
         return committed
 
@@ -227,11 +227,12 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             output.send(repartition_name, user_key, message.value, headers=source_header(message))
             metrics.observe(envelope.type, "forwarded", time.perf_counter() - began)
             return
+        # The awards' evidence: a re-keyed event's original position; by default, where it was read.
+        carried = read_source_header(message.headers) if message.topic == repartition_name else None
         try:
             # Committed entries are pruned when the value is written (StateCache), not per event.
             outcome = processor.evaluate_user(envelope, states.get(user_key, table.get),
-                                              (message.topic, message.partition, message.offset),
-                                              source=first_read(message) if message.topic == repartition_name else None)
+                                              (message.topic, message.partition, message.offset), source=carried)
         except Exception as exc:  # an engine or state bug: keep the event (DLQ) and go on
             log.exception("evaluating event %s of %s failed", envelope.event_id, envelope.user_id)
             reject(message, InvalidEventError("processing_error", f"{type(exc).__name__}: {exc}"))
@@ -303,7 +304,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     async def report_lag() -> None:
         consumer = app.consumer
         for tp in consumer.assignment():
-            committed = getattr(consumer, "_committed_offset", {}).get(tp)  # faust has no public accessor
+            committed = committed_offset(tp.topic, tp.partition)
             try:
                 highwater = consumer.highwater(tp)
             except Exception:

@@ -162,16 +162,12 @@ class StoredUser:
         """(badge_id, tier, updated_at) of each of :meth:`progress_records`, in the same order."""
         return [(badge_id, tier, datetime.fromisoformat(value[2])) for (badge_id, tier), value in self.progress.items()]
 
-    def with_progress(self, records: Sequence[ProgressRecord], position: Position | None = None,
-                      committed: CommittedOffset | None = None) -> dict[tuple[str, str | None], list[Any]]:
-        """The latest-progress map after ``records``, by the sink's rule (newest updated_at, ties: later).
-
-        Like the outbox, it only needs what a redelivery could still have lost: entries made by an
-        event below its partition's committed offset are dropped."""
-        latest = {key: value for key, value in self.progress.items()
-                  if not (committed is not None and _committed(value[3], committed))}
-        if not records and len(latest) == len(self.progress):
+    def with_progress(self, records: Sequence[ProgressRecord],
+                      position: Position | None = None) -> dict[tuple[str, str | None], list[Any]]:
+        """The latest-progress map after ``records``, by the sink's rule (newest updated_at, ties: later)."""
+        if not records:
             return self.progress
+        latest = dict(self.progress)
         for record in records:
             key = (record.badge_id, record.tier)
             current = latest.get(key)
@@ -180,8 +176,9 @@ class StoredUser:
         return latest
 
     def pruned(self, committed: CommittedOffset) -> StoredUser:
-        """Without the outbox and progress entries of committed events (the worker prunes when it
-        writes a value, once per commit, rather than on every event)."""
+        """Without the outbox and progress entries of committed events: they can never be
+        redelivered, and keeping them would only make every write of this user larger. (The worker
+        prunes when it writes a value, once per commit, rather than on every event.)"""
         outbox = tuple(entry for entry in self.outbox if not _committed(entry.position, committed))
         progress = {key: value for key, value in self.progress.items() if not _committed(value[3], committed)}
         if len(outbox) == len(self.outbox) and len(progress) == len(self.progress):
@@ -213,17 +210,12 @@ class StoredUser:
         return entry.awards if entry is not None else ()
 
     def with_outputs(self, event_id: str, awards: Sequence[bytes], nudges: Sequence[bytes] = (),
-                     position: Position | None = None,
-                     committed: CommittedOffset | None = None) -> tuple[OutboxEntry, ...]:
-        """The outbox after an event that made ``awards`` and ``nudges``, without the committed entries.
-
-        An entry whose input offset lies below the committed offset of its partition can never be
-        redelivered; keeping it would only make every write of this user larger."""
-        kept = [entry for entry in self.outbox if entry.event_id != event_id
-                and not (committed is not None and _committed(entry.position, committed))]
+                     position: Position | None = None) -> tuple[OutboxEntry, ...]:
+        """The outbox after an event that made ``awards`` and ``nudges``."""
+        kept = [entry for entry in self.outbox if entry.event_id != event_id]
         if awards or nudges:
             kept.append(OutboxEntry(event_id, tuple(awards), position, tuple(nudges)))
-        if len(kept) == len(self.outbox) and not (awards or nudges):
+        elif len(kept) == len(self.outbox):
             return self.outbox
         return tuple(kept[-OUTBOX_EVENTS:])
 
@@ -343,10 +335,11 @@ class EventProcessor:
         outcome.progress = [progress_bytes(p) for p in evaluation.progress]
         outcome.progress_keys = [(p.badge_id, p.tier, p.updated_at) for p in evaluation.progress]
         outcome.nudges = [n.model_dump_json().encode() for n in evaluation.nudges]
+        kept = previous.pruned(committed) if committed is not None else previous
         outcome.new_user = StoredUser(
             state=evaluation.state,
-            outbox=previous.with_outputs(event.event_id, outcome.awards, outcome.nudges, position, committed),
-            progress=previous.with_progress(evaluation.progress, position, committed),
-            positions=previous.with_position(position),
+            outbox=kept.with_outputs(event.event_id, outcome.awards, outcome.nudges, position),
+            progress=kept.with_progress(evaluation.progress, position),
+            positions=kept.with_position(position),
         )
         return outcome

@@ -68,13 +68,7 @@ class StateCache:
         return user
 
     def put(self, key: bytes, user: StoredUser, event: Any) -> None:
-        """``user`` is the new value of ``key``, made by ``event``; write-through when ``limit`` is 0."""
-        if self.limit <= 0 and not self._suspended:
-            if self._prune is not None:
-                user = self._prune(user)
-            self._write(key, user.to_bytes(), event)
-            self.writes += 1
-            return
+        """``user`` is the new value of ``key``, made by ``event``; written at once when ``limit`` is 0."""
         if self._pending.pop(key, None) is not None:
             self.absorbed += 1
         self._clean.pop(key, None)
