@@ -1,23 +1,25 @@
 """The engine: ``(user state, event) -> Evaluation`` — new state, awards, progress, isolated failures.
 
 Pure and deterministic: no I/O, no wall clock, no randomness; time is the event's. The input
-state is never mutated (a new :class:`UserState` shares whatever did not change). One call:
+state is never mutated (a new :class:`UserState` shares whatever did not change). Duplicates are
+recognised before the engine is called (a Kafka redelivery by the worker from input positions, an
+upstream resend by :class:`evaluators.runner.EngineRun` or the worker with :mod:`evaluators.resends`),
+which then report ``duplicate=True``. One call:
 
 1. no badge listens to the event's type -> ``matched=False``, the state is returned as it was;
-2. the event id is among the user's recent ones -> ``duplicate=True``, nothing changes;
-3. if the catalog changed since the state was stored, badges whose definition changed get their
+2. if the catalog changed since the state was stored, badges whose definition changed get their
    progress reset (awards kept; reported as ``definition_changed``), and badges that depend on
    others (meta-badges, prerequisites) are re-checked;
-4. every badge listening to the type accumulates the event if it qualifies (window, ``when``);
-5. awards: badges whose rule is met and whose prerequisites are held are granted, and every
+3. every badge listening to the type accumulates the event if it qualifies (window, ``when``);
+4. awards: badges whose rule is met and whose prerequisites are held are granted, and every
    award re-checks the badges that depend on it — meta-badges and badges requiring it — in a
    cascade, in catalog order, until nothing more is due; each award adds its badge's points to
    the user's total, and once the cascade is done every level whose ``at`` the total reached is
    awarded (several at once if need be), and what depends on those levels cascades again;
-6. one progress record per (badge, tier) whose progress changed — for a tiered count only the
+5. one progress record per (badge, tier) whose progress changed — for a tiered count only the
    lowest tier that moved: every higher tier's progress is the same count (the sink derives those
    rows, :func:`schemas.records.expand_tiers`);
-7. nudges: for badges declaring ``nudge`` (never hidden ones), one record per threshold that the
+6. nudges: for badges declaring ``nudge`` (never hidden ones), one record per threshold that the
    remaining amount crossed with this event — above it before, at or below it (and above 0) after.
    Derived from the progress before and after, so it needs no state of its own.
 """
@@ -36,7 +38,7 @@ from evaluators.base import BadgeFailure
 from evaluators.facts import EventFacts
 from evaluators.registry import EvaluatorRegistry
 from evaluators.rules import CompiledBadge, MetaBadge, compile_badge
-from evaluators.state import BadgeMap, BadgeState, UserState, event_digest
+from evaluators.state import BadgeMap, BadgeState, UserState
 from schemas.catalog import Catalog, Level, Nudge, validate_catalog
 from schemas.errors import EvaluatorError
 from schemas.events import EventEnvelope
@@ -54,7 +56,7 @@ class Evaluation:
     progress: tuple[ProgressRecord, ...] = ()
     nudges: tuple[NudgeRecord, ...] = ()
     errors: tuple[BadgeFailure, ...] = ()
-    duplicate: bool = False
+    duplicate: bool = False  # set by callers that recognised a duplicate (the engine never sees one)
     matched: bool = True
 
 
@@ -112,9 +114,6 @@ class Engine:
         listeners = self._by_type.get(event.type)
         if listeners is None:
             return Evaluation(state=state, matched=False)
-        digest = event_digest(event.event_id)
-        if state.seen(digest):
-            return Evaluation(state=state, duplicate=True)
 
         badges = _Overlay(state.badges)
         before: dict[str, BadgeState | None] = {}  # the previous state of every badge replaced
@@ -163,8 +162,7 @@ class Engine:
             awards, points = self._grant(badges, before, candidates, event, points, recheck_levels=reconciled)
         progress = self._progress(badges, before, event) if before and with_progress else ()
         nudges = self._nudges(badges, before, event) if before and self._nudging else ()
-        new_state = UserState(event.user_id, state.badges.with_changes(badges),
-                              UserState.remember(state.recent, digest), self.fingerprint, points)
+        new_state = UserState(event.user_id, state.badges.with_changes(badges), self.fingerprint, points)
         if source is not None and awards:
             awards = self.with_source(awards, source)
         return Evaluation(state=new_state, awards=awards, progress=progress, nudges=nudges, errors=tuple(errors))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from evaluators.engine import Engine, Evaluation
 from evaluators.registry import EvaluatorRegistry
+from evaluators.resends import ResendWindow, SeenIds, event_digest
 from evaluators.state import UserState
 from schemas.catalog import Catalog
 from schemas.events import EventEnvelope, parse_event
@@ -23,24 +24,37 @@ def plugin_engine(catalog: Catalog) -> Engine:
 class EngineRun:
     """Events in order through one engine; ``states`` holds every evaluated user's latest state.
 
-    ``with_progress=False`` skips building progress records (awards and states are the same).
+    An upstream resend (an event id the user already had within ``window`` of record time) changes
+    nothing and is reported as ``duplicate``. Record times are the Kafka record timestamps (replay);
+    a file has none, and every event of it counts as the same moment (0), so every resend in it is
+    absorbed. ``with_progress=False`` skips building progress records (awards and states are the same).
     """
 
-    def __init__(self, engine: Engine, *, with_progress: bool = True) -> None:
+    def __init__(self, engine: Engine, *, with_progress: bool = True, window: ResendWindow | None = None) -> None:
         self.engine = engine
         self.with_progress = with_progress
+        self.window = window if window is not None else ResendWindow()
         self.states: dict[str, UserState] = {}
+        self.seen: dict[str, SeenIds] = {}
 
-    def read(self, raw: bytes | None, source: EventSource | None = None) -> tuple[EventEnvelope, Evaluation]:
+    def read(self, raw: bytes | None, source: EventSource | None = None,
+             record_ms: int = 0) -> tuple[EventEnvelope, Evaluation]:
         """Parse and check one raw event (raises :class:`schemas.errors.InvalidEventError`), then evaluate it."""
         event = parse_event(raw, self.engine.catalog)
-        return event, self.evaluate(event, source)
+        return event, self.evaluate(event, source, record_ms)
 
-    def evaluate(self, event: EventEnvelope, source: EventSource | None = None) -> Evaluation:
-        """Evaluate ``event`` against its user's state and keep the new state (a duplicate or an
-        event no badge listens to changes nothing). ``source``: where it was read (award evidence)."""
-        evaluation = self.engine.evaluate(self.states.get(event.user_id), event, with_progress=self.with_progress,
-                                          source=source)
-        if evaluation.matched and not evaluation.duplicate:
-            self.states[event.user_id] = evaluation.state
+    def evaluate(self, event: EventEnvelope, source: EventSource | None = None, record_ms: int = 0) -> Evaluation:
+        """Evaluate ``event`` against its user's state and keep the new state (a resend or an event
+        no badge listens to changes nothing). ``source``: where it was read (award evidence);
+        ``record_ms``: its record time."""
+        user_id = event.user_id
+        digest = event_digest(event.event_id)
+        seen = self.seen.get(user_id)
+        state = self.states.get(user_id)
+        if seen is not None and seen.resent(self.window, digest, record_ms):
+            return Evaluation(state=state if state is not None else UserState.empty(user_id), duplicate=True)
+        evaluation = self.engine.evaluate(state, event, with_progress=self.with_progress, source=source)
+        if evaluation.matched:
+            self.states[user_id] = evaluation.state
+            self.seen[user_id] = (seen or SeenIds()).with_id(self.window, digest, record_ms)[0]
         return evaluation

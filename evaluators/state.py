@@ -2,10 +2,6 @@
 
 What is kept, and what bounds it (docs/engine.md, "State size", repeats this):
 
-* the last :data:`RECENT_EVENT_IDS` event ids the engine evaluated for the user, as 8-byte BLAKE2b
-  digests, oldest first (FIFO): a duplicate is recognised while it is among them — 512 bytes.
-  (Kafka redeliveries are recognised by the worker from input offsets, whatever their age; this
-  window is for the same event resent by an upstream service.)
 * per badge the user has made progress on: the fingerprint of the definition the progress was made
   under, the awards granted (tier names or an occurrence count), and the rule's progress —
   a count, a sum, up to ``count`` distinct values (dropped once the rule is met), merged runs of
@@ -23,7 +19,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Mapping
 from fractions import Fraction
-from hashlib import blake2b
 from typing import Any
 
 import orjson
@@ -31,25 +26,14 @@ import orjson
 from schemas.errors import BadgestreamError
 
 STATE_FORMAT = 1
-RECENT_EVENT_IDS = 64
-"""How many of a user's most recent event ids are remembered for duplicate detection (FIFO)."""
-
-DIGEST_BYTES = 8
-"""Event ids are remembered as 64-bit digests: ~1e-16 chance per event that a new id looks seen."""
-
 _MAGIC = b"BSu"
-_HEADER = struct.Struct(">3sBI")  # magic, format version, length of the JSON body; digests follow
-_RECENT_LIMIT = RECENT_EVENT_IDS * DIGEST_BYTES
+_HEADER = struct.Struct(">3sBI")  # magic, format version, length of the JSON body
+_OLD_DIGEST_BYTES = 8  # states written before resends moved out of them end with 8-byte event-id digests
 _INT64 = 2**63
 
 
 class StateDecodeError(BadgestreamError, ValueError):
     """Stored bytes are not a user state this engine can read."""
-
-
-def event_digest(event_id: str) -> bytes:
-    """The 8-byte digest under which an event id is remembered."""
-    return blake2b(event_id.encode("utf-8"), digest_size=DIGEST_BYTES).digest()
 
 
 def _number_out(value: int | Fraction) -> int | str:
@@ -256,41 +240,23 @@ class BadgeMap(Mapping[str, BadgeState]):
 
 
 class UserState:
-    """Everything the engine remembers about one user. Build new ones; never change one in place."""
+    """Everything the engine remembers about one user. Build new ones; never change one in place.
 
-    __slots__ = ("badges", "catalog_fp", "points", "recent", "user_id")
+    Event ids seen are not part of it: resends are recognised outside the engine, by record time
+    (:mod:`evaluators.resends`), so the state does not grow with traffic."""
 
-    def __init__(self, user_id: str, badges: Mapping[str, BadgeState] | None = None, recent: bytes = b"",
+    __slots__ = ("badges", "catalog_fp", "points", "user_id")
+
+    def __init__(self, user_id: str, badges: Mapping[str, BadgeState] | None = None,
                  catalog_fp: str = "", points: int = 0) -> None:
         self.user_id = user_id
         self.badges: BadgeMap = badges if isinstance(badges, BadgeMap) else BadgeMap(badges)
-        self.recent = recent
         self.catalog_fp = catalog_fp
         self.points = points  # the sum of the points of every award granted
 
     @classmethod
     def empty(cls, user_id: str) -> UserState:
         return cls(user_id)
-
-    # --- duplicates ----------------------------------------------------------------------------
-
-    def seen(self, digest: bytes) -> bool:
-        """Whether the event with this digest is among the remembered recent ones."""
-        recent = self.recent
-        at = recent.find(digest)
-        while at != -1:
-            if at % DIGEST_BYTES == 0:  # a match across two digests is not a match
-                return True
-            at = recent.find(digest, at + 1)
-        return False
-
-    @staticmethod
-    def remember(recent: bytes, digest: bytes) -> bytes:
-        """``recent`` with ``digest`` appended, the oldest dropped beyond :data:`RECENT_EVENT_IDS`."""
-        recent += digest
-        if len(recent) > _RECENT_LIMIT:
-            recent = recent[-_RECENT_LIMIT:]
-        return recent
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -301,16 +267,19 @@ class UserState:
     # --- bytes ---------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Versioned bytes: a header, a JSON body (orjson, keys sorted) and the raw event-id digests."""
+        """Versioned bytes: a header and a JSON body (orjson, keys sorted)."""
         fields: dict[str, Any] = {"u": self.user_id, "c": self.catalog_fp, "b": self.badges.to_json()}
         if self.points:
             fields["p"] = _number_out(self.points)  # absent when 0: states without points read as before
         body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
-        return _HEADER.pack(_MAGIC, STATE_FORMAT, len(body)) + body + self.recent
+        return _HEADER.pack(_MAGIC, STATE_FORMAT, len(body)) + body
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
-        """Read :meth:`to_bytes` output; raises :class:`StateDecodeError` on anything else."""
+        """Read :meth:`to_bytes` output; raises :class:`StateDecodeError` on anything else.
+
+        Bytes after the body are the event-id digests that states kept before resends were
+        recognised by record time: read past, not kept."""
         if len(raw) < _HEADER.size:
             raise StateDecodeError("stored user state is too short")
         magic, version, length = _HEADER.unpack_from(raw)
@@ -319,11 +288,8 @@ class UserState:
         if version != STATE_FORMAT:
             raise StateDecodeError(f"stored user state has format {version}, this engine reads {STATE_FORMAT}")
         end = _HEADER.size + length
-        recent = bytes(raw[end:])
-        if end > len(raw) or len(recent) % DIGEST_BYTES:
+        if end > len(raw) or (len(raw) - end) % _OLD_DIGEST_BYTES:
             raise StateDecodeError("stored user state is truncated or has a malformed event-id list")
-        if len(recent) > _RECENT_LIMIT:  # stored when the window was larger: keep its newest part
-            recent = recent[-_RECENT_LIMIT:]
         try:
             body = orjson.loads(raw[_HEADER.size : end])
             badges = body["b"]
@@ -332,7 +298,7 @@ class UserState:
             points = _number_in(body.get("p", 0))
             if not isinstance(points, int) or points < 0:
                 raise StateDecodeError(f"stored points must be a whole number >= 0, got {points!r}")
-            return cls(str(body["u"]), BadgeMap(raw=badges), recent, str(body.get("c", "")), points)
+            return cls(str(body["u"]), BadgeMap(raw=badges), str(body.get("c", "")), points)
         except StateDecodeError:
             raise
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -343,7 +309,6 @@ class UserState:
             isinstance(other, UserState)
             and self.user_id == other.user_id
             and self.catalog_fp == other.catalog_fp
-            and self.recent == other.recent
             and self.points == other.points
             and self.badges.to_json() == other.badges.to_json()
         )
@@ -351,4 +316,4 @@ class UserState:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"UserState({self.user_id!r}, {len(self.badges)} badges, {len(self.recent) // DIGEST_BYTES} recent ids)"
+        return f"UserState({self.user_id!r}, {len(self.badges)} badges)"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.partitioner import murmur2
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from schemas.errors import ConfigurationError
@@ -99,6 +99,12 @@ def produce(producer: Producer, topic: str, key: bytes | None, value: bytes | st
             return
         except BufferError:
             producer.poll(drain)
+
+def record_time_ms(timestamp: tuple[int, int]) -> int:
+    """A confluent-kafka message's record time in ms (its ``timestamp()``); 0 when it has none."""
+    kind, when = timestamp
+    return int(when) if kind != TIMESTAMP_NOT_AVAILABLE and when >= 0 else 0
+
 
 INPUT_TOPIC_CONFIG = {"retention.ms": "-1", "retention.bytes": "-1"}
 OUTPUT_TOPIC_CONFIG = {"retention.ms": str(30 * 24 * 3600 * 1000)}

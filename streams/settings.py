@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         2000, ge=0, description="users whose new state the worker keeps in memory until the next commit (one "
         "table write per user per commit); past it the oldest are written at once; 0: every event writes"
     )
+    resend_window_s: float = Field(
+        86400.0, ge=0, description="an upstream resend (the same event_id in a new message) changes nothing when "
+        "the user had that id within this many seconds of record time (Kafka record timestamps); older resends "
+        "count again. Used by the worker and replay; `evaluate` treats a file as one moment"
+    )
 
     # Sink
     database_url: SecretStr = Field(
@@ -129,6 +134,10 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @property
+    def resend_window_ms(self) -> int:
+        return round(self.resend_window_s * 1000)
 
     @property
     def heartbeat_interval_s(self) -> float:

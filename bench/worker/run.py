@@ -45,11 +45,12 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from deploy.kafka.broker import configured_or_throwaway_broker, free_port  # noqa: E402
+from evaluators.resends import SeenIds  # noqa: E402
 from evaluators.runner import plugin_engine  # noqa: E402
 from schemas.catalog import load_catalog  # noqa: E402
 from schemas.events import parse_event  # noqa: E402
 from streams.devstack.simulate import simulate_events  # noqa: E402
-from streams.kafka import TopicSpec, ensure_topics, required_topics  # noqa: E402
+from streams.kafka import TopicSpec, ensure_topics, record_time_ms, required_topics  # noqa: E402
 from streams.kafka import produce as produce_one  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.worker.output import OutputProducer  # noqa: E402
@@ -135,14 +136,18 @@ def plain_loop(bootstrap: str, topic: str, count: int, out_topic: str) -> float:
     catalog = load_catalog(Settings().catalog_path)
     processor = EventProcessor(catalog, plugin_engine(catalog))
     table: dict[bytes, StoredUser] = {}  # decoded, as the worker keeps them between commits
+    ids: dict[bytes, SeenIds] = {}  # and each user's remembered event ids (resends)
     out = OutputProducer(Settings(kafka_bootstrap_servers=bootstrap))  # the worker's, progress coalescing too
 
     def handle(message: Any) -> None:
         key = message.key()
         outcome = processor.evaluate_user(processor.decode(message.value()), table.get(key),
-                                          (message.topic(), message.partition(), message.offset()))
+                                          (message.topic(), message.partition(), message.offset()),
+                                          record_ms=record_time_ms(message.timestamp()), seen=ids.get(key))
         if outcome.new_user is not None:
             table[key] = outcome.new_user
+        if outcome.seen is not None:
+            ids[key] = outcome.seen
         for value in (*outcome.awards, *outcome.nudges):
             out.send(out_topic, key, value)
         for value, (badge_id, tier, at) in zip(outcome.progress, outcome.progress_keys, strict=True):
@@ -450,15 +455,19 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
         # (f) before the latency phase adds its own events
         time.sleep(3)  # let the last commit and changelog writes go out
         outputs = end_offsets(bootstrap, [settings.awards_topic, settings.progress_topic, settings.nudges_topic])
-        changelog = f"{settings.app_id}-user-state-changelog"
-        records, total, largest = changelog_bytes(bootstrap, changelog)
+        records, total, largest = changelog_bytes(bootstrap, f"{settings.app_id}-user-state-changelog")
+        # The resend window's ids live in a table of their own (not in the stored value).
+        id_records, id_total, _ = changelog_bytes(bootstrap, f"{settings.app_id}-event-ids-changelog")
+        records, total = records + id_records, total + id_total
 
         if args.worker_only:
             print(f"[{name}] output records/event {outputs / events:.2f}, changelog {total / events:,.0f} B/event "
-                  f"({records / events:.2f} records), largest value {largest:,} B", flush=True)
+                  f"({records / events:.2f} records; resend ids {id_total / events:,.0f} B/event), "
+                  f"largest value {largest:,} B", flush=True)
             row.figures = {"worker": f"{w:,.0f}/s", "worker CPU (share of one core)": f"{cpu:.0%}",
                            "f. output records per event": f"{outputs / events:.2f}",
                            "f. changelog bytes per event": f"{total / events:,.0f} ({records / events:.2f} records)",
+                           "   of which resend ids": f"{id_total / events:,.0f}",
                            "f. largest stored value": f"{largest:,} B"}
             return row
         lat_users = max(users // 4, 100) if name == "fresh" else users
@@ -498,6 +507,7 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
         "   of which starting the process (import, catalog)": f"{started:.1f} s",
         "f. output records per event": f"{outputs / events:.2f}",
         "f. changelog bytes per event": f"{total / events:,.0f} ({records / events:.2f} records)",
+        "   of which resend ids": f"{id_total / events:,.0f}",
         "f. largest stored value": f"{largest:,} B",
         "load average during the worker run": f"{load:.1f}",
     }

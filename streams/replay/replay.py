@@ -32,13 +32,14 @@ import sqlalchemy as sa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from evaluators.engine import Engine
+from evaluators.resends import ResendWindow
 from evaluators.runner import EngineRun, plugin_engine
 from schemas.catalog import Catalog, load_catalog
 from schemas.errors import DeliveryError, InvalidEventError, TopicNotFoundError
 from schemas.records import AwardRecord, EventSource
 from streams import db
 from streams.console import progress
-from streams.kafka import client_config, produce
+from streams.kafka import client_config, produce, record_time_ms
 from streams.settings import Settings, settings_for
 
 NATURAL_KEY = ("user_id", "badge_id", "tier", "occurrence")
@@ -55,14 +56,16 @@ class ReplayResult:
     seconds: float = 0.0
 
 
-def evaluate_stream(engine: Engine, messages: Iterable[tuple[bytes, EventSource | None]]) -> ReplayResult:
-    """Run the engine over raw event values (with where each was read) in order and collect every award once."""
-    run = EngineRun(engine, with_progress=False)
+def evaluate_stream(engine: Engine, messages: Iterable[tuple[bytes, EventSource | None, int]],
+                    window: ResendWindow | None = None) -> ReplayResult:
+    """Run the engine over raw event values (with where each was read and its record time) in order
+    and collect every award once. Resends are recognised by record time, as the live worker does."""
+    run = EngineRun(engine, with_progress=False, window=window)
     result = ReplayResult(awards={})
-    for raw, source in messages:
+    for raw, source, record_ms in messages:
         result.events += 1
         try:
-            _event, evaluation = run.read(raw, source)
+            _event, evaluation = run.read(raw, source, record_ms)
         except InvalidEventError:
             result.invalid += 1
             continue
@@ -90,8 +93,9 @@ def capture_end_offsets(consumer: Consumer, topics: list[str]) -> list[tuple[Top
     return spans
 
 
-def read_input(settings: Settings, show_progress: bool = True) -> Iterable[tuple[bytes, EventSource]]:
-    """Every input message value, and where it was read, from the beginning up to the end offsets captured now."""
+def read_input(settings: Settings, show_progress: bool = True) -> Iterable[tuple[bytes, EventSource, int]]:
+    """Every input message value, where it was read and its record time (ms), from the beginning up
+    to the end offsets captured now."""
     consumer = Consumer(client_config(settings, **{
         "group.id": f"{settings.app_id}-replay-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
@@ -118,8 +122,8 @@ def read_input(settings: Settings, show_progress: bool = True) -> Iterable[tuple
                         continue  # written after the replay started: not part of this replay
                     done += 1
                     value = message.value()
-                    yield (value if value is not None else b""), EventSource(topic=key[0], partition=key[1],
-                                                                             offset=offset)
+                    source = EventSource(topic=key[0], partition=key[1], offset=offset)
+                    yield (value if value is not None else b""), source, record_time_ms(message.timestamp())
                     if offset >= end - 1:
                         del remaining[key]
                 update(done)
@@ -129,7 +133,8 @@ def read_input(settings: Settings, show_progress: bool = True) -> Iterable[tuple
 
 def replay(settings: Settings, catalog: Catalog, show_progress: bool = True) -> ReplayResult:
     began = time.perf_counter()
-    result = evaluate_stream(plugin_engine(catalog), read_input(settings, show_progress))
+    result = evaluate_stream(plugin_engine(catalog), read_input(settings, show_progress),
+                             ResendWindow(settings.resend_window_ms))
     result.seconds = time.perf_counter() - began
     return result
 

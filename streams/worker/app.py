@@ -29,11 +29,11 @@ import orjson
 from faust.streams import _current_event as faust_current_event
 from faust.web import Request, Response, View
 
+from evaluators.resends import ResendWindow
 from evaluators.runner import plugin_engine
 from schemas.catalog import Catalog, load_catalog
 from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope
-from schemas.records import EventSource
 from streams.kafka import (
     ensure_topics,
     faust_brokers,
@@ -46,27 +46,36 @@ from streams.settings import Settings, settings_for
 from streams.worker import consumer as safe_consumer
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.output import OutputProducer
-from streams.worker.processor import EventProcessor, StoredUser, dead_letter
+from streams.worker.processor import EventProcessor, Origin, StoredUser, dead_letter
 from streams.worker.state_cache import StateCache
 
 log = logging.getLogger("badgestream.worker")
 
 STATE_TABLE = "user-state"
+RESEND_TABLE = "event-ids"
+"""The second table: each user's remembered event ids, in buckets of record time (evaluators/resends.py)."""
 SOURCE_HEADER = "badgestream-source"
-"""Header of a re-keyed event: ``[topic, partition, offset]`` of its original input position (JSON)."""
+"""Header of a re-keyed event: ``[topic, partition, offset, record time ms]`` of its original input
+record (JSON; the time is absent in headers written before it was carried)."""
 
 
-def read_source_header(headers: Any) -> EventSource | None:
-    """The original position a re-keyed event carries, or None (absent or unreadable)."""
+def read_source_header(headers: Any) -> tuple[Origin, int | None] | None:
+    """The original position (and record time) a re-keyed event carries, or None (absent or unreadable)."""
     items = headers.items() if isinstance(headers, dict) else (headers or ())
     for name, value in items:
         if name == SOURCE_HEADER and value:
             try:
-                topic, partition, offset = orjson.loads(value)
-                return EventSource(topic=topic, partition=partition, offset=offset)
-            except (ValueError, TypeError):
+                topic, partition, offset, *when = orjson.loads(value)
+                return Origin(str(topic), int(partition), int(offset), rekeyed=True), (int(when[0]) if when else None)
+            except (ValueError, TypeError, IndexError):
                 return None
     return None
+
+
+def record_ms(message: Any) -> int:
+    """A Faust message's record time in ms (Faust gives seconds); 0 when it has none."""
+    timestamp = message.timestamp
+    return round(timestamp * 1000) if timestamp else 0
 
 
 def worker_instance_id(settings: Settings) -> str | None:
@@ -89,7 +98,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     :func:`ensure_topics`); topics whose count differs from ``topic_partitions`` are only re-keyed,
     never evaluated in place, so every user's state lives in exactly one table partition."""
     catalog = catalog if catalog is not None else load_catalog(settings.catalog_path)
-    processor = EventProcessor(catalog, plugin_engine(catalog))
+    processor = EventProcessor(catalog, plugin_engine(catalog), ResendWindow(settings.resend_window_ms))
     partitions = settings.topic_partitions
     input_partitions = input_partitions or {t: partitions for t in settings.input_topics}
 
@@ -125,6 +134,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     metrics = WorkerMetrics(known_types=catalog.event_types())
     # bytes key and value types select Faust's "raw" serializers: the state is our own encoding.
     table = app.Table(STATE_TABLE, partitions=partitions, default=None, key_type=bytes, value_type=bytes)
+    ids_table = app.Table(RESEND_TABLE, partitions=partitions, default=None, key_type=bytes, value_type=bytes)
 
     def write_state(key: bytes, value: bytes, event: Any) -> None:
         # Faust's RocksDB store and changelog take the partition from the current event.
@@ -134,13 +144,24 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         finally:
             faust_current_event.reset(token)
 
+    def write_ids(key: bytes, value: bytes | None, event: Any) -> None:
+        token = faust_current_event.set(weakref.ref(event))
+        try:
+            if value is not None:
+                ids_table[key] = value
+            elif key in ids_table:
+                del ids_table[key]
+        finally:
+            faust_current_event.reset(token)
+
     def committed_offset(topic: str, partition: int) -> int | None:
         # Faust has no public accessor. Used to drop what is committed from stored values, and for
         # the lag metric. (A TP is a named tuple: a plain tuple finds the same entry.)
         committed: int | None = getattr(app.consumer, "_committed_offset", {}).get((topic, partition))
         return committed
 
-    states = StateCache(write_state, settings.worker_state_cache, prune=lambda user: user.pruned(committed_offset))
+    states = StateCache(write_state, settings.worker_state_cache, prune=lambda user: user.pruned(committed_offset),
+                        write_ids=write_ids)
     direct = safe_consumer.DirectDelivery()
     app.badgestream_states = states  # type: ignore[attr-defined]  # for tests and the state view
     counted_writes = [0]
@@ -175,18 +196,9 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             message.key, message.value, message.topic, message.partition, message.offset, error,
             failed_at=datetime.now(UTC)))
 
-    def first_read(message: Any) -> EventSource:
-        """Where ``message``'s event was first read: for a re-keyed event, the position it carries."""
-        if message.topic == repartition_name:
-            carried = read_source_header(message.headers)
-            if carried is not None:
-                return carried
-        # Built without validation: a position Kafka gave us is well-typed (once per event: it showed in profiles).
-        return EventSource.model_construct(topic=message.topic, partition=message.partition, offset=message.offset)
-
     def source_header(message: Any) -> list[tuple[str, bytes]]:
-        source = first_read(message)
-        return [(SOURCE_HEADER, orjson.dumps([source.topic, source.partition, source.offset]))]
+        """What a forwarded copy carries: where the event was first read, and its record time then."""
+        return [(SOURCE_HEADER, orjson.dumps([message.topic, message.partition, message.offset, record_ms(message)]))]
 
     def decode(message: Any) -> EventEnvelope | None:
         try:
@@ -227,19 +239,26 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             output.send(repartition_name, user_key, message.value, headers=source_header(message))
             metrics.observe(envelope.type, "forwarded", time.perf_counter() - began)
             return
-        # The awards' evidence: a re-keyed event's original position; by default, where it was read.
+        # Where the event was first read, by which path, and its record time then: a re-keyed copy
+        # carries them (Origin: redelivery marks, resend tags, the awards' evidence).
+        position = (message.topic, message.partition, message.offset)
         carried = read_source_header(message.headers) if message.topic == repartition_name else None
+        origin, at_ms = carried if carried is not None else (Origin(*position), None)
         try:
             # Committed entries are pruned when the value is written (StateCache), not per event.
-            outcome = processor.evaluate_user(envelope, states.get(user_key, table.get),
-                                              (message.topic, message.partition, message.offset), source=carried)
+            user = states.get(user_key, table.get)
+            outcome = processor.evaluate_user(
+                envelope, user, position, origin=origin, record_ms=at_ms if at_ms is not None else record_ms(message),
+                seen=states.seen(user_key, user, ids_table.get))
         except Exception as exc:  # an engine or state bug: keep the event (DLQ) and go on
             log.exception("evaluating event %s of %s failed", envelope.event_id, envelope.user_id)
             reject(message, InvalidEventError("processing_error", f"{type(exc).__name__}: {exc}"))
             metrics.observe(envelope.type, "dead_letter", time.perf_counter() - began)
             return
         if outcome.new_user is not None:
-            states.put(user_key, outcome.new_user, event)
+            states.put(user_key, outcome.new_user, event, outcome.seen, outcome.ids_change)
+        elif outcome.seen is not None and user is not None:  # a redelivery whose ids were lost: remember them
+            states.put(user_key, user, event, outcome.seen, outcome.ids_change)
         for value in outcome.awards:
             output.send(awards_topic, user_key, value)
         for value, (badge_id, tier, updated_at) in zip(outcome.progress, outcome.progress_keys, strict=True):
@@ -329,7 +348,9 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             return self.json({"user_id": user_id, "catalog_fingerprint": state.catalog_fp,
                               "badges": {bid: badge.to_json() for bid, badge in sorted(state.badges.items())},
                               "outbox_events": [entry.event_id for entry in user.outbox],
-                              "positions": user.positions})
+                              "marks": [[topic, partition, "rekeyed" if rekeyed else "direct", offset]
+                                        for (topic, partition, rekeyed), offset in user.marks.items()],
+                              "resend_buckets": list(user.id_buckets)})
 
     return app
 

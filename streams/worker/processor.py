@@ -1,27 +1,33 @@
 """One input message in, everything the worker must do about it out — with no Faust and no I/O.
 
-The Faust agent in ``streams/worker/app.py`` only reads the stored state, calls :meth:`EventProcessor.process`
-and acts on the :class:`Outcome`: store the new state, produce awards, progress and dead letters, or
-forward the message to the repartition topic. Keeping the decision here makes it testable with
-literal bytes, and identical between the live worker and replay.
+The worker's input handler (``streams/worker/app.py``) decodes a message, reads the user's stored
+value and remembered event ids, calls :meth:`EventProcessor.evaluate_user` and acts on the
+:class:`Outcome`: store the new value and ids, produce awards, progress and nudges. Keeping the
+decision here makes it testable with literal bytes.
 
 Stored value per user (the table holds bytes): a small header, the engine's ``UserState`` bytes and
-a tail with three bounded parts:
+a tail with bounded parts:
 
-* the *input positions* — per input topic the partition and offset of the last event applied to this
-  state. A message at or below that offset is a Kafka redelivery (after a crash or rebalance) and is
-  recognised exactly, whatever its age; the engine's own window of recent event ids
-  (:data:`evaluators.state.RECENT_EVENT_IDS`) is then only needed for upstream resends.
-* the *outbox* — the award and nudge records of recent events that made any, by input position. If
-  the worker dies after writing state but before its outputs reached Kafka, the redelivered event
-  would award (and nudge) nothing; the outbox lets the worker publish the very same records (same
-  award_id, same nudge_id) again.
-  Entries below the partition's committed offset can never be redelivered and are pruned on
-  every write, so the outbox holds only what is still uncommitted (at most :data:`OUTBOX_EVENTS`).
+* the *input marks* — per input partition an event came from (its original topic and partition,
+  and whether it came directly or through the re-key topic) the offset of the last event applied.
+  Each of these paths delivers one partition's events in offset order (forwarding to the re-key
+  topic keeps it: one idempotent producer, in the order read), so a message at or below its mark
+  is a Kafka redelivery, recognised exactly, whatever its age — also a re-keyed copy forwarded
+  again after a crash, which carries the same original position. At most two marks per input
+  partition.
+* the *resend buckets* — which buckets of remembered event ids (:mod:`evaluators.resends`) this
+  user has in the worker's second table; the ids themselves live there, not here.
+* the *outbox* — the award and nudge records of recent events that made any, with where they were
+  read. If the worker dies after writing state but before its outputs reached Kafka, the
+  redelivered event would award (and nudge) nothing; the outbox lets the worker publish the very
+  same records (same award_id, same nudge_id) again. Entries below the committed offset of where
+  they were read can never be redelivered and are pruned when the value is written.
 * the user's *latest progress* per (badge, tier) — the record the sink would keep: newest
   ``updated_at``, later records winning ties. A redelivery re-publishes it, so a progress record
-  lost in a crash cannot leave its database row behind. Pruned like the outbox: a record made by
-  a committed event is durable already.
+  lost in a crash cannot leave its database row behind. Pruned like the outbox.
+
+Older stored formats are read through one chain of small upgrades (:func:`_upgrade_tail`);
+docs/worker-state.md lists them.
 """
 
 from __future__ import annotations
@@ -31,20 +37,20 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from evaluators.engine import Engine, Evaluation
+from evaluators.resends import Change, ResendWindow, SeenIds, event_digest, position_tag
 from evaluators.state import UserState
 from schemas.catalog import Catalog
 from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope, parse_event
 from schemas.records import AwardRecord, DeadLetterRecord, EventSource, ProgressRecord, supersedes
 
-STORED_FORMAT = 6  # 1: state + outbox; 2: + latest progress; 3: + input positions, outbox by position; 4: + nudges
-# 5: outbox records embedded as JSON (not as JSON strings, which escaped every quote); 6: format 5 with
-# state and tail compressed (zlib), written when they exceed COMPRESS_OVER bytes
+STORED_FORMAT = 7
+COMPRESSED = 8  # a format-7 value whose state and tail are zlib-compressed (see to_bytes)
 COMPRESS_OVER = 512
 OUTBOX_EVENTS = 32  # most award- or nudge-producing events kept per user, even when uncommitted
 _HEADER = struct.Struct(">BI")  # format version, length of the state bytes
@@ -52,6 +58,29 @@ _HEADER = struct.Struct(">BI")  # format version, length of the state bytes
 
 Position = tuple[str, int, int]
 """Where a message was read: (topic, partition, offset)."""
+
+
+class Origin(NamedTuple):
+    """Where an event was first read, and whether it reached the evaluation through the re-key topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    rekeyed: bool = False
+
+    @property
+    def mark(self) -> tuple[str, int, bool]:
+        """The input path this event came along: its marks are comparable, offsets on it only grow."""
+        return (self.topic, self.partition, self.rekeyed)
+
+    @property
+    def tag(self) -> int:
+        return position_tag(self.topic, self.partition, self.offset)
+
+    def evidence(self) -> EventSource:
+        # Built without validation: a position Kafka gave us is well-typed.
+        return EventSource.model_construct(topic=self.topic, partition=self.partition, offset=self.offset)
+
 
 ProgressKey = tuple[str, "str | None", datetime]
 """(badge_id, tier, updated_at) of a progress record: what coalescing needs without decoding it."""
@@ -72,85 +101,71 @@ class OutboxEntry:
 
 @dataclass(frozen=True)
 class StoredUser:
-    """What the worker keeps per user: engine state, input positions, outbox and latest progress."""
+    """What the worker keeps per user: engine state, input marks, resend buckets, outbox, latest progress."""
 
     state: UserState
     outbox: tuple[OutboxEntry, ...] = ()
-    # (badge_id, tier) -> [progress, target, updated_at ISO, position of the event or None]: the
+    # (badge_id, tier) -> [progress, target, updated_at ISO, position read at or None]: the
     # newest progress record per key that is not known to be committed.
     progress: dict[tuple[str, str | None], list[Any]] = field(default_factory=dict)
-    # topic -> (partition, offset) of the last message applied to this state.
-    positions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # (original topic, partition, re-keyed) -> offset of the last message applied along that path.
+    marks: dict[tuple[str, int, bool], int] = field(default_factory=dict)
+    # Buckets of this user's remembered event ids in the resend table.
+    id_buckets: tuple[int, ...] = ()
 
     def to_bytes(self) -> bytes:
         state = self.state.to_bytes()
-        topics = {topic: index for index, topic in enumerate(self.positions)}
+        topics: dict[str, int] = {}
+
+        def topic(name: str) -> int:
+            return topics.setdefault(name, len(topics))
 
         def where(position: Position | None) -> list[Any]:
-            # (topic index in "h", offset): the partition of a topic is the one in "h".
-            if position is None or position[0] not in topics:
-                return []
-            return [topics[position[0]], position[2]]
+            return [] if position is None else [topic(position[0]), position[1], position[2]]
 
-        tail = orjson.dumps({
-            "h": [[topic, partition, offset] for topic, (partition, offset) in self.positions.items()],
-            "o": [[e.event_id, [orjson.Fragment(a) for a in e.awards], [orjson.Fragment(n) for n in e.nudges],
-                   *where(e.position)] for e in self.outbox],
-            "p": [[badge_id, tier, *value[:3], *where(value[3] if len(value) > 3 else None)]
-                  for (badge_id, tier), value in self.progress.items()],
-        })
+        marks = [[topic(t), partition, int(rekeyed), offset] for (t, partition, rekeyed), offset in self.marks.items()]
+        outbox = [[e.event_id, [orjson.Fragment(a) for a in e.awards], [orjson.Fragment(n) for n in e.nudges],
+                   *where(e.position)] for e in self.outbox]
+        progress = [[badge_id, tier, *value[:3], *where(value[3])] for (badge_id, tier), value in self.progress.items()]
+        tail = orjson.dumps({"t": list(topics), "a": marks, "i": list(self.id_buckets), "o": outbox, "p": progress})
         body = state + tail
         if len(body) > COMPRESS_OVER:
             # Award and progress records repeat most of their text: a mature user's value shrinks
             # 3-4x (written once per commit, so the ~0.1 ms this costs is paid rarely).
-            return _HEADER.pack(6, len(state)) + zlib.compress(body, 6)
-        return _HEADER.pack(5, len(state)) + body
+            return _HEADER.pack(COMPRESSED, len(state)) + zlib.compress(body, 6)
+        return _HEADER.pack(STORED_FORMAT, len(state)) + body
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> StoredUser:
         version, length = _HEADER.unpack_from(raw)
-        if not 1 <= version <= STORED_FORMAT:
-            raise ValueError(f"stored user state has format {version}, this worker reads 1..{STORED_FORMAT}")
+        if not 1 <= version <= COMPRESSED:
+            raise ValueError(f"stored user state has format {version}, this worker reads 1..{COMPRESSED}")
         start = _HEADER.size
-        if version == 6:
-            raw, start, version = zlib.decompress(raw[start:]), 0, 5
-        # Before format 5 an outbox record was a JSON string; since, the record itself.
-        record: Callable[[Any], bytes] = orjson.dumps if version >= 5 else str.encode
+        if version in (6, COMPRESSED):
+            raw, start, version = zlib.decompress(raw[start:]), 0, version - 1
         state = UserState.from_bytes(raw[start : start + length])
         tail_raw = raw[start + length :]
-        tail = orjson.loads(tail_raw) if tail_raw else None
-        if version == 1:
-            tail = {"o": tail or []}
-        elif tail is None:
-            tail = {}
-        positions = {topic: (partition, offset) for topic, partition, offset in tail.get("h", ())}
-        topics = [(topic, partition) for topic, (partition, _) in positions.items()]
+        tail = _upgrade_tail(version, orjson.loads(tail_raw) if tail_raw else None)
+        topics: list[str] = tail["t"]
 
-        def where(rest: list[Any]) -> Position | None:
-            if len(rest) != 2:
-                return None
-            topic, partition = topics[rest[0]]
-            return (topic, partition, rest[1])
+        def where(rest: Sequence[Any]) -> Position | None:
+            return (topics[rest[0]], rest[1], rest[2]) if len(rest) == 3 else None
 
-        # Format 4 added the nudges as the third field of an outbox entry.
-        nudged = 1 if version >= 4 else 0
-        outbox = tuple(OutboxEntry(entry[0], tuple(record(a) for a in entry[1]), where(entry[2 + nudged:]),
-                                   tuple(record(n) for n in entry[2]) if nudged else ())
-                       for entry in tail.get("o", ()))
-        progress = {(entry[0], entry[1]): [*entry[2:5], where(entry[5:])] for entry in tail.get("p", ())}
-        return cls(state=state, outbox=outbox, progress=progress, positions=positions)
+        outbox = tuple(OutboxEntry(e[0], tuple(orjson.dumps(a) for a in e[1]), where(e[3:]),
+                                   tuple(orjson.dumps(n) for n in e[2])) for e in tail["o"])
+        progress = {(e[0], e[1]): [*e[2:5], where(e[5:])] for e in tail["p"]}
+        marks = {(topics[t], partition, bool(rekeyed)): offset for t, partition, rekeyed, offset in tail["a"]}
+        return cls(state=state, outbox=outbox, progress=progress, marks=marks, id_buckets=tuple(tail["i"]))
 
-    def applied(self, position: Position) -> bool:
-        """Whether the message at ``position`` was already applied to this state (a redelivery)."""
-        topic, partition, offset = position
-        last = self.positions.get(topic)
-        return last is not None and last[0] == partition and offset <= last[1]
+    def applied(self, origin: Origin) -> bool:
+        """Whether the message of ``origin`` was already applied to this state (a redelivery)."""
+        last = self.marks.get(origin.mark)
+        return last is not None and origin.offset <= last
 
-    def with_position(self, position: Position | None) -> dict[str, tuple[int, int]]:
-        if position is None:
-            return self.positions
-        topic, partition, offset = position
-        return {**self.positions, topic: (partition, offset)}
+    def with_mark(self, origin: Origin | None) -> dict[tuple[str, int, bool], int]:
+        if origin is None:
+            return self.marks
+        return {**self.marks, origin.mark: origin.offset}
 
     def progress_records(self) -> list[bytes]:
         """The latest progress record of every (badge, tier), as first published."""
@@ -183,7 +198,7 @@ class StoredUser:
         progress = {key: value for key, value in self.progress.items() if not _committed(value[3], committed)}
         if len(outbox) == len(self.outbox) and len(progress) == len(self.progress):
             return self
-        return StoredUser(state=self.state, outbox=outbox, progress=progress, positions=self.positions)
+        return replace(self, outbox=outbox, progress=progress)
 
     def entry_for(self, event_id: str) -> OutboxEntry | None:
         """The outbox entry of the event with this id, if it is still there."""
@@ -228,6 +243,51 @@ def _committed(position: Position | Sequence[Any] | None, committed: CommittedOf
     return mark is not None and offset < mark
 
 
+def _v1_to_v2(tail: Any) -> dict[str, Any]:
+    return {"o": tail or []}  # format 1's tail was the outbox alone
+
+
+def _v3_to_v4(tail: dict[str, Any]) -> dict[str, Any]:
+    # Format 4 added an outbox entry's nudges as its third field.
+    return {**tail, "o": [[e[0], e[1], [], *e[2:]] for e in tail.get("o", ())]}
+
+
+def _v4_to_v5(tail: dict[str, Any]) -> dict[str, Any]:
+    # Before format 5 an outbox record was a JSON string; since, the record itself.
+    return {**tail, "o": [[e[0], [orjson.loads(a) for a in e[1]], [orjson.loads(n) for n in e[2]], *e[3:]]
+                          for e in tail.get("o", ())]}
+
+
+def _v5_to_v7(tail: dict[str, Any]) -> dict[str, Any]:
+    # Format 7 keeps marks per input partition and path (format 5: one partition per topic, by where
+    # a message was read), names topics once, and lists the user's resend buckets.
+    heads = tail.get("h", ())
+    partitions = [partition for _, partition, _ in heads]
+
+    def where(rest: Sequence[Any]) -> list[Any]:
+        return [rest[0], partitions[rest[0]], rest[1]] if len(rest) == 2 else []
+
+    return {"t": [topic for topic, _, _ in heads],
+            "a": [[index, partition, 0, offset] for index, (_, partition, offset) in enumerate(heads)],
+            "i": [],
+            "o": [[*e[:3], *where(e[3:])] for e in tail.get("o", ())],
+            "p": [[*e[:5], *where(e[5:])] for e in tail.get("p", ())]}
+
+
+_UPGRADES: dict[int, Callable[[Any], Any]] = {1: _v1_to_v2, 2: lambda tail: tail or {}, 3: _v3_to_v4,
+                                              4: _v4_to_v5, 5: _v5_to_v7}
+"""Format n's tail -> format n+1's (5 -> 7: format 6 is format 5 compressed)."""
+
+
+def _upgrade_tail(version: int, tail: Any) -> dict[str, Any]:
+    """A stored tail of format ``version`` in today's shape, one explicit upgrade after another."""
+    while version != STORED_FORMAT:
+        tail = _UPGRADES[version](tail)
+        version = 7 if version == 5 else version + 1
+    upgraded: dict[str, Any] = tail
+    return upgraded
+
+
 @dataclass
 class Outcome:
     """What the worker must do for one input message."""
@@ -241,6 +301,8 @@ class Outcome:
     status: str = "processed"  # processed | duplicate | unmatched | dead_letter
     evaluation: Evaluation | None = None
     award_records: tuple[AwardRecord, ...] = ()
+    seen: SeenIds | None = None  # the user's remembered ids after this message (None: unchanged)
+    ids_change: Change | None = None  # which of their buckets to write and delete
 
     @property
     def new_state(self) -> bytes | None:
@@ -265,11 +327,12 @@ def progress_bytes(record: ProgressRecord) -> bytes:
 
 
 class EventProcessor:
-    """Decode, validate and evaluate one message against a user's stored state."""
+    """Decode, validate and evaluate one message against a user's stored value and remembered ids."""
 
-    def __init__(self, catalog: Catalog, engine: Engine) -> None:
+    def __init__(self, catalog: Catalog, engine: Engine, window: ResendWindow | None = None) -> None:
         self.catalog = catalog
         self.engine = engine
+        self.window = window if window is not None else ResendWindow()
 
     def decode(self, raw_value: bytes | None) -> EventEnvelope:
         return parse_event(raw_value, self.catalog)
@@ -285,61 +348,69 @@ class EventProcessor:
         return self.evaluate(event, stored, (topic, partition, offset))
 
     def evaluate(self, event: EventEnvelope, stored: bytes | None, position: Position | None = None,
-                 committed: CommittedOffset | None = None, source: EventSource | None = None) -> Outcome:
-        """Evaluate ``event`` against the user's ``stored`` value.
-
-        ``position``: where the message was read; a message at or before the last position applied
-        to this user is a redelivery and changes nothing. ``committed`` prunes the outbox.
-        ``source``: the awards' evidence, where the event was first read (default: ``position``)."""
+                 committed: CommittedOffset | None = None, **context: Any) -> Outcome:
+        """:meth:`evaluate_user` on the user's stored bytes (None: a user not seen before)."""
         return self.evaluate_user(event, StoredUser.from_bytes(stored) if stored else None, position, committed,
-                                  source)
+                                  **context)
 
     def evaluate_user(self, event: EventEnvelope, user: StoredUser | None, position: Position | None = None,
-                      committed: CommittedOffset | None = None, source: EventSource | None = None) -> Outcome:
-        """:meth:`evaluate` on a decoded stored value (None: a user not seen before); the new value is
-        ``Outcome.new_user``. Stored values are never changed in place, so the worker can keep them
-        decoded between events."""
+                      committed: CommittedOffset | None = None, *, origin: Origin | None = None,
+                      record_ms: int = 0, seen: SeenIds | None = None) -> Outcome:
+        """Evaluate ``event`` against the user's decoded stored value; the new value is
+        ``Outcome.new_user`` and the new remembered ids ``Outcome.seen``.
+
+        ``position``: where the message was read (prunes the outbox once committed); ``origin``:
+        where the event was first read and along which path (default: ``position``, directly) — a
+        message at or before the last one applied along that path is a redelivery and changes
+        nothing; it is the awards' evidence too. ``record_ms`` and ``seen``: the message's record time
+        and the user's remembered ids, for resends. ``committed`` prunes the outbox. Stored values are
+        never changed in place, so the worker can keep them decoded between events."""
+        if origin is None and position is not None:
+            origin = Origin(*position)
         previous = user if user is not None else StoredUser(UserState.empty(event.user_id))
-        if position is not None and previous.applied(position):
+        seen = seen if seen is not None else SeenIds()
+        digest = event_digest(event.event_id)
+        if origin is not None and previous.applied(origin):
             # A Kafka redelivery of an event already in this state: re-publish what it awarded and
             # the latest progress, in case they were lost in a crash after the state was written
             # (the sink absorbs repeats).
-            entry = previous.entry_at(position) or previous.entry_for(event.event_id)
-            return Outcome(status="duplicate", awards=list(entry.awards) if entry else [],
-                           nudges=list(entry.nudges) if entry else [], progress=previous.progress_records(),
-                           progress_keys=previous.progress_keys())
-        evaluation = self.engine.evaluate(previous.state, event, source=source)
-        if source is None and position is not None and evaluation.awards:
-            # The awards' evidence is where the event was read; built without validation (a Kafka
-            # position is well-typed), and only for the events that award something.
-            read_at = EventSource.model_construct(topic=position[0], partition=position[1], offset=position[2])
-            evaluation = replace(evaluation, awards=self.engine.with_source(evaluation.awards, read_at))
-        outcome = Outcome(evaluation=evaluation)
-        if evaluation.duplicate:
-            # The same event id again under a new position (an upstream resend): nothing changes.
-            # Its awards are re-published if still at hand; without a position this may also be a
-            # redelivery, so the latest progress goes out again too.
-            outcome.status = "duplicate"
+            entry = previous.entry_at(position) if position is not None else None
+            entry = entry or previous.entry_for(event.event_id)
+            outcome = Outcome(status="duplicate", awards=list(entry.awards) if entry else [],
+                              nudges=list(entry.nudges) if entry else [], progress=previous.progress_records(),
+                              progress_keys=previous.progress_keys())
+            if previous.id_buckets and not seen.remembers(digest, origin.tag):
+                # Written with the state but lost before its ids were (a crash inside a commit).
+                outcome.seen, outcome.ids_change = seen.with_id(self.window, digest, record_ms, origin.tag)
+            return outcome
+        if seen.resent(self.window, digest, record_ms, origin.tag if origin is not None else None):
+            # The same event id again in another message (an upstream resend): nothing changes. Its
+            # awards are re-published if still at hand.
+            outcome = Outcome(status="duplicate")
             entry = previous.entry_for(event.event_id)
             if entry is not None:
                 outcome.awards, outcome.nudges = list(entry.awards), list(entry.nudges)
-            if position is None:
-                outcome.progress, outcome.progress_keys = previous.progress_records(), previous.progress_keys()
             return outcome
+        evaluation = self.engine.evaluate(previous.state, event)
         if not evaluation.matched:
             # No badge listens to this type: counted by the caller, no state write needed.
-            outcome.status = "unmatched"
-            return outcome
-        outcome.award_records = evaluation.awards
+            return Outcome(status="unmatched", evaluation=evaluation)
+        if evaluation.awards and origin is not None:
+            # The awards' evidence, settled once: where the event was first read.
+            evaluation = replace(evaluation, awards=self.engine.with_source(evaluation.awards, origin.evidence()))
+        outcome = Outcome(evaluation=evaluation, award_records=evaluation.awards)
         outcome.awards = [award_bytes(a) for a in evaluation.awards]
         outcome.progress = [progress_bytes(p) for p in evaluation.progress]
         outcome.progress_keys = [(p.badge_id, p.tier, p.updated_at) for p in evaluation.progress]
         outcome.nudges = [n.model_dump_json().encode() for n in evaluation.nudges]
+        outcome.seen, outcome.ids_change = seen.with_id(self.window, digest, record_ms,
+                                                        origin.tag if origin is not None else 0)
         kept = previous.pruned(committed) if committed is not None else previous
         outcome.new_user = StoredUser(
             state=evaluation.state,
             outbox=kept.with_outputs(event.event_id, outcome.awards, outcome.nudges, position),
             progress=kept.with_progress(evaluation.progress, position),
-            positions=kept.with_position(position),
+            marks=kept.with_mark(origin),
+            id_buckets=tuple(sorted(outcome.seen.buckets)),
         )
         return outcome

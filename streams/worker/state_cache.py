@@ -23,31 +23,61 @@ written: their acknowledgements do not count and they are read again too.
 
 Each value is written under the context of the last event that changed it: Faust's RocksDB store
 and changelog take the partition from the current event (one table partition per input partition).
+
+The user's remembered event ids (:mod:`evaluators.resends`) are cached and written the same way, to
+the worker's second table: only the buckets an event changed, under the same event, just before
+the user's value; buckets past the retention are deleted.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from evaluators.resends import Change, SeenIds
 from streams.worker.processor import StoredUser
 
 Write = Callable[[bytes, bytes, Any], None]
-"""Write ``(key, value, event)`` to the table, with ``event`` as the current event."""
+"""Write ``(key, value, event)`` to the state table, with ``event`` as the current event."""
+
+WriteIds = Callable[[bytes, "bytes | None", Any], None]
+"""Write ``(key, value, event)`` to the resend table (value None: delete the key)."""
+
+_BUCKET = struct.Struct(">q")
+
+
+def ids_key(user_key: bytes, bucket: int) -> bytes:
+    """The resend table's key of one bucket of a user's ids (user ids are UTF-8: no other user's key
+    can continue with a NUL byte)."""
+    return user_key + b"\x00" + _BUCKET.pack(bucket)
+
+
+@dataclass
+class _Pending:
+    user: StoredUser
+    event: Any
+    written: dict[int, None] = field(default_factory=dict)  # resend buckets to write, in order
+    dropped: dict[int, None] = field(default_factory=dict)  # resend buckets to delete
 
 
 class StateCache:
-    def __init__(self, write: Write, limit: int, prune: Callable[[StoredUser], StoredUser] | None = None) -> None:
+    def __init__(self, write: Write, limit: int, prune: Callable[[StoredUser], StoredUser] | None = None,
+                 write_ids: WriteIds | None = None) -> None:
         self._write = write
+        self._write_ids = write_ids
         self._prune = prune  # applied to a value when it is written (drops what is committed)
         self.limit = limit
-        #: key -> (newest value, the event that made it); insertion order is oldest first
-        self._pending: dict[bytes, tuple[StoredUser, Any]] = {}
+        #: key -> the newest value, the event that made it and its unwritten resend buckets;
+        #: insertion order is oldest first
+        self._pending: dict[bytes, _Pending] = {}
         #: values already written, kept decoded for the next event of the same user
         self._clean: dict[bytes, StoredUser] = {}
+        #: remembered ids of the users pending or clean
+        self._seen: dict[bytes, SeenIds] = {}
         self._suspended = False
         self.writes = 0  # table writes made
-        self.absorbed = 0  # values replaced before they were written: table writes saved
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -56,7 +86,7 @@ class StateCache:
         """The user's newest value: pending, cached, or ``read`` from the table and decoded."""
         pending = self._pending.get(key)
         if pending is not None:
-            return pending[0]
+            return pending.user
         user = self._clean.get(key)
         if user is not None:
             return user
@@ -67,15 +97,41 @@ class StateCache:
         self._remember(key, user)
         return user
 
-    def put(self, key: bytes, user: StoredUser, event: Any) -> None:
-        """``user`` is the new value of ``key``, made by ``event``; written at once when ``limit`` is 0."""
-        if self._pending.pop(key, None) is not None:
-            self.absorbed += 1
+    def seen(self, key: bytes, user: StoredUser | None, read: Callable[[bytes], bytes | None]) -> SeenIds:
+        """The user's remembered ids: cached, or the buckets ``user`` lists ``read`` from the resend table."""
+        seen = self._seen.get(key)
+        if seen is None:
+            buckets = {}
+            for bucket in user.id_buckets if user is not None else ():
+                packed = read(ids_key(key, bucket))
+                if packed:
+                    buckets[bucket] = packed
+            seen = SeenIds(buckets)
+            if key in self._pending or key in self._clean:
+                self._seen[key] = seen
+        return seen
+
+    def put(self, key: bytes, user: StoredUser, event: Any, seen: SeenIds | None = None,
+            change: Change | None = None) -> None:
+        """``user`` (and ``seen``, changed by ``change``) is the new value of ``key``, made by ``event``;
+        written at once when ``limit`` is 0."""
+        previous = self._pending.pop(key, None)
         self._clean.pop(key, None)
-        self._pending[key] = (user, event)
+        pending = _Pending(user, event)
+        if previous is not None:
+            pending.written, pending.dropped = previous.written, previous.dropped
+        if seen is not None:
+            self._seen[key] = seen
+        if change is not None:
+            for bucket in change.written:
+                pending.written[bucket] = None
+                pending.dropped.pop(bucket, None)
+            for bucket in change.dropped:
+                pending.dropped[bucket] = None
+                pending.written.pop(bucket, None)
+        self._pending[key] = pending
         while len(self._pending) > self.limit and not self._suspended:
-            oldest = next(iter(self._pending))
-            self._flush_one(oldest)
+            self._flush_one(next(iter(self._pending)))
 
     def write_all(self) -> int:
         """Write every pending value to the table; returns how many. Nothing while a rebalance is on."""
@@ -88,10 +144,18 @@ class StateCache:
         return written
 
     def _flush_one(self, key: bytes) -> None:
-        user, event = self._pending[key]
+        pending = self._pending[key]
+        user = pending.user
         if self._prune is not None:
             user = self._prune(user)
-        self._write(key, user.to_bytes(), event)  # raises: the value stays pending, no commit follows
+        if self._write_ids is not None and (pending.written or pending.dropped):
+            buckets = self._seen[key].buckets
+            for bucket in pending.written:
+                self._write_ids(ids_key(key, bucket), buckets.get(bucket), pending.event)
+            for bucket in pending.dropped:
+                self._write_ids(ids_key(key, bucket), None, pending.event)
+            pending.written, pending.dropped = {}, {}  # written: a retry after a failure below skips them
+        self._write(key, user.to_bytes(), pending.event)  # raises: the value stays pending, no commit follows
         del self._pending[key]
         self.writes += 1
         self._remember(key, user)
@@ -100,13 +164,17 @@ class StateCache:
         clean = self._clean
         clean[key] = user
         if len(clean) > self.limit:
-            del clean[next(iter(clean))]
+            oldest = next(iter(clean))
+            del clean[oldest]
+            if oldest not in self._pending:
+                self._seen.pop(oldest, None)
 
     def drop(self) -> int:
         """Forget everything (a rebalance began); returns how many pending values were discarded."""
         discarded = len(self._pending)
         self._pending.clear()
         self._clean.clear()
+        self._seen.clear()
         return discarded
 
     def suspend(self) -> int:

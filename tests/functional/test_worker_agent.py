@@ -19,6 +19,8 @@ from schemas.records import AwardRecord, DeadLetterRecord
 from streams.kafka import partition_for
 from streams.settings import Settings
 from streams.worker import app as worker_app
+from streams.worker.processor import StoredUser
+from streams.worker.state_cache import ids_key
 from tests.unit.support import catalog
 
 CATALOG = catalog("""
@@ -80,6 +82,9 @@ async def test_the_agent_evaluates_stores_state_and_produces_keyed_by_user(app: 
         app.badgestream_states.write_all()  # what the consumer does before every commit
         stored = table.get(b"u1")
         assert stored is not None  # the new state is stored
+        # and the event's id, in the second table, under the user's key and the bucket the value lists
+        (bucket,) = StoredUser.from_bytes(stored).id_buckets
+        assert app.tables[worker_app.RESEND_TABLE].get(ids_key(b"u1", bucket))
         awards = [AwardRecord.model_validate_json(v) for t, k, v in out.sent if t == "badge-awards"]
         assert [(a.badge_id, a.user_id) for a in awards] == [("first_quiz", "u1")]
         assert {k for _, k, _ in out.sent} == {b"u1"}

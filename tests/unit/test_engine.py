@@ -1,4 +1,4 @@
-"""The engine as a whole: duplicates, prerequisites, meta-badge cascades, repeats, isolation, catalog changes."""
+"""The engine as a whole: prerequisites, meta-badge cascades, repeats, isolation, catalog changes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from evaluators.base import Decision, EvaluatorView, evaluator
 from evaluators.engine import Engine
 from evaluators.registry import EvaluatorRegistry
-from evaluators.state import RECENT_EVENT_IDS, StateDecodeError, UserState, event_digest
+from evaluators.state import StateDecodeError, UserState
 from schemas.records import make_award_id
 from tests.unit.support import award_keys, awards_of, catalog, engine, event, run
 
@@ -40,25 +40,6 @@ def test_unmatched_event_changes_nothing() -> None:
     result = eng.evaluate(state, event("page_view"))
     assert (result.matched, result.duplicate, result.awards, result.progress) == (False, False, (), ())
     assert result.state is state
-    assert not result.state.seen(event_digest("anything"))
-
-
-def test_duplicate_event_id_changes_nothing() -> None:
-    eng = engine(CASCADE)
-    first = eng.evaluate(None, event("quiz", event_id="same"))
-    again = eng.evaluate(first.state, event("quiz", event_id="same", at="2026-05-01T00:00:00+00:00"))
-    assert again.duplicate and again.matched and again.awards == () and again.progress == ()
-    assert again.state is first.state
-
-
-def test_duplicates_are_recognised_for_the_last_n_ids() -> None:
-    eng = engine("badges:\n  - {id: many, on: [quiz], rule: {count: 100000}}\n")
-    state, _ = run(eng, [event("quiz", event_id="old")])
-    state, _ = run(eng, [event("quiz", event_id=f"n{i}") for i in range(RECENT_EVENT_IDS - 1)], state)
-    assert eng.evaluate(state, event("quiz", event_id="old")).duplicate
-    state, _ = run(eng, [event("quiz", event_id="one-more")], state)
-    assert state is not None and len(state.recent) == RECENT_EVENT_IDS * 8
-    assert not eng.evaluate(state, event("quiz", event_id="old")).duplicate  # pushed out (FIFO)
 
 
 def test_meta_badges_cascade_in_one_event() -> None:

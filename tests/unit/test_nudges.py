@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from evaluators.runner import EngineRun
 from schemas.catalog import CatalogProblems, parse_catalog
 from schemas.records import make_award_id, make_nudge_id
 from tests.unit.support import engine, event, run
@@ -63,8 +64,10 @@ def test_nudges_fire_once_per_threshold_tier_and_occurrence() -> None:
 
 def test_a_duplicate_event_nudges_nothing_and_a_jump_past_every_threshold_nudges_nothing() -> None:
     eng = engine(NUDGED)
-    state, results = run(eng, [event(event_id="q0"), event(event_id="q1")])
-    again = eng.evaluate(state, event(event_id="q1"))
+    engine_run = EngineRun(eng)
+    for ev in [event(event_id="q0"), event(event_id="q1")]:
+        engine_run.evaluate(ev)
+    again = engine_run.evaluate(event(event_id="q1"))
     assert again.duplicate and again.nudges == ()
     # a streak that jumps from 2 to 4 days (the middle day arrives last) has nothing left to nudge about
     days = ["2026-03-01", "2026-03-02", "2026-03-04", "2026-03-03"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import orjson
 
+from evaluators.resends import SeenIds, event_digest
 from evaluators.runner import plugin_engine
-from evaluators.state import RECENT_EVENT_IDS
 from schemas.catalog import load_catalog
 from streams.devstack.simulate import simulate_events
 from streams.settings import DEMO_CATALOG
-from streams.worker.processor import EventProcessor, Outcome, StoredUser
+from streams.worker.processor import EventProcessor, Origin, Outcome, StoredUser
 
 CATALOG = load_catalog(DEMO_CATALOG)
 PROCESSOR = EventProcessor(CATALOG, plugin_engine(CATALOG))
@@ -21,19 +21,25 @@ def quiz(n: int, user: str = "u", day: int = 2) -> bytes:
                          "data": {"quiz_id": f"q{n % 7}", "score": 9, "total_questions": 10}})
 
 
+HOUR_MS = 3600 * 1000
+
+
 def feed(values: list[bytes], stored: bytes | None = None, first_offset: int = 0,
-         committed: int | None = None) -> tuple[bytes | None, list[Outcome]]:
+         committed: int | None = None, seen: SeenIds | None = None,
+         record_ms: int = 0) -> tuple[bytes | None, list[Outcome]]:
     outcomes = []
     for offset, value in enumerate(values, first_offset):
         outcome = PROCESSOR.evaluate(PROCESSOR.decode(value), stored, ("in", 0, offset),
-                                     None if committed is None else (lambda t, p: committed))
+                                     None if committed is None else (lambda t, p: committed),
+                                     seen=seen, record_ms=record_ms)
         stored = outcome.new_state if outcome.new_state is not None else stored
+        seen = outcome.seen if outcome.seen is not None else seen
         outcomes.append(outcome)
     return stored, outcomes
 
 
 def test_a_redelivery_is_recognised_by_offset_however_old() -> None:
-    events = [quiz(n) for n in range(RECENT_EVENT_IDS * 3)]
+    events = [quiz(n) for n in range(200)]
     stored, outcomes = feed(events)
     assert outcomes[0].awards  # first_quiz and more
     # kill -9 before the first offset commit: everything is read again from offset 0, far beyond
@@ -52,20 +58,72 @@ def test_the_next_offset_after_a_redelivery_is_evaluated() -> None:
     assert later.status == "processed" and later.new_state is not None
     other_partition = PROCESSOR.evaluate(PROCESSOR.decode(quiz(4)), stored, ("in", 1, 0))
     assert other_partition.status == "processed"  # offsets of another partition are not comparable
-    assert StoredUser.from_bytes(later.new_state).positions == {"in": (0, 2)}
+    assert StoredUser.from_bytes(later.new_state).marks == {("in", 0, False): 2}
+
+
+def fed_with_ids(count: int) -> tuple[bytes | None, SeenIds]:
+    stored, outcomes = feed([quiz(n) for n in range(count)])
+    seen = [o.seen for o in outcomes if o.seen is not None][-1]
+    return stored, seen
 
 
 def test_an_upstream_resend_within_the_window_changes_nothing() -> None:
-    stored, _ = feed([quiz(n) for n in range(RECENT_EVENT_IDS)])
-    resend = PROCESSOR.evaluate(PROCESSOR.decode(quiz(1)), stored, ("in", 0, RECENT_EVENT_IDS))
+    # 1,000 events later and 23 hours later in record time: the same id in a new message.
+    stored, seen = fed_with_ids(1000)
+    resend = PROCESSOR.evaluate(PROCESSOR.decode(quiz(1)), stored, ("in", 0, 1000), seen=seen,
+                                record_ms=23 * HOUR_MS)
     assert resend.status == "duplicate" and resend.new_state is None and not resend.progress
+    assert StoredUser.from_bytes(stored or b"").id_buckets == tuple(sorted(seen.buckets))
 
 
 def test_an_upstream_resend_beyond_the_window_counts_again() -> None:
-    """The documented limit: the window holds the user's last RECENT_EVENT_IDS event ids."""
-    stored, _ = feed([quiz(n) for n in range(RECENT_EVENT_IDS + 1)])
-    resend = PROCESSOR.evaluate(PROCESSOR.decode(quiz(0)), stored, ("in", 0, RECENT_EVENT_IDS + 1))
+    """The documented limit: 24 hours of record time by default."""
+    stored, seen = fed_with_ids(10)
+    resend = PROCESSOR.evaluate(PROCESSOR.decode(quiz(0)), stored, ("in", 0, 10), seen=seen,
+                                record_ms=25 * HOUR_MS)
     assert resend.status == "processed"
+
+
+def test_an_id_stored_before_its_state_does_not_hide_its_own_redelivery() -> None:
+    """A crash inside a commit: the event's id reached the resend table, the value did not. The
+    message read again is the same message (same origin), not a resend: it is evaluated."""
+    stored, seen = fed_with_ids(3)
+    first = PROCESSOR.evaluate(PROCESSOR.decode(quiz(3)), stored, ("in", 0, 3), seen=seen)
+    assert first.status == "processed" and first.seen is not None
+    again = PROCESSOR.evaluate(PROCESSOR.decode(quiz(3)), stored, ("in", 0, 3), seen=first.seen)
+    assert again.status == "processed" and again.award_records == first.award_records
+    elsewhere = PROCESSOR.evaluate(PROCESSOR.decode(quiz(3)), stored, ("in", 1, 9), seen=first.seen)
+    assert elsewhere.status == "duplicate"  # the same id in another message is a resend
+
+
+def test_a_redelivery_whose_ids_were_lost_remembers_them_again() -> None:
+    stored, _ = fed_with_ids(3)
+    lost = SeenIds()  # the value reached the table, the ids of its events did not
+    again = PROCESSOR.evaluate(PROCESSOR.decode(quiz(2)), stored, ("in", 0, 2), seen=lost)
+    assert again.status == "duplicate" and again.new_state is None
+    assert again.seen is not None and again.seen.remembers(event_digest("e2"), Origin("in", 0, 2).tag)
+    resend = PROCESSOR.evaluate(PROCESSOR.decode(quiz(2)), stored, ("in", 0, 3), seen=again.seen)
+    assert resend.status == "duplicate"  # so a later resend of it is still recognised
+
+
+def test_a_rekeyed_copy_forwarded_again_is_recognised_by_its_origin() -> None:
+    """After a crash the forwarder sends the uncommitted input again: the same events reach the
+    re-key topic a second time, at new offsets, far beyond any window of recent ids."""
+    stored: bytes | None = None
+    seen = None
+    for n in range(300):
+        outcome = PROCESSOR.evaluate(PROCESSOR.decode(quiz(n)), stored, ("by-user", 0, n), seen=seen,
+                                     origin=Origin("in", 2, 1000 + n, rekeyed=True))
+        stored = outcome.new_state or stored
+        seen = outcome.seen or seen
+    for n in range(300):  # the second copies, read at offsets 300..599 of the re-key topic
+        copy = PROCESSOR.evaluate(PROCESSOR.decode(quiz(n)), stored, ("by-user", 0, 300 + n), seen=SeenIds(),
+                                  origin=Origin("in", 2, 1000 + n, rekeyed=True))
+        assert copy.status == "duplicate" and copy.new_state is None
+    # The same partition's events evaluated directly have marks of their own (another path, own order).
+    direct = PROCESSOR.evaluate(PROCESSOR.decode(quiz(900)), stored, ("in", 2, 5), seen=seen)
+    assert direct.status == "processed"
+    assert StoredUser.from_bytes(direct.new_state or b"").marks == {("in", 2, True): 1299, ("in", 2, False): 5}
 
 
 def test_committed_entries_leave_the_outbox_and_the_progress_tail() -> None:
@@ -104,12 +162,11 @@ def test_a_value_stored_by_the_previous_format_is_read() -> None:
         "p": [["first_quiz", None, 1, 1, "2026-05-02T10:01:00+00:00"]],
     })
     user = StoredUser.from_bytes(raw)
-    assert len(user.state.recent) == RECENT_EVENT_IDS * 8
-    assert user.awards_for("e1") == (b'{"award_id": "a"}',)
+    assert user.awards_for("e1") == (b'{"award_id":"a"}',)  # the record (the worker wrote compact JSON)
     assert user.progress[("first_quiz", None)][:3] == [1, 1, "2026-05-02T10:01:00+00:00"]
     assert isinstance(user.state, UserState)
     rewritten = PROCESSOR.evaluate(PROCESSOR.decode(quiz(2)), raw, ("in", 0, 5))
-    assert rewritten.new_state is not None and StoredUser.from_bytes(rewritten.new_state).positions
+    assert rewritten.new_state is not None and StoredUser.from_bytes(rewritten.new_state).marks
 
 
 def test_a_mature_user_stays_under_4_kib() -> None:
@@ -136,10 +193,11 @@ def test_awards_carry_where_their_event_was_read() -> None:
     assert all(orjson.loads(a)["source"] == {"topic": "in", "partition": 3, "offset": 41} for a in first.awards)
     # A re-keyed event is read from the internal topic but names its original input position.
     rekeyed = PROCESSOR.evaluate(PROCESSOR.decode(quiz(1)), None, ("app-events-by-user", 0, 7),
-                                 source=EventSource(topic="in", partition=1, offset=5))
+                                 origin=Origin("in", 1, 5, rekeyed=True))
     assert {a.source for a in rekeyed.award_records} == {EventSource(topic="in", partition=1, offset=5)}
-    header = [(SOURCE_HEADER, b'["in", 1, 5]')]
-    assert read_source_header(header) == EventSource(topic="in", partition=1, offset=5)
+    header = [(SOURCE_HEADER, b'["in", 1, 5, 1700000000000]')]
+    assert read_source_header(header) == (Origin("in", 1, 5, rekeyed=True), 1700000000000)
+    assert read_source_header([(SOURCE_HEADER, b'["in", 1, 5]')]) == (Origin("in", 1, 5, rekeyed=True), None)
     assert read_source_header([(SOURCE_HEADER, b"not json")]) is None
     assert read_source_header(None) is None
 
@@ -188,9 +246,9 @@ def test_a_small_value_is_stored_uncompressed_and_reads_back() -> None:
     from evaluators.state import UserState
     from streams.worker.processor import _HEADER
 
-    small = StoredUser(UserState.empty("u1"), positions={"in": (0, 7)})
+    small = StoredUser(UserState.empty("u1"), marks={("in", 0, False): 7, ("in", 3, True): 9}, id_buckets=(4, 5))
     raw = small.to_bytes()
-    assert _HEADER.unpack_from(raw)[0] == 5 and StoredUser.from_bytes(raw) == small
+    assert _HEADER.unpack_from(raw)[0] == 7 and StoredUser.from_bytes(raw) == small
 
 
 def test_outbox_records_read_back_byte_for_byte() -> None:

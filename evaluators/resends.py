@@ -1,0 +1,143 @@
+"""Upstream resends: the same event id in a new message changes nothing within a window of record time.
+
+A Kafka redelivery (the same message read again) is recognised by where it was read, however old
+(the worker's stored value keeps the last offset applied per input partition). This module is for
+the other kind of duplicate: an upstream service producing the same event again, as a new message.
+Such a copy changes nothing when the user already had an event with that id whose *record time*
+(the Kafka record timestamp, so a replay decides as the live run did) lies within ``window_ms`` of
+the copy's, in either direction. An older resend is counted again.
+
+The ids are kept apart from the engine state, so a user's stored value does not grow with traffic:
+one user's ids are grouped into buckets of ``window_ms / 4`` of record time, each bucket a packed
+byte string (:data:`ENTRY` per id). Only the bucket an event falls in changes with it, so a worker
+writes about one small value per active user per commit, and buckets older than the retention
+(twice the window before the user's newest bucket, so timestamps that drift between partitions by
+up to a window still meet their twin) are dropped whole.
+
+Each entry also carries a *tag* of the input position the id was read at. An entry with the very
+same tag is the same message, not a resend: a redelivered message whose id was stored before a
+crash, while the state it changed was not, must be evaluated again, not dropped.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from hashlib import blake2b
+
+DEFAULT_WINDOW_MS = 24 * 3600 * 1000
+"""The default resend window: 24 hours of record time."""
+
+ENTRY = struct.Struct(">8sqI")
+"""One remembered id: 8-byte BLAKE2b digest of the event id, record time (ms), position tag."""
+
+DIGEST_BYTES = 8
+"""Event ids are remembered as 64-bit digests: ~1e-16 chance per event that a new id looks seen."""
+
+
+def event_digest(event_id: str) -> bytes:
+    """The 8-byte digest under which an event id is remembered."""
+    return blake2b(event_id.encode("utf-8"), digest_size=DIGEST_BYTES).digest()
+
+
+def position_tag(topic: str, partition: int, offset: int) -> int:
+    """A 32-bit tag of an input position (where a message was first read)."""
+    return zlib.crc32(f"{topic}\x00{partition}\x00{offset}".encode())
+
+
+@dataclass(frozen=True)
+class ResendWindow:
+    """How long a resend is recognised, in record time, and how ids are bucketed for it."""
+
+    window_ms: int = DEFAULT_WINDOW_MS
+
+    def __post_init__(self) -> None:
+        if self.window_ms < 0:
+            raise ValueError(f"the resend window must be >= 0 ms, got {self.window_ms}")
+
+    @property
+    def bucket_ms(self) -> int:
+        return max(1, self.window_ms // 4)
+
+    def bucket(self, at_ms: int) -> int:
+        return at_ms // self.bucket_ms
+
+    def nearby(self, at_ms: int) -> range:
+        """The buckets that can hold an id within the window of ``at_ms``."""
+        return range(self.bucket(at_ms - self.window_ms), self.bucket(at_ms + self.window_ms) + 1)
+
+    def kept_from(self, newest_bucket: int) -> int:
+        """The oldest bucket kept when ``newest_bucket`` is the user's newest: two windows back."""
+        return newest_bucket - self.bucket(2 * self.window_ms) - 1
+
+
+class SeenIds:
+    """One user's remembered event ids: bucket number -> packed :data:`ENTRY` records.
+
+    Immutable: :meth:`with_id` returns a new value sharing the untouched buckets."""
+
+    __slots__ = ("buckets",)
+
+    def __init__(self, buckets: Mapping[int, bytes] | None = None) -> None:
+        self.buckets: Mapping[int, bytes] = buckets if buckets is not None else {}
+
+    def resent(self, window: ResendWindow, digest: bytes, at_ms: int, tag: int | None = None) -> bool:
+        """Whether an event with ``digest`` at record time ``at_ms`` is a resend of one remembered:
+        the same digest within the window, read at another position (``tag`` None: any position)."""
+        size = ENTRY.size
+        for bucket in window.nearby(at_ms):
+            packed = self.buckets.get(bucket)
+            if not packed:
+                continue
+            at = packed.find(digest)
+            while at != -1:
+                if at % size == 0:  # a match across two entries is not a match
+                    _, when, seen_tag = ENTRY.unpack_from(packed, at)
+                    if abs(when - at_ms) <= window.window_ms and (tag is None or seen_tag != tag):
+                        return True
+                at = packed.find(digest, at + 1)
+        return False
+
+    def remembers(self, digest: bytes, tag: int) -> bool:
+        """Whether an entry of ``digest`` read at ``tag`` is kept (the very same message)."""
+        size = ENTRY.size
+        for packed in self.buckets.values():
+            at = packed.find(digest)
+            while at != -1:
+                if at % size == 0 and ENTRY.unpack_from(packed, at)[2] == tag:
+                    return True
+                at = packed.find(digest, at + 1)
+        return False
+
+    def with_id(self, window: ResendWindow, digest: bytes, at_ms: int, tag: int = 0) -> tuple[SeenIds, Change]:
+        """These ids and one more; returns the new value and the buckets it wrote and dropped."""
+        bucket = window.bucket(at_ms)
+        buckets = dict(self.buckets)
+        buckets[bucket] = buckets.get(bucket, b"") + ENTRY.pack(digest, at_ms, tag)
+        kept = window.kept_from(max(buckets))
+        dropped = tuple(b for b in buckets if b < kept)
+        for old in dropped:
+            del buckets[old]
+        written = (bucket,) if bucket >= kept else ()
+        return SeenIds(buckets), Change(written, tuple(b for b in dropped if b in self.buckets))
+
+    def __len__(self) -> int:
+        return sum(len(packed) for packed in self.buckets.values()) // ENTRY.size
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SeenIds) and dict(self.buckets) == dict(other.buckets)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SeenIds({len(self)} ids in buckets {sorted(self.buckets)})"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What :meth:`SeenIds.with_id` changed: buckets written (to store again) and dropped (to delete)."""
+
+    written: tuple[int, ...] = ()
+    dropped: tuple[int, ...] = ()
