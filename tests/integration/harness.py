@@ -164,9 +164,9 @@ def worker(stack: StackConfig, name: str = "worker", **env: str) -> Process:
     return Process(["worker", "-l", "info"], stack.env(**env), stack.data_dir / f"{name}.log")
 
 
-def producer(bootstrap: str) -> Producer:
+def producer(bootstrap: str, partitioner: str = "murmur2_random") -> Producer:
     # murmur2_random: the Java client's partitioner, which Faust's producer uses too.
-    return Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5,
+    return Producer({"bootstrap.servers": bootstrap, "partitioner": partitioner, "linger.ms": 5,
                      "enable.idempotence": True})
 
 

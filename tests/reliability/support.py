@@ -68,12 +68,15 @@ def write_lines(path: Path, lines: list[bytes]) -> Path:
     return path
 
 
-def produce_paced(bootstrap: str, topic: str, lines: list[bytes], rate: float) -> None:
-    """Produce ``lines`` keyed by user_id at about ``rate`` events per second (in small bursts)."""
-    producer = harness.producer(bootstrap)
+def produce_paced(bootstrap: str, topic: str, lines: list[bytes], rate: float, *, keyed: bool = True,
+                  partitioner: str = "murmur2_random") -> None:
+    """Produce ``lines`` keyed by user_id (or with no key) at about ``rate`` events per second (in small
+    bursts). ``partitioner``: librdkafka's name; its default, ``consistent_random``, places a key
+    elsewhere than the Java client and Faust do, so the worker re-keys those events."""
+    producer = harness.producer(bootstrap, partitioner)
     began = time.monotonic()
     for n, line in enumerate(lines, 1):
-        producer.produce(topic, key=orjson.loads(line)["user_id"].encode(), value=line)
+        producer.produce(topic, key=orjson.loads(line)["user_id"].encode() if keyed else None, value=line)
         if n % 50 == 0:
             producer.poll(0)
             delay = began + n / rate - time.monotonic()
@@ -257,8 +260,13 @@ def wait_for_database(url: str, expected: Expected, timeout: float, watch: list[
                       settle: float = 4.0) -> None:
     """Until the database holds as many awards and progress rows as expected, then ``settle`` s more
     (so that extras, if any, have time to arrive). Fails at once if a watched process died."""
+    wait_for_rows(url, len(expected.awards), len(expected.progress), timeout, watch, settle)
+
+
+def wait_for_rows(url: str, want_awards: int, want_progress: int, timeout: float, watch: list[Process],
+                  settle: float = 4.0) -> None:
+    """:func:`wait_for_database` by numbers of rows."""
     deadline = time.monotonic() + timeout
-    want_awards, want_progress = len(expected.awards), len(expected.progress)
     while time.monotonic() < deadline:
         for proc in watch:
             if not proc.alive():
