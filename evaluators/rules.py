@@ -10,9 +10,11 @@ says what each award of the badge is worth.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from fractions import Fraction
 from hashlib import blake2b
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -20,7 +22,7 @@ import orjson
 from evaluators.base import MAX_MEMORY_BYTES, CustomEvaluator, Decision, EvaluatorView
 from evaluators.expressions import Expression
 from evaluators.facts import EventFacts
-from evaluators.state import BadgeState
+from evaluators.state import BadgeState, Stretches
 from schemas.catalog import (
     Badge,
     BadgesRule,
@@ -288,20 +290,42 @@ class SumBadge(CompiledBadge):
         return {"progress": float(state.total), "target": float(target), "field": self.field}
 
 
-def _with_period(first: int, active: int, point: int) -> tuple[int, int] | None:
-    """The active periods with ``point`` added, or None if it was already active.
+STREAK_SPLIT_GAP = 128
+"""Active periods at least this many inactive periods apart are kept as separate bitmaps.
 
-    ``active`` is a bitmap whose bit i stands for period ``first + i``; bit 0 is set whenever any
-    is. A point before ``first`` becomes the new first period: the bitmap shifts up to make room.
+One bitmap from the first active period costs a bit per period however far apart they are: an
+event dated decades away (events may carry any year from 1970 to 9000) would cost kilobytes per
+streak badge. A new bitmap costs a few bytes, so a long gap starts one. Bitmaps are also at least
+``freezes + 1`` periods apart, so no range within the budget crosses from one to the next and each
+is examined on its own.
+"""
+
+
+def _with_period(stretches: Stretches, point: int, gap: int) -> tuple[Stretches, tuple[int, int]] | None:
+    """The active periods with ``point`` added and the stretch now holding it; None if it was already active.
+
+    ``point`` joins the stretch before it and the one after it when fewer than ``gap`` inactive
+    periods lie between (both, when it closes the gap between them); before the first period of a
+    stretch, it becomes the new first period and the bitmap shifts up to make room.
     """
-    if not active:
-        return point, 1
-    if point < first:
-        return point, (active << (first - point)) | 1
-    bit = 1 << (point - first)
-    if active & bit:
-        return None
-    return first, active | bit
+    after = bisect_right(stretches, point, key=itemgetter(0))
+    first, bits = point, 1
+    start = stop = after
+    if after:
+        left_first, left_bits = stretches[after - 1]
+        offset = point - left_first
+        if left_bits >> offset & 1:
+            return None
+        if offset - left_bits.bit_length() < gap:  # inactive periods between its last one and ``point``
+            first, bits = left_first, left_bits | 1 << offset
+            start = after - 1
+    if after < len(stretches):
+        right_first, right_bits = stretches[after]
+        if right_first - point - 1 < gap:
+            bits |= right_bits << (right_first - first)
+            stop = after + 1
+    holding = (first, bits)
+    return (*stretches[:start], holding, *stretches[stop:]), holding
 
 
 def _longest_around(active: int, at: int, length: int, freezes: int) -> int:
@@ -349,7 +373,8 @@ def _longest_around(active: int, at: int, length: int, freezes: int) -> int:
 
 class StreakBadge(CompiledBadge):
     """A ``streak`` rule. Until it is met the state keeps every period the user was active in, as a
-    bitmap from the first one (one bit per day or ISO week): no event is too late to count."""
+    bitmap from the first one (one bit per day or ISO week; a new one after a long gap): no event is
+    too late to count."""
 
     kind = "streak"
 
@@ -360,20 +385,18 @@ class StreakBadge(CompiledBadge):
         self.weeks = rule.weeks is not None
         self.length = rule.length
         self.freezes = rule.freezes
+        self.gap = max(STREAK_SPLIT_GAP, rule.freezes + 1)
 
     def accumulate(self, state: BadgeState, facts: EventFacts) -> BadgeState | None:
         point = facts.week if self.weeks else facts.day
-        added = _with_period(state.first, state.active, point)
+        added = _with_period(state.active, point, self.gap)
         if added is None:
             return None
-        first, active = added
+        active, (first, bits) = added
         new = state.copy()
-        new.n = max(state.n, _longest_around(active, point - first, self.length, self.freezes))
+        new.n = max(state.n, _longest_around(bits, point - first, self.length, self.freezes))
         # Met (streaks are never repeatable): the periods are no longer needed, only the length reached.
-        if new.n >= self.length:
-            new.first, new.active = 0, 0
-        else:
-            new.first, new.active = first, active
+        new.active = () if new.n >= self.length else active
         return new
 
     def units(self, state: BadgeState) -> int:

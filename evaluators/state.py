@@ -10,7 +10,7 @@ What is kept, and what bounds it (docs/engine.md, "State size", repeats this):
   under, the awards granted (tier names or an occurrence count), and the rule's progress —
   a count, a sum, up to ``count`` distinct values (dropped once the rule is met), the active days or
   ISO weeks of a streak as a bitmap from the first one (one bit per period: ten years of days are
-  457 bytes; dropped once met), or a custom evaluator's memory (at most
+  457 bytes; a new bitmap after a long gap; dropped once met), or a custom evaluator's memory (at most
   :data:`evaluators.base.MAX_MEMORY_BYTES`);
 * the user's points: one total over the awards granted (a number, not a list of awards). Levels
   reached are badge entries like any other award.
@@ -82,11 +82,26 @@ def _bitmap_in(text: Any) -> int:
     return int.from_bytes(b64decode(text, validate=True), "little")
 
 
-def upcast_streak_runs(bounds: Sequence[Any]) -> tuple[int, int]:
-    """A streak's stored runs ``[start, end, start, end, ...]`` (inclusive ordinals, sorted) as ``(first, active)``.
+Stretches = tuple[tuple[int, int], ...]
+"""A streak's active periods: sorted ``(first, bitmap)`` pairs, bit i of a bitmap standing for period
+``first + i`` (bit 0 set), each pair far enough from the next that no range within the badge's
+freeze budget joins them (:data:`evaluators.rules.STREAK_SPLIT_GAP`)."""
 
-    Streak progress was once kept as merged runs, and only the recent ones; the bitmap holds exactly
-    the periods those runs held.
+
+def _stretches_out(stretches: Stretches) -> list[int | str]:
+    return [part for first, bits in stretches for part in (first, _bitmap_out(bits))]
+
+
+def _stretches_in(value: Sequence[Any]) -> Stretches:
+    return tuple((int(first), _bitmap_in(text)) for first, text in zip(value[0::2], value[1::2], strict=True))
+
+
+def upcast_streak_runs(bounds: Sequence[Any]) -> Stretches:
+    """A streak's stored runs ``[start, end, start, end, ...]`` (inclusive ordinals, sorted) as bitmaps.
+
+    Streak progress was once kept as merged runs, and only those within ``length + freezes + 60``
+    periods of the newest: one bitmap from the first run holds exactly their periods (a single
+    bitmap is always valid; splitting at long gaps only saves space).
     """
     ends = [int(b) for b in bounds]
     if len(ends) % 2 or not ends:
@@ -97,7 +112,7 @@ def upcast_streak_runs(bounds: Sequence[Any]) -> tuple[int, int]:
         if start < first or end < start:
             raise StateDecodeError(f"stored streak runs are not sorted runs: {list(bounds)!r}")
         active |= ((1 << (end - start + 1)) - 1) << (start - first)
-    return first, active
+    return ((first, active),)
 
 
 class BadgeState:
@@ -105,23 +120,21 @@ class BadgeState:
 
     Which fields a rule uses: ``n`` counts events (count, tiers), distinct values, the best length
     a streak reached (capped at its target) or the listed badges held (meta-badges); ``total`` is a
-    sum (exact: int or Fraction); ``values`` holds distinct values until the rule is met, and ``active`` a streak's
-    active periods until it is met (bit i: period ``first + i``, a day or week ordinal); ``memory``,
-    ``earned`` and ``reported`` belong to custom evaluators. ``granted`` counts occurrences awarded
+    sum (exact: int or Fraction); ``values`` holds distinct values and ``active`` a streak's active
+    day or week ordinals (:data:`Stretches`) until the rule is met; ``memory``, ``earned`` and
+    ``reported`` belong to custom evaluators. ``granted`` counts occurrences awarded
     and ``tiers`` names the tiers awarded; both survive a definition change, when ``base`` records
     how many occurrences were granted under the old definition.
     """
 
-    __slots__ = ("active", "base", "earned", "first", "fp", "granted", "memory", "n", "reported", "tiers", "total",
-                 "values")
+    __slots__ = ("active", "base", "earned", "fp", "granted", "memory", "n", "reported", "tiers", "total", "values")
 
     def __init__(self, fp: str) -> None:
         self.fp = fp
         self.n = 0
         self.total: int | Fraction = 0
         self.values: frozenset[str] = frozenset()
-        self.first = 0
-        self.active = 0
+        self.active: Stretches = ()
         self.memory: Mapping[str, Any] | None = None
         self.earned = 0
         self.reported: tuple[float | None, float | None] = (None, None)
@@ -135,7 +148,6 @@ class BadgeState:
         other.n = self.n
         other.total = self.total
         other.values = self.values
-        other.first = self.first
         other.active = self.active
         other.memory = self.memory
         other.earned = self.earned
@@ -167,7 +179,7 @@ class BadgeState:
         if self.values:
             out["v"] = sorted(self.values)
         if self.active:
-            out["a"] = [self.first, _bitmap_out(self.active)]
+            out["a"] = _stretches_out(self.active)
         if self.memory is not None:
             out["m"] = self.memory
         if self.earned:
@@ -207,10 +219,9 @@ class BadgeState:
             elif key == "b":
                 state.base = int(value)
             elif key == "a":
-                first, bitmap = value
-                state.first, state.active = int(first), _bitmap_in(bitmap)
-            elif key == "r":  # stored before streaks kept a bitmap
-                state.first, state.active = upcast_streak_runs(value)
+                state.active = _stretches_in(value)
+            elif key == "r":  # stored before streaks kept bitmaps
+                state.active = upcast_streak_runs(value)
         return state
 
     def __eq__(self, other: object) -> bool:

@@ -155,3 +155,17 @@ def test_week_freezes_with_a_week_years_late() -> None:
     assert awards_of(results) == []
     state, results = run(eng, logins("2021-01-13"), state)  # the week after the first: W01, W02, (W03), W04
     assert award_keys(results) == {("s", None, 1)}
+
+
+def test_a_freeze_budget_longer_than_the_split_gap_still_bridges() -> None:
+    from evaluators.rules import STREAK_SPLIT_GAP
+
+    freezes = STREAK_SPLIT_GAP + 72
+    eng = engine(streak(days=3, freezes=freezes))
+    first = date(2026, 1, 1)
+    # Days 0, 150 and 201 in any order: 198 days skipped in [0, 201], within the budget.
+    days = [str(first + timedelta(days=d)) for d in (0, 150, 201)]
+    for order in itertools.permutations(days):
+        assert award_keys(run(eng, logins(*order))[1]) == {("s", None, 1)}, order
+    # With day freezes + 3 (203) instead of 201, [0, 203] skips 201 days: one too many.
+    assert awards_of(run(eng, logins(*days[:2], str(first + timedelta(days=freezes + 3))))[1]) == []
