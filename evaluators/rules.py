@@ -3,17 +3,18 @@
 A compiled rule is pure: ``accumulate`` takes a :class:`BadgeState` and the event's facts and
 returns a *new* state (or None when nothing changed); ``units`` says how many awards the rule has
 earned from that state. Every kind accumulates in a way that does not depend on the order of a
-user's events — a count, an exact sum of non-negative values, a set of distinct values, merged
-runs of day or week ordinals — so the award set is the same in any arrival order. ``points``
+user's events — a count, an exact sum of non-negative values, a set of distinct values, the set of
+active days or weeks — so the award set is the same in any arrival order. ``points``
 says what each award of the badge is worth.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from fractions import Fraction
 from hashlib import blake2b
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ import orjson
 from evaluators.base import MAX_MEMORY_BYTES, CustomEvaluator, Decision, EvaluatorView
 from evaluators.expressions import Expression
 from evaluators.facts import EventFacts
-from evaluators.state import BadgeState
+from evaluators.state import BadgeState, Stretches
 from schemas.catalog import (
     Badge,
     BadgesRule,
@@ -289,65 +290,92 @@ class SumBadge(CompiledBadge):
         return {"progress": float(state.total), "target": float(target), "field": self.field}
 
 
-STREAK_LATE_PERIODS = 60
-"""How late (in the streak's periods, days or weeks) an event may still extend a streak.
+STREAK_SPLIT_GAP = 128
+"""Active periods at least this many inactive periods apart are kept as separate bitmaps.
 
-A streak not yet met keeps the runs of periods it was active in, and only those ending within
-``length + freezes + STREAK_LATE_PERIODS`` periods of the newest one: a user's stored state stays
-bounded however long they go on without meeting it. Events arriving in any order within that reach
-give the same result; an event older than that finds no run to join and counts as a run of its own."""
+One bitmap from the first active period costs a bit per period however far apart they are: an
+event dated decades away (events may carry any year from 1970 to 9000) would cost kilobytes per
+streak badge. A new bitmap costs a few bytes, so a long gap starts one. Bitmaps are also at least
+``freezes + 1`` periods apart, so no range within the budget crosses from one to the next and each
+is examined on its own.
+"""
 
 
-def _add_to_runs(runs: tuple[tuple[int, int], ...], point: int) -> tuple[tuple[tuple[int, int], ...], int] | None:
-    """Insert ``point`` into sorted, disjoint, non-adjacent inclusive runs.
+def _with_period(stretches: Stretches, point: int, gap: int) -> tuple[Stretches, tuple[int, int]] | None:
+    """The active periods with ``point`` added and the stretch now holding it; None if it was already active.
 
-    Returns the new runs and the length of the run now holding ``point`` (the only run that can
-    have grown), or None if ``point`` was already covered.
+    ``point`` joins the stretch before it and the one after it when fewer than ``gap`` inactive
+    periods lie between (both, when it closes the gap between them); before the first period of a
+    stretch, it becomes the new first period and the bitmap shifts up to make room.
     """
-    at = bisect_left(runs, (point, point))
-    if at < len(runs) and runs[at][0] == point:
-        return None
-    before = runs[at - 1] if at > 0 else None
-    after = runs[at] if at < len(runs) else None
-    if before is not None and before[1] >= point:
-        return None
-    start = before[0] if before is not None and before[1] == point - 1 else point
-    end = after[1] if after is not None and after[0] == point + 1 else point
-    head = runs[: at - 1] if start != point else runs[:at]
-    tail = runs[at + 1 :] if end != point else runs[at:]
-    return (*head, (start, end), *tail), end - start + 1
+    after = bisect_right(stretches, point, key=itemgetter(0))
+    first, bits = point, 1
+    start = stop = after
+    if after:
+        left_first, left_bits = stretches[after - 1]
+        offset = point - left_first
+        if left_bits >> offset & 1:
+            return None
+        if offset - left_bits.bit_length() < gap:  # inactive periods between its last one and ``point``
+            first, bits = left_first, left_bits | 1 << offset
+            start = after - 1
+    if after < len(stretches):
+        right_first, right_bits = stretches[after]
+        if right_first - point - 1 < gap:
+            bits |= right_bits << (right_first - first)
+            stop = after + 1
+    holding = (first, bits)
+    return (*stretches[:start], holding, *stretches[stop:]), holding
 
 
-def _longest_with_freezes(runs: tuple[tuple[int, int], ...], point: int, length: int, freezes: int) -> int:
-    """The most active periods, capped at ``length``, in a range around ``point`` skipping <= ``freezes`` periods.
+def _longest_around(active: int, at: int, length: int, freezes: int) -> int:
+    """The most active periods, capped at ``length``, in a range holding bit ``at`` with <= ``freezes`` inactive ones.
 
-    Only ranges that hold ``point`` can have grown when it arrived, and one that reaches ``length``
-    can be trimmed (keeping ``point``, ends active) to span at most ``length + freezes`` periods; so
-    the runs within that distance of ``point`` suffice, cut at it. Any range found among them is
-    also a range of the full runs, so the answer never exceeds what the runs hold. Capping at
-    ``length`` makes the stored maximum the same in any arrival order.
+    Only ranges that hold ``at`` can have grown when it arrived. One that reaches ``length`` can be
+    trimmed, keeping ``at``, to exactly ``length`` active periods, so it spans at most ``length +
+    freezes`` periods; a shorter best range spans fewer. So a window of ``length + freezes - 1``
+    periods either side of ``at`` suffices, and the cost does not grow with the history. In the
+    window, the best range that skips ``k`` inactive periods on the left and ``freezes - k`` on the
+    right runs from just after the (k+1)-th inactive period left of ``at`` to just before the
+    (freezes-k+1)-th one on its right (ends need not be active: trimming inactive ends changes
+    nothing). Capping at ``length`` makes the stored maximum the same in any arrival order.
     """
-    reach = length + freezes
-    low, high = point - reach, point + reach
-    start = bisect_left(runs, (low, low))
-    if start > 0 and runs[start - 1][1] >= low:
-        start -= 1
-    near = [(max(a, low), min(b, high)) for a, b in runs[start : bisect_left(runs, (high + 1, high + 1))]]
-    best = active = skipped = 0
-    first = 0
-    for last, (a, b) in enumerate(near):
-        active += b - a + 1
-        if last > first:
-            skipped += a - near[last - 1][1] - 1
-        while skipped > freezes:  # drop runs from the left until the range is within budget again
-            active -= near[first][1] - near[first][0] + 1
-            skipped -= near[first + 1][0] - near[first][1] - 1
-            first += 1
-        best = max(best, active)
-    return min(best, length)
+    reach = length + freezes - 1
+    low = at - reach if at > reach else 0
+    centre = at - low
+    width = centre + reach + 1
+    window = (active >> low) & ((1 << width) - 1)
+    # Inactive periods left of the centre, nearest first: the highest zero bits below it. -1 (the
+    # window's start) once there are no more.
+    lefts: list[int] = []
+    below = ~window & ((1 << centre) - 1)
+    for _ in range(freezes + 1):
+        edge = below.bit_length() - 1
+        lefts.append(edge)
+        if edge >= 0:
+            below ^= 1 << edge
+    # Inactive periods right of the centre, nearest first: the lowest zero bits above it; ``width``
+    # (the window's end) once there are no more.
+    rights: list[int] = []
+    above = ~window & ((1 << width) - (1 << centre))
+    for _ in range(freezes + 1):
+        lowest = above & -above
+        rights.append(lowest.bit_length() - 1 if lowest else width)
+        above ^= lowest
+    best = 0
+    for skipped_left in range(freezes + 1):
+        start, end = lefts[skipped_left] + 1, rights[freezes - skipped_left]
+        held = ((window & ((1 << end) - 1)) >> start).bit_count()
+        if held > best:
+            best = held
+    return best if best < length else length
 
 
 class StreakBadge(CompiledBadge):
+    """A ``streak`` rule. Until it is met the state keeps every period the user was active in, as a
+    bitmap from the first one (one bit per day or ISO week; a new one after a long gap): no event is
+    too late to count."""
+
     kind = "streak"
 
     def __init__(self, badge: Badge, index: int) -> None:
@@ -357,22 +385,18 @@ class StreakBadge(CompiledBadge):
         self.weeks = rule.weeks is not None
         self.length = rule.length
         self.freezes = rule.freezes
+        self.gap = max(STREAK_SPLIT_GAP, rule.freezes + 1)
 
     def accumulate(self, state: BadgeState, facts: EventFacts) -> BadgeState | None:
         point = facts.week if self.weeks else facts.day
-        added = _add_to_runs(state.runs, point)
+        added = _with_period(state.active, point, self.gap)
         if added is None:
             return None
-        runs, length = added
-        if self.freezes:
-            length = _longest_with_freezes(runs, point, self.length, self.freezes)
-        horizon = runs[-1][1] - self.length - self.freezes - STREAK_LATE_PERIODS
-        if runs[0][1] < horizon:
-            runs = tuple(run for run in runs if run[1] >= horizon)
+        active, (first, bits) = added
         new = state.copy()
-        new.n = max(state.n, length)
-        # Met (streaks are never repeatable): the runs are no longer needed, only the length reached.
-        new.runs = () if new.n >= self.length else runs
+        new.n = max(state.n, _longest_around(bits, point - first, self.length, self.freezes))
+        # Met (streaks are never repeatable): the periods are no longer needed, only the length reached.
+        new.active = () if new.n >= self.length else active
         return new
 
     def units(self, state: BadgeState) -> int:

@@ -4,8 +4,9 @@ What is kept, and what bounds it (docs/engine.md, "State size", repeats this):
 
 * per badge the user has made progress on: the fingerprint of the definition the progress was made
   under, the awards granted (tier names or an occurrence count), and the rule's progress —
-  a count, a sum, up to ``count`` distinct values (dropped once the rule is met), merged runs of
-  day or week ordinals for a streak (dropped once met), or a custom evaluator's memory (at most
+  a count, a sum, up to ``count`` distinct values (dropped once the rule is met), the active days or
+  ISO weeks of a streak as a bitmap from the first one (one bit per period: ten years of days are
+  457 bytes; a new bitmap after a long gap; dropped once met), or a custom evaluator's memory (at most
   :data:`evaluators.base.MAX_MEMORY_BYTES`);
 * the user's points: one total over the awards granted (a number, not a list of awards). Levels
   reached are badge entries like any other award.
@@ -17,7 +18,8 @@ shares what did not change, so a caller may keep the previous state (for example
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from base64 import b64decode, b64encode
+from collections.abc import Iterator, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -52,25 +54,71 @@ def _number_in(value: Any) -> int | Fraction:
     raise StateDecodeError(f"a stored sum must be an integer or a fraction, got {value!r}")
 
 
+def _bitmap_out(bits: int) -> str:
+    # Little-endian bytes, so the text grows at its end as later periods are added; base64 keeps
+    # ten years of days (457 bytes) at 612 characters of JSON.
+    return b64encode(bits.to_bytes((bits.bit_length() + 7) // 8, "little")).decode("ascii")
+
+
+def _bitmap_in(text: Any) -> int:
+    if not isinstance(text, str):
+        raise StateDecodeError(f"a stored streak bitmap must be base64 text, got {text!r}")
+    return int.from_bytes(b64decode(text, validate=True), "little")
+
+
+Stretches = tuple[tuple[int, int], ...]
+"""A streak's active periods: sorted ``(first, bitmap)`` pairs, bit i of a bitmap standing for period
+``first + i`` (bit 0 set), each pair far enough from the next that no range within the badge's
+freeze budget joins them (:data:`evaluators.rules.STREAK_SPLIT_GAP`)."""
+
+
+def _stretches_out(stretches: Stretches) -> list[int | str]:
+    return [part for first, bits in stretches for part in (first, _bitmap_out(bits))]
+
+
+def _stretches_in(value: Sequence[Any]) -> Stretches:
+    return tuple((int(first), _bitmap_in(text)) for first, text in zip(value[0::2], value[1::2], strict=True))
+
+
+def upcast_streak_runs(bounds: Sequence[Any]) -> Stretches:
+    """A streak's stored runs ``[start, end, start, end, ...]`` (inclusive ordinals, sorted) as bitmaps.
+
+    Streak progress was once kept as merged runs, and only those within ``length + freezes + 60``
+    periods of the newest: one bitmap from the first run holds exactly their periods (a single
+    bitmap is always valid; splitting at long gaps only saves space).
+    """
+    ends = [int(b) for b in bounds]
+    if len(ends) % 2 or not ends:
+        raise StateDecodeError(f"stored streak runs must be non-empty pairs of bounds, got {list(bounds)!r}")
+    first = ends[0]
+    active = 0
+    for start, end in zip(ends[0::2], ends[1::2], strict=True):
+        if start < first or end < start:
+            raise StateDecodeError(f"stored streak runs are not sorted runs: {list(bounds)!r}")
+        active |= ((1 << (end - start + 1)) - 1) << (start - first)
+    return ((first, active),)
+
+
 class BadgeState:
     """One badge's progress and awards for one user. Immutable by convention: :meth:`copy` before changing.
 
-    Which fields a rule uses: ``n`` counts events (count, tiers), distinct values, the longest
-    streak run or the listed badges held (meta-badges); ``total`` is a sum (exact: int or Fraction);
-    ``values``/``runs`` hold distinct values and streak runs until the rule is met; ``memory``,
-    ``earned`` and ``reported`` belong to custom evaluators. ``granted`` counts occurrences awarded
+    Which fields a rule uses: ``n`` counts events (count, tiers), distinct values, the best length
+    a streak reached (capped at its target) or the listed badges held (meta-badges); ``total`` is a
+    sum (exact: int or Fraction); ``values`` holds distinct values and ``active`` a streak's active
+    day or week ordinals (:data:`Stretches`) until the rule is met; ``memory``, ``earned`` and
+    ``reported`` belong to custom evaluators. ``granted`` counts occurrences awarded
     and ``tiers`` names the tiers awarded; both survive a definition change, when ``base`` records
     how many occurrences were granted under the old definition.
     """
 
-    __slots__ = ("base", "earned", "fp", "granted", "memory", "n", "reported", "runs", "tiers", "total", "values")
+    __slots__ = ("active", "base", "earned", "fp", "granted", "memory", "n", "reported", "tiers", "total", "values")
 
     def __init__(self, fp: str) -> None:
         self.fp = fp
         self.n = 0
         self.total: int | Fraction = 0
         self.values: frozenset[str] = frozenset()
-        self.runs: tuple[tuple[int, int], ...] = ()
+        self.active: Stretches = ()
         self.memory: Mapping[str, Any] | None = None
         self.earned = 0
         self.reported: tuple[float | None, float | None] = (None, None)
@@ -84,7 +132,7 @@ class BadgeState:
         other.n = self.n
         other.total = self.total
         other.values = self.values
-        other.runs = self.runs
+        other.active = self.active
         other.memory = self.memory
         other.earned = self.earned
         other.reported = self.reported
@@ -114,8 +162,8 @@ class BadgeState:
             out["s"] = _number_out(self.total)
         if self.values:
             out["v"] = sorted(self.values)
-        if self.runs:
-            out["r"] = [bound for run in self.runs for bound in run]
+        if self.active:
+            out["a"] = _stretches_out(self.active)
         if self.memory is not None:
             out["m"] = self.memory
         if self.earned:
@@ -145,9 +193,6 @@ class BadgeState:
                 state.total = _number_in(value)
             elif key == "v":
                 state.values = frozenset(str(v) for v in value)
-            elif key == "r":
-                bounds = [int(b) for b in value]
-                state.runs = tuple(zip(bounds[0::2], bounds[1::2], strict=True))
             elif key == "m":
                 state.memory = dict(value)
             elif key == "e":
@@ -157,6 +202,10 @@ class BadgeState:
                 state.reported = (progress, target)
             elif key == "b":
                 state.base = int(value)
+            elif key == "a":
+                state.active = _stretches_in(value)
+            elif key == "r":  # stored before streaks kept bitmaps
+                state.active = upcast_streak_runs(value)
         return state
 
     def __eq__(self, other: object) -> bool:

@@ -249,7 +249,7 @@ def test_state_bytes_round_trip() -> None:
     raw = state.to_bytes()
     again = UserState.from_bytes(raw)
     assert again == state and again.to_bytes() == raw
-    assert again.badges["k"].runs == ((739676, 739676), (739678, 739679))
+    assert again.badges["k"].active == ((739676, 0b1101),)  # 1, 3 and 4 March
     assert str(again.badges["s"].total) == "35/4"  # 1.25 + 3.25 + 4.25, exactly
     # The engine goes on from decoded bytes exactly as from the objects.
     follow = event("quiz", "2026-03-02T10:00:00+00:00", q="q2", x=1)

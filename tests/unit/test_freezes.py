@@ -130,3 +130,42 @@ def test_freezes_around_a_leap_day(start: str, expected: set) -> None:
     # 27 February and 1 March, one freeze: in 2028 two days (28, 29) lie between, in 2027 only the 28th.
     awards = award_keys(run(eng, logins(str(first), f"{first.year}-03-01", f"{first.year}-03-02"))[1])
     assert awards == expected
+
+
+def test_freezes_with_events_years_late() -> None:
+    eng = engine(streak(days=4, freezes=1))
+    # Every third day for eight years (two skipped days per gap: never within one freeze).
+    history = [str(date(2018, 1, 1) + timedelta(days=3 * i)) for i in range(975)]
+    state, results = run(eng, logins(*history))
+    assert awards_of(results) == []
+    # Years late: 2 January 2018 joins 1 and 4 January (3 January is the one freeze); 5 January is
+    # still missing, so nothing yet.
+    state, results = run(eng, logins("2018-01-02"), state)
+    assert awards_of(results) == []
+    state, results = run(eng, logins("2018-01-05"), state)  # 1, 2, (3), 4, 5: four active, one freeze
+    assert award_keys(results) == {("s", None, 1)}
+    assert results[0].awards[0].metadata == {"progress": 4, "target": 4, "unit": "days"}
+
+
+def test_week_freezes_with_a_week_years_late() -> None:
+    eng = engine(streak(weeks=3, freezes=1))
+    # Mondays three weeks apart for six years (two skipped weeks per gap), then, six years late, the
+    # week after the first one.
+    state, results = run(eng, logins(*(str(date(2021, 1, 4) + timedelta(weeks=3 * i)) for i in range(100))))
+    assert awards_of(results) == []
+    state, results = run(eng, logins("2021-01-13"), state)  # the week after the first: W01, W02, (W03), W04
+    assert award_keys(results) == {("s", None, 1)}
+
+
+def test_a_freeze_budget_longer_than_the_split_gap_still_bridges() -> None:
+    from evaluators.rules import STREAK_SPLIT_GAP
+
+    freezes = STREAK_SPLIT_GAP + 72
+    eng = engine(streak(days=3, freezes=freezes))
+    first = date(2026, 1, 1)
+    # Days 0, 150 and 201 in any order: 198 days skipped in [0, 201], within the budget.
+    days = [str(first + timedelta(days=d)) for d in (0, 150, 201)]
+    for order in itertools.permutations(days):
+        assert award_keys(run(eng, logins(*order))[1]) == {("s", None, 1)}, order
+    # With day freezes + 3 (203) instead of 201, [0, 203] skips 201 days: one too many.
+    assert awards_of(run(eng, logins(*days[:2], str(first + timedelta(days=freezes + 3))))[1]) == []

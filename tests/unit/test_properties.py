@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+from bisect import bisect_left
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 
 from evaluators.engine import Engine
 from evaluators.registry import EvaluatorRegistry
-from evaluators.rules import _add_to_runs, _longest_with_freezes
+from evaluators.rules import _longest_around
 from evaluators.runner import EngineRun
 from evaluators.state import UserState
 from schemas.catalog import load_catalog, parse_catalog
@@ -157,20 +159,97 @@ def test_freezes_zero_gives_exactly_the_plain_streak(events: list[EventEnvelope]
         state_a, state_b = a.state, b.state
 
 
+def best_range(active: set[int], holding: int | None, freezes: int) -> int:
+    """Most active periods in a range [a, b], a and b active (holding ``holding`` if given), <= ``freezes`` inactive."""
+    points = sorted(active)
+    best = 0
+    for i, a in enumerate(points):
+        for j in range(i, len(points)):
+            b = points[j]
+            held = j - i + 1
+            if (b - a + 1) - held <= freezes and (holding is None or a <= holding <= b):
+                best = max(best, held)
+    return best
+
+
 @PROPERTIES
-@given(st.sets(st.integers(0, 60), min_size=1, max_size=25), st.integers(1, 8), st.data())
-def test_run_detection_with_no_freezes_finds_runs_only(points: set[int], length: int,
-                                                                   data: st.DataObject) -> None:
-    runs: tuple[tuple[int, int], ...] = ()
-    for p in sorted(points):
-        added = _add_to_runs(runs, p)
-        assert added is not None
-        runs = added[0]
+@given(st.sets(st.integers(0, 90), min_size=1, max_size=40), st.integers(1, 8), st.integers(0, 4), st.data())
+def test_the_window_around_a_point_finds_the_best_range_holding_it(points: set[int], length: int, freezes: int,
+                                                                  data: st.DataObject) -> None:
+    active = sum(1 << p for p in points)
     point = data.draw(st.sampled_from(sorted(points)))
-    holding = next(b - a + 1 for a, b in runs if a <= point <= b)
-    longest = max(b - a + 1 for a, b in runs)
-    # At least the run holding the point (the one that can have grown), never more than a real run.
-    assert min(length, holding) <= _longest_with_freezes(runs, point, length, 0) <= min(length, longest)
+    expected = min(length, best_range(points, point, freezes))
+    assert _longest_around(active, point, length, freezes) == expected
+
+
+@functools.cache
+def streak_engine(length: int, freezes: int) -> Engine:
+    return Engine(catalog(f"""
+        badges:
+          - {{id: days, on: [login], rule: {{streak: {{days: {length}, freezes: {freezes}}}}}}}
+          - {{id: weeks, on: [login], rule: {{streak: {{weeks: {length}, freezes: {freezes}}}}}}}
+    """))
+
+
+@st.composite
+def active_days(draw: st.DrawFn) -> list[int]:
+    """Days (offsets from START) in a few bursts of nearly consecutive days, anywhere in up to ten years."""
+    span = draw(st.sampled_from([40, 400, 3653]))
+    days: set[int] = set()
+    for start, gaps in draw(st.lists(st.tuples(st.integers(0, span), st.lists(st.integers(1, 3), max_size=8)),
+                                     min_size=1, max_size=5)):
+        days.add(start)
+        for gap in gaps:
+            start += gap
+            days.add(start)
+    return sorted(days)
+
+
+def streak_run(eng: Engine, events: list[EventEnvelope]) -> tuple[dict[str, int], dict[str, int], list[set[int]]]:
+    """Per badge: the index of the event that awarded it, the final ``n``; and the days seen after each event."""
+    state: UserState | None = None
+    awarded: dict[str, int] = {}
+    seen: set[int] = set()
+    seen_after: list[set[int]] = []
+    for i, event in enumerate(events):
+        result = eng.evaluate(state, event)
+        state = result.state
+        for award in result.awards:
+            assert award.badge_id not in awarded and award.event_id == event.event_id
+            awarded[award.badge_id] = i
+        seen.add((event.occurred_at - START).days)
+        seen_after.append(set(seen))
+    assert state is not None
+    return awarded, {b: state.badges[b].n for b in ("days", "weeks") if b in state.badges}, seen_after
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(active_days(), st.integers(1, 7), st.integers(0, 3), st.randoms(use_true_random=False), st.data())
+def test_streaks_are_exact_in_any_order_however_late(days: list[int], length: int, freezes: int, rnd: Any,
+                                                      data: st.DataObject) -> None:
+    eng = streak_engine(length, freezes)
+    events = [EventEnvelope(event_id=f"d{day}", type="login", user_id="u", occurred_at=START + timedelta(days=day),
+                            tz="UTC") for day in days]
+    # Duplicates mixed in: the same event again, and other events on a day already active.
+    again = data.draw(st.lists(st.sampled_from(events), max_size=4))
+    same_day = [event.model_copy(update={"event_id": f"{event.event_id}-b", "occurred_at": event.occurred_at
+                                         + timedelta(hours=3)}) for event in data.draw(st.lists(st.sampled_from(events),
+                                                                                               max_size=4))]
+    shuffled = events + again + same_day
+    rnd.shuffle(shuffled)
+    in_order, n_in_order, _ = streak_run(eng, events)
+    awarded, n, seen_after = streak_run(eng, shuffled)
+    assert set(awarded) == set(in_order) and n == n_in_order
+    # The brute-force reading of the definition, on days and on ISO weeks (START is a Friday: the
+    # week of day d is (d + 4) // 7 from START's week).
+    units = {"days": lambda ds: set(ds), "weeks": lambda ds: {(d + 4) // 7 for d in ds}}
+    for badge, periods in units.items():
+        best = best_range(periods(days), None, freezes)
+        assert n.get(badge, 0) == min(best, length), badge
+        # Awarded exactly by the event, in arrival order, after which the definition first held.
+        # (Being met only grows with the events seen, so a binary search finds the first such event.)
+        first_met = bisect_left(seen_after, True, key=lambda ds: best_range(periods(ds), None, freezes) >= length)
+        assert awarded.get(badge) == (first_met if first_met < len(seen_after) else None), badge
 
 
 @PROPERTIES

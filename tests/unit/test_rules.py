@@ -141,18 +141,43 @@ def test_streak_in_any_arrival_order_and_any_run() -> None:
     assert [len(r.awards) for r in results] == [0, 0, 0, 1]  # the gap filled last completes 1..3 March
 
 
-def test_an_unmet_streak_keeps_only_the_runs_a_late_event_could_still_join() -> None:
-    from evaluators.rules import STREAK_LATE_PERIODS
-
+def test_a_late_event_years_before_the_others_still_completes_a_streak() -> None:
     eng = engine(STREAK3)
-    state, results = run(eng, days("2026-01-01", 500, step=2))  # every other day for 1,000 days: never met
+    # Every other day for ten years: never met, and every day of it kept.
+    state, results = run(eng, days("2016-01-01", 1827, step=2))
     assert award_keys(results) == set()
-    runs = state.badges["streak"].runs
-    assert len(runs) <= (3 + STREAK_LATE_PERIODS) // 2 + 1 and runs[-1][0] - runs[0][0] <= 3 + STREAK_LATE_PERIODS
-    newest = date(2026, 1, 1) + timedelta(days=998)
-    # a late event inside the reach still completes a streak: it fills the day between two runs
-    state, results = run(eng, days(str(newest - timedelta(days=3)), 1), state)
+    # Nine years late, 2 January 2016 arrives and fills the gap between 1 and 3 January.
+    state, results = run(eng, days("2016-01-02", 1), state)
     assert award_keys(results) == {("streak", None, 1)}
+    assert results[0].awards[0].awarded_at.date() == date(2016, 1, 2)
+    # And an event years before the first one moves the start of the kept days back.
+    state, results = run(eng, days("2026-01-01", 2) + days("2016-06-02", 1) + days("2016-06-01", 1))
+    assert award_keys(results) == set()
+    # (Nearly ten years apart: two bitmaps, each from its own first day.)
+    assert state.badges["streak"].active == ((date(2016, 6, 1).toordinal(), 0b11), (date(2026, 1, 1).toordinal(), 0b11))
+    state, results = run(eng, days("2016-06-03", 1), state)
+    assert award_keys(results) == {("streak", None, 1)}
+
+
+def test_a_late_event_years_after_the_others_still_completes_a_streak() -> None:
+    eng = engine(STREAK3)
+    # 1 May 2030 first, then years of earlier days (the first kept day moves back ten years), then 3 May.
+    state, results = run(eng, days("2030-05-01", 1) + days("2020-01-01", 300, step=3) + days("2030-05-03", 1))
+    assert award_keys(results) == set()
+    assert state.badges["streak"].active[0][0] == date(2020, 1, 1).toordinal()
+    # 2 May 2030, years after nearly everything else, fills the gap.
+    state, results = run(eng, days("2030-05-02", 1), state)
+    assert award_keys(results) == {("streak", None, 1)}
+
+
+def test_a_week_streak_completed_by_a_week_years_late() -> None:
+    eng = engine("badges:\n  - {id: weekly, on: [login], rule: {streak: {weeks: 3}}}\n")
+    # Every other week from 2020 to 2030, then the missing week of January 2020 arrives last.
+    state, results = run(eng, days("2020-01-06", 260, step=14))
+    assert award_keys(results) == set()
+    state, results = run(eng, days("2020-01-16", 1), state)  # a Thursday of the week between the first two
+    assert award_keys(results) == {("weekly", None, 1)}
+    assert results[0].awards[0].metadata == {"progress": 3, "target": 3, "unit": "weeks"}
 
 
 def test_day_boundary_is_the_events_own_time_zone() -> None:
@@ -220,11 +245,12 @@ def test_week_streak_gap_and_same_week() -> None:
                                 event("login", "2026-03-16T12:00:00+00:00")])[1]) == set()
 
 
-def test_met_streak_drops_its_runs() -> None:
+def test_met_streak_drops_its_active_periods() -> None:
     eng = engine(STREAK3)
-    state, _ = run(eng, days("2026-03-01", 3) + days("2026-04-01", 1))
+    state, _ = run(eng, days("2026-02-01", 1) + days("2026-03-01", 3) + days("2026-04-01", 1))
     assert state is not None
-    assert state.badges["streak"].runs == () and state.badges["streak"].n == 3
+    assert state.badges["streak"].active == () and state.badges["streak"].n == 3
+    assert "a" not in state.badges["streak"].to_json()
 
 
 # --- window and when --------------------------------------------------------------------------------
