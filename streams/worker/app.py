@@ -43,7 +43,7 @@ from streams.kafka import (
     required_topics,
 )
 from streams.settings import Settings, settings_for
-from streams.worker import consumer as safe_consumer
+from streams.worker import faust_seam
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.output import OutputProducer
 from streams.worker.processor import EventProcessor, Origin, StoredUser, dead_letter
@@ -162,7 +162,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
 
     states = StateCache(write_state, settings.worker_state_cache, prune=lambda user: user.pruned(committed_offset),
                         write_ids=write_ids)
-    direct = safe_consumer.DirectDelivery()
+    direct = faust_seam.DirectDelivery()
     app.badgestream_states = states  # type: ignore[attr-defined]  # for tests and the state view
     counted_writes = [0]
 
@@ -173,9 +173,9 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         metrics.state_writes.inc(states.writes - counted_writes[0])  # with those written past the limit
         counted_writes[0] = states.writes
 
-    # Faust's own consumer can commit past input events nobody evaluated (streams/worker/consumer.py);
+    # Faust's own consumer can commit past input events nobody evaluated (streams/worker/faust_seam.py);
     # ours also writes the pending user states before each commit, and evaluates input directly.
-    safe_consumer.install(app, on_rewind=lambda tp: metrics.input_rewind(tp.topic, tp.partition),
+    faust_seam.install(app, on_rewind=lambda tp: metrics.input_rewind(tp.topic, tp.partition),
                           before_commit=write_pending, on_revoke=states.suspend, on_assign=states.resume,
                           direct=direct, on_commit=metrics.commit_seconds.observe)
 

@@ -31,7 +31,7 @@ class WorkerMetrics:
                                           0.25, 1.0), registry=self.registry)
         self.input_rewinds = Counter("badgestream_input_rewinds_total",
                                      "Times an input partition was read again instead of skipping records "
-                                     "(streams/worker/consumer.py)", ["topic", "partition"], registry=self.registry)
+                                     "(streams/worker/faust_seam.py)", ["topic", "partition"], registry=self.registry)
         self.commit_seconds = Histogram(
             "badgestream_commit_seconds", "Offset commits: writing pending states, flushing the producers, committing",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=self.registry)

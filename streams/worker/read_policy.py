@@ -1,7 +1,7 @@
 """The safe consumer's decisions, with no Faust: accept, skip, hold back or read again each input
 record, and which offset may be committed.
 
-:class:`streams.worker.consumer.SafeConsumer` only translates Faust's calls into these; the rules
+:class:`streams.worker.faust_seam.SafeConsumer` only translates Faust's calls into these; the rules
 are tested with literal offsets (tests/unit/test_consumer.py). Why each rule exists:
 docs/decisions/0001-safe-consumer.md.
 """

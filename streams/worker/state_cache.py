@@ -6,7 +6,7 @@ RocksDB and the changelog topic, even when the same user's next event came a mil
 only when
 
 * a commit is about to be made (:meth:`write_all`, called by the consumer before it flushes the
-  producers and commits input offsets: streams/worker/consumer.py), or
+  producers and commits input offsets: streams/worker/faust_seam.py), or
 * more than ``limit`` users are waiting, the oldest first (:meth:`put`), so memory and the work left
   for a commit stay bounded.
 

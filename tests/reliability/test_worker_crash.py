@@ -105,7 +105,7 @@ def run_with_worker_crashes(stack: StackConfig, events: int, users: int, kills: 
     record.notes.append(f"wall time {time.monotonic() - began:.0f}s; worker starts {worker.starts}; the "
                         f"award topic holds {len(published)} records, {republished} of them re-published "
                         f"after a crash (absorbed by the sink); input partitions read again instead of "
-                        f"skipped (streams/worker/consumer.py): {rewinds}")
+                        f"skipped (streams/worker/faust_seam.py): {rewinds}")
     record.report(awards_expected=len(expected.awards), awards_in_db=got.rows,
                   progress_rows=len(got.progress), duplicates=got.duplicates, rewinds=rewinds)
     assert worker.starts == kills + 1

@@ -18,7 +18,7 @@ from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.worker.consumer import DirectDelivery, SafeConsumer
+from streams.worker.faust_seam import DirectDelivery, SafeConsumer
 from streams.worker.read_policy import Action, Decision, ReadPolicy
 
 INPUT = TP("user-events", 0)
@@ -400,7 +400,7 @@ def _source_hash(dotted: str) -> str:
 def test_the_upstream_code_the_safe_consumer_depends_on_is_unchanged() -> None:
     changed = [name for name, digest in UPSTREAM_SOURCES.items() if _source_hash(name) != digest]
     assert not changed, (
-        f"upstream code that streams/worker/consumer.py overrides, copies or relies on has changed: {changed}. "
+        f"upstream code that streams/worker/faust_seam.py overrides, copies or relies on has changed: {changed}. "
         "Re-read each against docs/decisions/0001-safe-consumer.md, adapt SafeConsumer (and ReadPolicy), "
         "run tests/reliability (the whole tier) and tests/unit/test_consumer.py, then record the new hashes here."
     )
