@@ -54,7 +54,8 @@ from streams.kafka import TopicSpec, ensure_topics, record_time_ms, required_top
 from streams.kafka import produce as produce_one  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.worker.output import OutputProducer  # noqa: E402
-from streams.worker.processor import EventProcessor, StoredUser  # noqa: E402
+from streams.worker.processor import EventProcessor  # noqa: E402
+from streams.worker.stored import StoredUser  # noqa: E402
 
 EVENTS_TOTAL = "badgestream_events_total{"
 SEED_EVENTS = 3000  # the seed design is slow: measured on the first events of the stream

@@ -46,8 +46,9 @@ from streams.settings import Settings, settings_for
 from streams.worker import faust_seam
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.output import OutputProducer
-from streams.worker.processor import EventProcessor, Origin, StoredUser, dead_letter
+from streams.worker.processor import EventProcessor, dead_letter
 from streams.worker.state_cache import StateCache
+from streams.worker.stored import Origin, StoredUser
 
 log = logging.getLogger("badgestream.worker")
 

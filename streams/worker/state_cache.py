@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evaluators.resends import Change, SeenIds
-from streams.worker.processor import StoredUser
+from streams.worker.stored import StoredUser
 
 Write = Callable[[bytes, bytes, Any], None]
 """Write ``(key, value, event)`` to the state table, with ``event`` as the current event."""

@@ -19,8 +19,8 @@ from schemas.records import AwardRecord, DeadLetterRecord
 from streams.kafka import partition_for
 from streams.settings import Settings
 from streams.worker import app as worker_app
-from streams.worker.processor import StoredUser
 from streams.worker.state_cache import ids_key
+from streams.worker.stored import StoredUser
 from tests.unit.support import catalog
 
 CATALOG = catalog("""

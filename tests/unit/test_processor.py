@@ -10,7 +10,8 @@ import orjson
 
 from evaluators.engine import Engine
 from schemas.records import AwardRecord, DeadLetterRecord, ProgressRecord
-from streams.worker.processor import OUTBOX_EVENTS, EventProcessor, StoredUser
+from streams.worker.processor import EventProcessor
+from streams.worker.stored import OUTBOX_EVENTS, StoredUser
 from tests.unit.support import catalog
 
 CATALOG = catalog("""

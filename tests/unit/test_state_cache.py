@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from evaluators.state import UserState
-from streams.worker.processor import StoredUser
 from streams.worker.state_cache import StateCache
+from streams.worker.stored import StoredUser
 
 
 def user(name: str, offset: int) -> StoredUser:

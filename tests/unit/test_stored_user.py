@@ -9,7 +9,8 @@ from evaluators.runner import plugin_engine
 from schemas.catalog import load_catalog
 from streams.devstack.simulate import simulate_events
 from streams.settings import DEMO_CATALOG
-from streams.worker.processor import EventProcessor, Origin, Outcome, StoredUser
+from streams.worker.processor import EventProcessor, Outcome
+from streams.worker.stored import Origin, StoredUser
 
 CATALOG = load_catalog(DEMO_CATALOG)
 PROCESSOR = EventProcessor(CATALOG, plugin_engine(CATALOG))
@@ -153,7 +154,7 @@ def test_an_uncommitted_award_stays_in_the_outbox() -> None:
 
 def test_a_value_stored_by_the_previous_format_is_read() -> None:
     from evaluators.state import UserState
-    from streams.worker.processor import _HEADER
+    from streams.worker.stored import _HEADER
 
     state = PROCESSOR.engine.evaluate(None, PROCESSOR.decode(quiz(1))).state
     old_state = state.to_bytes() + bytes(8 * 2000)  # the 2048-digest window of before
@@ -216,7 +217,7 @@ def test_a_redelivery_after_a_crash_publishes_the_same_nudges_again() -> None:
 
 
 def test_an_outbox_entry_of_format_3_reads_with_its_position_and_no_nudges() -> None:
-    from streams.worker.processor import _HEADER
+    from streams.worker.stored import _HEADER
 
     state = PROCESSOR.engine.evaluate(None, PROCESSOR.decode(quiz(1))).state.to_bytes()
     raw = _HEADER.pack(3, len(state)) + state + orjson.dumps({
@@ -244,7 +245,7 @@ def test_a_user_stays_under_4_kib_even_with_a_full_outbox_of_uncommitted_awards(
 
 def test_a_small_value_is_stored_uncompressed_and_reads_back() -> None:
     from evaluators.state import UserState
-    from streams.worker.processor import _HEADER
+    from streams.worker.stored import _HEADER
 
     small = StoredUser(UserState.empty("u1"), marks={("in", 0, False): 7, ("in", 3, True): 9}, id_buckets=(4, 5))
     raw = small.to_bytes()

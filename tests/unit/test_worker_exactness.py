@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from evaluators.runner import EngineRun
 from schemas.events import EventEnvelope
-from streams.worker.processor import EventProcessor, Origin
+from streams.worker.processor import EventProcessor
+from streams.worker.stored import Origin
 from tests.unit.test_properties import ORDER_FREE, ZONES
 
 PROCESSOR = EventProcessor(ORDER_FREE.catalog, ORDER_FREE)
