@@ -45,7 +45,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from deploy.kafka.broker import configured_or_throwaway_broker, free_port  # noqa: E402
-from evaluators.resends import SeenIds  # noqa: E402
 from evaluators.runner import plugin_engine  # noqa: E402
 from schemas.catalog import load_catalog  # noqa: E402
 from schemas.events import parse_event  # noqa: E402
@@ -53,9 +52,11 @@ from streams.devstack.simulate import simulate_events  # noqa: E402
 from streams.kafka import TopicSpec, ensure_topics, record_time_ms, required_topics  # noqa: E402
 from streams.kafka import produce as produce_one  # noqa: E402
 from streams.settings import Settings  # noqa: E402
+from streams.worker.handler import InputHandler, InputMessage, Topics  # noqa: E402
+from streams.worker.metrics import WorkerMetrics  # noqa: E402
 from streams.worker.output import OutputProducer  # noqa: E402
 from streams.worker.processor import EventProcessor  # noqa: E402
-from streams.worker.stored import StoredUser  # noqa: E402
+from streams.worker.state_cache import StateCache  # noqa: E402
 
 EVENTS_TOTAL = "badgestream_events_total{"
 SEED_EVENTS = 3000  # the seed design is slow: measured on the first events of the stream
@@ -132,28 +133,33 @@ def bare(bootstrap: str, topic: str, count: int) -> float:
     return read(bootstrap, topic, count, lambda m: parse_event(m.value()))
 
 
-def plain_loop(bootstrap: str, topic: str, count: int, out_topic: str) -> float:
-    """(b): the worker's work without Faust: decode, evaluate against a dict, produce the outputs."""
+def plain_loop(bootstrap: str, topic: str, count: int, out_topic: str, partitions: int) -> float:
+    """(b): the worker's work without Faust: the worker's own input handler (decode, evaluate, state
+    cache, outputs, metrics) with its tables in dicts and confluent-kafka reading the input."""
     catalog = load_catalog(Settings().catalog_path)
     processor = EventProcessor(catalog, plugin_engine(catalog))
-    table: dict[bytes, StoredUser] = {}  # decoded, as the worker keeps them between commits
-    ids: dict[bytes, SeenIds] = {}  # and each user's remembered event ids (resends)
+    table: dict[bytes, bytes] = {}
+    ids: dict[bytes, bytes] = {}
+
+    def write_ids(key: bytes, value: bytes | None, event: Any) -> None:
+        if value is None:
+            ids.pop(key, None)
+        else:
+            ids[key] = value
+
+    # The values stay decoded between commits, as in the worker; this loop never commits, so they
+    # are written only past the cache's limit.
+    states = StateCache(lambda key, value, event: table.__setitem__(key, value), Settings().worker_state_cache,
+                        write_ids=write_ids)
     out = OutputProducer(Settings(kafka_bootstrap_servers=bootstrap))  # the worker's, progress coalescing too
+    handler = InputHandler(processor, states, out, WorkerMetrics(catalog.event_types()),
+                           Topics(out_topic, out_topic, out_topic, out_topic, rekey=out_topic), partitions,
+                           table.get, ids.get)
 
     def handle(message: Any) -> None:
-        key = message.key()
-        outcome = processor.evaluate_user(processor.decode(message.value()), table.get(key),
-                                          (message.topic(), message.partition(), message.offset()),
-                                          record_ms=record_time_ms(message.timestamp()), seen=ids.get(key))
-        if outcome.new_user is not None:
-            table[key] = outcome.new_user
-        if outcome.seen is not None:
-            ids[key] = outcome.seen
-        for value in (*outcome.awards, *outcome.nudges):
-            out.send(out_topic, key, value)
-        for value, (badge_id, tier, at) in zip(outcome.progress, outcome.progress_keys, strict=True):
-            out.send_progress(out_topic, key, value, badge_id, tier, at)
-        out.poll()
+        handler.handle(InputMessage(message.topic(), message.partition(), message.offset(), message.key(),
+                                    message.value(), message.headers(),
+                                    record_time_ms(message.timestamp()) / 1000 or None), None)
 
     began = time.perf_counter()
     rate = read(bootstrap, topic, count, handle)
@@ -436,7 +442,7 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
     a = b = c = float("nan")
     if not args.worker_only:
         a = bare(bootstrap, topic, events)
-        b = plain_loop(bootstrap, topic, events, f"bench-loop-out-{suffix}")
+        b = plain_loop(bootstrap, topic, events, f"bench-loop-out-{suffix}", args.partitions)
         c = seed_design(bootstrap, topic, min(SEED_EVENTS, events), workdir / "seed.db")
         print(f"[{name}] bare {a:,.0f}/s, plain loop {b:,.0f}/s, seed design {c:,.0f}/s", flush=True)
 

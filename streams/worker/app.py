@@ -1,14 +1,12 @@
-"""The Faust application: input topics in, per-user state in a RocksDB table, awards/progress/DLQ out.
+"""The Faust application: wiring only. Input topics in, per-user state in RocksDB tables, outputs out.
 
-Agents act, the engine decides: each message goes through :class:`streams.worker.processor.EventProcessor`
-and the agent only stores the new state and produces what the outcome says. User states stay
-decoded in memory and are written to the table once per user per commit, before the commit
-(streams/worker/state_cache.py); progress is coalesced per (user, badge, tier) before it is
-produced (streams/worker/output.py). Delivery is
-at-least-once (Faust flushes the producer before it commits input offsets) made safe by idempotency:
-deterministic award ids, redelivery recognised by input offset in the stored value, event-id
-dedupe for upstream resends, and the per-user outbox that re-publishes a redelivered event's
-awards (docs/worker-state.md). One agent instance per partition (no ``concurrency > 1``: faust #606).
+What happens to one message is :class:`streams.worker.handler.InputHandler`'s (decode -> re-key or
+evaluate -> state cache -> outputs -> metrics); Faust's internals are reached only through
+:mod:`streams.worker.faust_seam`. User states stay decoded in memory and are written to the table
+once per user per commit, before the commit (streams/worker/state_cache.py); progress is coalesced
+per (user, badge, tier) (streams/worker/output.py). Delivery is at-least-once made exact by
+idempotency: deterministic award ids, redelivery recognised by the stored input marks, resends by
+record time, and the per-user outbox (docs/worker-state.md). No ``concurrency > 1`` (faust #606).
 """
 
 from __future__ import annotations
@@ -19,64 +17,36 @@ import hashlib
 import logging
 import socket
 import time
-import weakref
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
-import orjson
-from faust.streams import _current_event as faust_current_event
 from faust.web import Request, Response, View
 
 from evaluators.resends import ResendWindow
 from evaluators.runner import plugin_engine
 from schemas.catalog import Catalog, load_catalog
-from schemas.errors import InvalidEventError
-from schemas.events import EventEnvelope
 from streams.kafka import (
     ensure_topics,
     faust_brokers,
     faust_credentials,
-    partition_for,
     repartition_topic_name,
     required_topics,
 )
 from streams.settings import Settings, settings_for
 from streams.worker import faust_seam
+from streams.worker.handler import InputHandler, Topics
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.output import OutputProducer
-from streams.worker.processor import EventProcessor, dead_letter
+from streams.worker.processor import EventProcessor
 from streams.worker.state_cache import StateCache
-from streams.worker.stored import Origin, StoredUser
+from streams.worker.stored import StoredUser
 
 log = logging.getLogger("badgestream.worker")
 
 STATE_TABLE = "user-state"
 RESEND_TABLE = "event-ids"
 """The second table: each user's remembered event ids, in buckets of record time (evaluators/resends.py)."""
-SOURCE_HEADER = "badgestream-source"
-"""Header of a re-keyed event: ``[topic, partition, offset, record time ms]`` of its original input
-record (JSON; the time is absent in headers written before it was carried)."""
-
-
-def read_source_header(headers: Any) -> tuple[Origin, int | None] | None:
-    """The original position (and record time) a re-keyed event carries, or None (absent or unreadable)."""
-    items = headers.items() if isinstance(headers, dict) else (headers or ())
-    for name, value in items:
-        if name == SOURCE_HEADER and value:
-            try:
-                topic, partition, offset, *when = orjson.loads(value)
-                return Origin(str(topic), int(partition), int(offset), rekeyed=True), (int(when[0]) if when else None)
-            except (ValueError, TypeError, IndexError):
-                return None
-    return None
-
-
-def record_ms(message: Any) -> int:
-    """A Faust message's record time in ms (Faust gives seconds); 0 when it has none."""
-    timestamp = message.timestamp
-    return round(timestamp * 1000) if timestamp else 0
 
 
 def worker_instance_id(settings: Settings) -> str | None:
@@ -133,52 +103,34 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
     metrics = WorkerMetrics(known_types=catalog.event_types())
-    # bytes key and value types select Faust's "raw" serializers: the state is our own encoding.
+    # bytes key and value types select Faust's "raw" serializers: the values are our own encoding.
     table = app.Table(STATE_TABLE, partitions=partitions, default=None, key_type=bytes, value_type=bytes)
     ids_table = app.Table(RESEND_TABLE, partitions=partitions, default=None, key_type=bytes, value_type=bytes)
 
     def write_state(key: bytes, value: bytes, event: Any) -> None:
-        # Faust's RocksDB store and changelog take the partition from the current event.
-        token = faust_current_event.set(weakref.ref(event))
-        try:
+        with faust_seam.current_event(event):  # the store and changelog take the partition from it
             table[key] = value
-        finally:
-            faust_current_event.reset(token)
 
     def write_ids(key: bytes, value: bytes | None, event: Any) -> None:
-        token = faust_current_event.set(weakref.ref(event))
-        try:
+        with faust_seam.current_event(event):
             if value is not None:
                 ids_table[key] = value
             elif key in ids_table:
                 del ids_table[key]
-        finally:
-            faust_current_event.reset(token)
 
-    def committed_offset(topic: str, partition: int) -> int | None:
-        # Faust has no public accessor. Used to drop what is committed from stored values, and for
-        # the lag metric. (A TP is a named tuple: a plain tuple finds the same entry.)
-        committed: int | None = getattr(app.consumer, "_committed_offset", {}).get((topic, partition))
-        return committed
+    def committed(topic: str, partition: int) -> int | None:
+        return faust_seam.committed_offset(app, topic, partition)
 
-    states = StateCache(write_state, settings.worker_state_cache, prune=lambda user: user.pruned(committed_offset),
+    states = StateCache(write_state, settings.worker_state_cache, prune=lambda user: user.pruned(committed),
                         write_ids=write_ids)
-    direct = faust_seam.DirectDelivery()
-    app.badgestream_states = states  # type: ignore[attr-defined]  # for tests and the state view
-    counted_writes = [0]
+    written = [0]
 
     def write_pending() -> None:
         began = time.perf_counter()
         if states.write_all():
             metrics.state_flush_seconds.observe(time.perf_counter() - began)
-        metrics.state_writes.inc(states.writes - counted_writes[0])  # with those written past the limit
-        counted_writes[0] = states.writes
-
-    # Faust's own consumer can commit past input events nobody evaluated (streams/worker/faust_seam.py);
-    # ours also writes the pending user states before each commit, and evaluates input directly.
-    faust_seam.install(app, on_rewind=lambda tp: metrics.input_rewind(tp.topic, tp.partition),
-                          before_commit=write_pending, on_revoke=states.suspend, on_assign=states.resume,
-                          direct=direct, on_commit=metrics.commit_seconds.observe)
+        metrics.state_writes.inc(states.writes - written[0])  # with those written past the limit
+        written[0] = states.writes
 
     aligned = [t for t in settings.input_topics if input_partitions.get(t, partitions) == partitions]
     misaligned = [t for t in settings.input_topics if t not in aligned]
@@ -188,28 +140,33 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
                           partitions=partitions)
     output = OutputProducer(settings)
     output_ready = asyncio.Event()
-    awards_topic, progress_topic, dlq_topic = settings.awards_topic, settings.progress_topic, settings.dlq_topic
-    repartition_name = by_user.get_topic_name()
+    handler = InputHandler(processor, states, output, metrics, Topics(
+        awards=settings.awards_topic, progress=settings.progress_topic, nudges=settings.nudges_topic,
+        dead_letters=settings.dlq_topic, rekey=by_user.get_topic_name()), partitions, table.get, ids_table.get)
+    app.badgestream_states = states  # type: ignore[attr-defined]  # for tests
 
-    def reject(message: Any, error: InvalidEventError) -> None:
-        metrics.dead_letter(error.code)
-        output.send(dlq_topic, message.key, dead_letter(
-            message.key, message.value, message.topic, message.partition, message.offset, error,
-            failed_at=datetime.now(UTC)))
+    def chain_output() -> None:
+        if not output_ready.is_set():  # nothing is produced before commits flush the output producer
+            faust_seam.chain_flush(app.producer, output.flush)
+            output_ready.set()
 
-    def source_header(message: Any) -> list[tuple[str, bytes]]:
-        """What a forwarded copy carries: where the event was first read, and its record time then."""
-        return [(SOURCE_HEADER, orjson.dumps([message.topic, message.partition, message.offset, record_ms(message)]))]
+    def handle_direct(message: Any) -> None:
+        """The direct path: the safe consumer calls this for every input message, in offset order,
+        and acknowledges it once this returns."""
+        chain_output()
+        event = faust_seam.event_of(message)
+        with faust_seam.current_event(event):
+            handler.handle(message, event)
 
-    def decode(message: Any) -> EventEnvelope | None:
-        try:
-            return processor.decode(message.value)
-        except InvalidEventError as exc:
-            reject(message, exc)
-        except Exception as exc:  # a parser bug must not lose the message either
-            log.exception("unexpected failure decoding %s[%s]@%s", message.topic, message.partition, message.offset)
-            reject(message, InvalidEventError("unexpected_error", f"{type(exc).__name__}: {exc}"))
-        return None
+    direct = faust_seam.DirectDelivery()
+    if settings.worker_delivery == "direct":
+        direct.topics.update(evaluated.topics)
+        direct.handle = handle_direct
+    # Faust's own consumer can commit past input events nobody evaluated (streams/worker/faust_seam.py);
+    # ours also writes the pending user states before each commit, and evaluates input directly.
+    faust_seam.install_consumer(app, faust_seam.ConsumerHooks(
+        on_rewind=metrics.input_rewind, before_commit=write_pending, on_revoke=states.suspend,
+        on_assign=states.resume, on_commit=metrics.commit_seconds.observe, direct=direct))
 
     @app.task
     async def chain_output_flush() -> None:
@@ -219,87 +176,13 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         gc.collect()
         gc.freeze()
 
-    def chain_output() -> None:
-        if not output_ready.is_set():
-            output.chain_into(app.producer)
-            output_ready.set()
-
-    def handle(message: Any, event: Any) -> None:
-        """Everything the worker does for one input message; ``event`` is current (Faust's context)."""
-        began = time.perf_counter()
-        envelope = decode(message)
-        if envelope is None:
-            metrics.observe("_invalid", "dead_letter", time.perf_counter() - began)
-            return
-        user_key = envelope.user_id.encode("utf-8")
-        if message.topic != repartition_name and (
-            message.key != user_key or partition_for(user_key, partitions) != message.partition
-        ):
-            # Keyed by something else, or placed by another partitioner: re-key so that this
-            # user's events all meet the one table partition holding their state.
-            output.send(repartition_name, user_key, message.value, headers=source_header(message))
-            metrics.observe(envelope.type, "forwarded", time.perf_counter() - began)
-            return
-        # Where the event was first read, by which path, and its record time then: a re-keyed copy
-        # carries them (Origin: redelivery marks, resend tags, the awards' evidence).
-        position = (message.topic, message.partition, message.offset)
-        carried = read_source_header(message.headers) if message.topic == repartition_name else None
-        origin, at_ms = carried if carried is not None else (Origin(*position), None)
-        try:
-            # Committed entries are pruned when the value is written (StateCache), not per event.
-            user = states.get(user_key, table.get)
-            outcome = processor.evaluate_user(
-                envelope, user, position, origin=origin, record_ms=at_ms if at_ms is not None else record_ms(message),
-                seen=states.seen(user_key, user, ids_table.get))
-        except Exception as exc:  # an engine or state bug: keep the event (DLQ) and go on
-            log.exception("evaluating event %s of %s failed", envelope.event_id, envelope.user_id)
-            reject(message, InvalidEventError("processing_error", f"{type(exc).__name__}: {exc}"))
-            metrics.observe(envelope.type, "dead_letter", time.perf_counter() - began)
-            return
-        if outcome.new_user is not None:
-            states.put(user_key, outcome.new_user, event, outcome.seen, outcome.ids_change)
-        elif outcome.seen is not None and user is not None:  # a redelivery whose ids were lost: remember them
-            states.put(user_key, user, event, outcome.seen, outcome.ids_change)
-        for value in outcome.awards:
-            output.send(awards_topic, user_key, value)
-        for value, (badge_id, tier, updated_at) in zip(outcome.progress, outcome.progress_keys, strict=True):
-            output.send_progress(progress_topic, user_key, value, badge_id, tier, updated_at)
-        for value in outcome.nudges:
-            output.send(settings.nudges_topic, user_key, value)
-        output.poll()
-        if outcome.evaluation is not None:
-            for failure in outcome.evaluation.errors:
-                metrics.evaluator_error(failure.badge_id, failure.kind)
-                log.warning("badge %s on event %s: %s: %s", failure.badge_id, envelope.event_id,
-                            failure.kind, failure.message)
-        for record in outcome.award_records:
-            metrics.award(record.badge_id)
-            log.info("award %s%s to %s (event %s)", record.badge_id, f"/{record.tier}" if record.tier else "",
-                     record.user_id, record.event_id)
-        metrics.observe(envelope.type, outcome.status, time.perf_counter() - began)
-
-    def handle_direct(message: Any) -> None:
-        """The direct path (``worker_delivery=direct``): the safe consumer calls this for every input
-        message, in offset order, and acknowledges it once this returns."""
-        chain_output()  # nothing is produced before commits flush the output producer
-        current = _Current(message)
-        token = faust_current_event.set(weakref.ref(current))  # type: ignore[arg-type]
-        try:
-            handle(message, current)
-        finally:
-            faust_current_event.reset(token)
-
-    if settings.worker_delivery == "direct":
-        direct.topics.update(evaluated.topics)
-        direct.handle = handle_direct
-
     @app.agent(evaluated, name="evaluate")
     async def evaluate(stream: faust.StreamT[bytes]) -> None:
         """Faust's own delivery (``worker_delivery=stream``, and Faust's test context); with the
         direct path the safe consumer hands these topics to :func:`handle_direct` instead."""
-        await output_ready.wait()  # nothing is produced before commits flush the output producer
+        await output_ready.wait()
         async for event in stream.events():
-            handle(event.message, event)
+            handler.handle(event.message, event)
 
     if misaligned:
         rekeyed = app.topic(*misaligned, key_serializer="raw", value_serializer="raw")
@@ -309,10 +192,9 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             """Input topics whose partitioning differs from the state table: only re-key by user_id."""
             await output_ready.wait()
             async for event in stream.events():
-                envelope = decode(event.message)
+                envelope = handler.decode(event.message)
                 if envelope is not None:
-                    output.send(repartition_name, envelope.user_id.encode("utf-8"), event.message.value,
-                                headers=source_header(event.message))
+                    handler.forward(event.message, envelope.user_id.encode("utf-8"))
 
     @app.timer(max(0.05, settings.worker_progress_coalesce_s / 2))
     async def release_progress() -> None:
@@ -324,13 +206,13 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     async def report_lag() -> None:
         consumer = app.consumer
         for tp in consumer.assignment():
-            committed = committed_offset(tp.topic, tp.partition)
+            done = committed(tp.topic, tp.partition)
             try:
                 highwater = consumer.highwater(tp)
             except Exception:
                 continue
             if highwater is not None:
-                metrics.lag(tp.topic, tp.partition, max(0, highwater - (committed or 0)))
+                metrics.lag(tp.topic, tp.partition, max(0, highwater - (done or 0)))
 
     @app.page("/metrics")
     class MetricsView(View):
@@ -354,16 +236,6 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
                               "resend_buckets": list(user.id_buckets)})
 
     return app
-
-
-class _Current:
-    """What Faust's context needs of the current event on the direct path: its message (the table
-    and its changelog take the partition, and check the topic, from it)."""
-
-    __slots__ = ("__weakref__", "message")
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
 
 
 class RepeatFilter(logging.Filter):

@@ -1,11 +1,18 @@
-"""A Faust consumer that never commits an input offset past an event nobody evaluated.
+"""The seam to Faust: every override of a Faust method and every private Faust name lives here.
 
-faust-streaming 0.15.3 can skip input records around a restart or rebalance and commit past them
-(the chain and its fix: docs/decisions/0001-safe-consumer.md). :class:`SafeConsumer` keeps Faust's
-design; what to do with each record and which offset may be committed is decided by the pure
-:class:`streams.worker.read_policy.ReadPolicy`, and this subclass only translates Faust's calls.
-Its own attributes start with ``_bs_`` so they are not mistaken for Faust's. Every safeguard can
-only make the worker read an event again, which event-id dedupe and the outbox absorb.
+The rest of the worker talks to this module's small typed interface: :func:`install_consumer` with
+one :class:`ConsumerHooks`, :func:`committed_offset`, :func:`current_event`, :func:`event_of`,
+:func:`chain_flush` and :func:`quiet_worker_class`. faust-streaming, aiokafka and mode-streaming
+are pinned exactly, and tests/unit/test_consumer.py hashes the upstream code all of it relies on.
+
+The main piece is a Faust consumer that never commits an input offset past an event nobody
+evaluated. faust-streaming 0.15.3 can skip input records around a restart or rebalance and commit
+past them (the chain and its fix: docs/decisions/0001-safe-consumer.md). :class:`SafeConsumer`
+keeps Faust's design; what to do with each record and which offset may be committed is decided by
+the pure :class:`streams.worker.read_policy.ReadPolicy`, and this subclass only translates Faust's
+calls. Its own attributes start with ``_bs_`` so they are not mistaken for Faust's. Every
+safeguard can only make the worker read an event again, which the stored input marks and the
+outbox absorb.
 """
 
 from __future__ import annotations
@@ -13,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from faust.streams import _current_event
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
@@ -44,21 +54,29 @@ class DirectDelivery:
     handle: Callable[[Message], None] | None = None
 
 
+@dataclass(frozen=True)
+class ConsumerHooks:
+    """What the worker wants told, and done, at the consumer's moments."""
+
+    #: Called with (topic, partition) whenever a jump was refused and the partition re-read.
+    on_rewind: Callable[[str, int], object] | None = None
+    #: Called before every commit, before the producers are flushed: writes what must be durable
+    #: before an offset is committed (the worker's pending user states: streams/worker/state_cache.py).
+    before_commit: Callable[[], object] | None = None
+    #: Called when partitions are revoked (a rebalance begins) and when new ones are assigned.
+    on_revoke: Callable[[], object] | None = None
+    on_assign: Callable[[], object] | None = None
+    #: Called with the seconds every commit took (pending states, producer flush, commit).
+    on_commit: Callable[[float], object] | None = None
+    #: Topics evaluated on the direct path, and how.
+    direct: DirectDelivery | None = None
+
+
 class SafeConsumer(AIOKafkaConsumer):
     """The aiokafka consumer of Faust, with :class:`ReadPolicy` deciding what it reads and commits."""
 
-    #: Called with the topic partition whenever a jump was refused and the partition re-read.
-    _bs_on_rewind: Callable[[TP], None] | None = None
-    #: Called before every commit, before the producers are flushed: writes what must be durable
-    #: before an offset is committed (the worker's pending user states: streams/worker/state_cache.py).
-    _bs_before_commit: Callable[[], object] | None = None
-    #: Called when partitions are revoked (a rebalance begins) and when new ones are assigned.
-    _bs_on_revoke: Callable[[], object] | None = None
-    _bs_on_assign: Callable[[], object] | None = None
-    #: Called with the seconds every commit took (pending states, producer flush, commit).
-    _bs_on_commit: Callable[[float], object] | None = None
-    #: Topics evaluated on the direct path, and how (set by the app before the consumer starts).
-    _bs_direct: DirectDelivery | None = None
+    #: Set by :func:`install_consumer` before the app creates its consumer.
+    _bs_hooks = ConsumerHooks()
     #: The commit started by the fetch loop, while it runs.
     _bs_commit_task: asyncio.Future[None] | None = None
 
@@ -124,13 +142,13 @@ class SafeConsumer(AIOKafkaConsumer):
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self._bs_policy.revoked(revoked)
-        if self._bs_on_revoke is not None:
-            self._bs_on_revoke()
+        if self._bs_hooks.on_revoke is not None:
+            self._bs_hooks.on_revoke()
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
-        if self._bs_on_assign is not None:
-            self._bs_on_assign()
+        if self._bs_hooks.on_assign is not None:
+            self._bs_hooks.on_assign()
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
@@ -138,11 +156,12 @@ class SafeConsumer(AIOKafkaConsumer):
         # hence changelog records) is in the producer before the flush that precedes the commit.
         # If it raises, nothing is committed.
         began = time.perf_counter()
-        if self._bs_before_commit is not None:
-            self._bs_before_commit()
+        hooks = self._bs_hooks
+        if hooks.before_commit is not None:
+            hooks.before_commit()
         result: bool = await super()._commit_tps(tps, start_new_transaction)
-        if self._bs_on_commit is not None:
-            self._bs_on_commit(time.perf_counter() - began)
+        if hooks.on_commit is not None:
+            hooks.on_commit(time.perf_counter() - began)
         return result
 
     async def _bs_rewind(self, tp: TP, offset: int, seen: int) -> None:
@@ -151,8 +170,8 @@ class SafeConsumer(AIOKafkaConsumer):
         self._bs_policy.rewound(tp, offset)
         await self._thread.seek_wait({tp: offset})
         self._read_offset[tp] = offset
-        if self._bs_on_rewind is not None:
-            self._bs_on_rewind(tp)
+        if self._bs_hooks.on_rewind is not None:
+            self._bs_hooks.on_rewind(tp.topic, tp.partition)
 
     # --- the fetch loop ---------------------------------------------------------------------
 
@@ -167,7 +186,7 @@ class SafeConsumer(AIOKafkaConsumer):
         is_changelog = self._is_changelog_tp
         policy = self._bs_policy
         read_offset = self._read_offset
-        direct = self._bs_direct
+        direct = self._bs_hooks.direct
         direct_topics = direct.topics if direct is not None and direct.handle is not None else set()
         flow_active = self.app.flow_control.is_active
         yield_every, since_yield = 100, 0
@@ -349,18 +368,54 @@ class SafeConsumer(AIOKafkaConsumer):
         return int(batch[-1]) + 1
 
 
-def install(app: Any, on_rewind: Callable[[TP], None] | None = None, *,
-            before_commit: Callable[[], object] | None = None, on_revoke: Callable[[], object] | None = None,
-            on_assign: Callable[[], object] | None = None, direct: DirectDelivery | None = None,
-            on_commit: Callable[[float], object] | None = None) -> None:
-    """Make ``app`` create a :class:`SafeConsumer` (call before the app creates its consumer)."""
+    def committed(self, tp: tuple[str, int]) -> int | None:
+        """The committed offset (the next one to read) of an input partition, or None if unknown."""
+        committed: int | None = self._committed_offset.get(TP(*tp))
+        return committed
 
-    class BadgestreamConsumer(SafeConsumer):
-        pass
 
-    for name, hook in (("_bs_on_rewind", on_rewind), ("_bs_before_commit", before_commit),
-                       ("_bs_on_revoke", on_revoke), ("_bs_on_assign", on_assign), ("_bs_on_commit", on_commit)):
-        if hook is not None:
-            setattr(BadgestreamConsumer, name, staticmethod(hook))
-    BadgestreamConsumer._bs_direct = direct
-    app.transport.Consumer = BadgestreamConsumer
+def install_consumer(app: Any, hooks: ConsumerHooks) -> None:
+    """Make ``app`` create a :class:`SafeConsumer` with ``hooks`` (call before it creates its consumer)."""
+    app.transport.Consumer = type("BadgestreamConsumer", (SafeConsumer,), {"_bs_hooks": hooks})
+
+
+def committed_offset(app: Any, topic: str, partition: int) -> int | None:
+    """The committed offset of (topic, partition) by ``app``'s consumer, or None if unknown."""
+    consumer = app.consumer
+    return consumer.committed((topic, partition)) if isinstance(consumer, SafeConsumer) else None
+
+
+@contextmanager
+def current_event(event: Any) -> Iterator[None]:
+    """``event`` as Faust's current event for the block: a table's store and changelog take the
+    partition (and check the topic) from it."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class MessageEvent:
+    """What Faust's context needs of the current event on the direct path: its message."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
+def event_of(message: Any) -> MessageEvent:
+    """An event for :func:`current_event` on the direct path, where Faust builds none."""
+    return MessageEvent(message)
+
+
+def chain_flush(faust_producer: Any, flush: Callable[[], Awaitable[None]]) -> None:
+    """Make Faust's producer flush (awaited before each offset commit) await ``flush`` too."""
+    original = faust_producer.flush
+
+    async def flushed() -> None:
+        await original()
+        await flush()
+
+    faust_producer.flush = flushed

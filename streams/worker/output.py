@@ -3,8 +3,8 @@
 librdkafka (confluent-kafka) sends these instead of Faust's Python producer: per record it costs a
 few microseconds instead of the tens that made output the larger half of the worker's time.
 At-least-once stays intact because :meth:`OutputProducer.flush` is chained into Faust's producer
-flush, which Faust awaits before every offset commit: no input offset is committed before the
-records its processing produced are acknowledged by the broker.
+flush (``faust_seam.chain_flush``), which Faust awaits before every offset commit: no input offset
+is committed before the records its processing produced are acknowledged by the broker.
 
 Progress is coalesced: a progress record is held for up to ``worker_progress_coalesce_s`` and
 replaced by a newer one of the same (user, badge, tier), by the sink's own rule
@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -125,13 +124,3 @@ class OutputProducer:
     async def flush(self) -> None:
         self.release()  # held progress goes out before any commit of the events that made it
         await asyncio.get_running_loop().run_in_executor(None, self.flush_blocking)
-
-    def chain_into(self, faust_producer: Any) -> None:
-        """Make Faust's producer flush (awaited before each offset commit) flush this producer too."""
-        original = faust_producer.flush
-
-        async def flush() -> None:
-            await original()
-            await self.flush()
-
-        faust_producer.flush = flush

@@ -51,7 +51,7 @@ class RecordingOutput:
     def release_due(self) -> int:
         return 0
 
-    def chain_into(self, faust_producer: Any) -> None:
+    async def flush(self) -> None:
         pass
 
 

@@ -21,16 +21,17 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 
+from streams.kafka import partition_for
 from tests.integration import harness
 from tests.integration.harness import StackConfig
 from tests.reliability import support
-from tests.reliability.test_worker_crash import run_with_worker_crashes
 
 pytestmark = pytest.mark.kafka
 
@@ -41,10 +42,45 @@ EVENTS = 6_000  # about 300 events and five months of history per user
 
 
 def test_kill9_on_rekeyed_input_counts_nothing_twice(stack: StackConfig) -> None:
-    # Produced fast, as a backlog: between two input commits the forwarder sends hundreds of each
-    # user's events, far more than any window of recent ids.
-    run_with_worker_crashes(stack, events=EVENTS, users=USERS, kills=3, seed=19, rate=3000.0,
-                            partitioner="consistent_random")
+    """A backlog of 20,000 events of 20 users, keyed by user_id but placed by librdkafka's default
+    partitioner; the worker is killed three times while it forwards and evaluates them."""
+    events_file = stack.data_dir / "events.jsonl"
+    lines = support.write_simulated(events_file, users=USERS, events=20_000, seed=19)
+    expected = support.expected_offline(events_file)
+    support.produce_paced(stack.bootstrap, stack.input_topic, lines, rate=50_000.0, partitioner="consistent_random")
+    placed_elsewhere = sum(1 for line in lines if partition_for(orjson.loads(line)["user_id"].encode(), 4)
+                           != consistent_partition(orjson.loads(line)["user_id"].encode(), 4))
+    assert placed_elsewhere > len(lines) // 2  # most events are re-keyed
+
+    record = support.CrashLog("rekeyed_crash", events=len(lines), users=expected.users)
+    assert stack.database_url is not None
+    worker = harness.worker(stack, **support.FAST_FAILOVER).start()
+    sink = support.sink(stack).start()
+    rng = random.Random(19)
+    try:
+        for number, point in enumerate(support.kill_points(rng, len(expected.awards), 3, low=0.15, high=0.8), 1):
+            def reached(p: int = point) -> bool:  # awards are published at once (progress is coalesced)
+                return harness.end_offsets(stack.bootstrap, stack.awards_topic) >= p or not worker.alive()
+
+            harness.wait_until(reached, timeout=240, what=f"{point} award records", interval=0.05)
+            assert worker.alive(), f"the worker died on its own:\n{worker.log()[-4000:]}"
+            worker.kill9()
+            record.crash(f"kill -9 #{number}", harness.end_offsets(stack.bootstrap, stack.awards_topic),
+                         len(expected.awards))
+            worker.start()
+        support.wait_for_database(stack.database_url, expected, timeout=300, watch=[worker, sink])
+    finally:
+        worker.stop()
+        sink.stop()
+    got = support.read_database(stack.database_url)
+    record.report(awards_expected=len(expected.awards), awards_in_db=got.rows, progress_rows=len(got.progress),
+                  duplicates=got.duplicates)
+    support.assert_same_result(got, expected)
+
+
+def consistent_partition(key: bytes, partitions: int) -> int:
+    """librdkafka's ``consistent_random`` partitioner for a key: CRC32, modulo."""
+    return zlib.crc32(key) % partitions
 
 
 def award_ids(url: str) -> set[str]:

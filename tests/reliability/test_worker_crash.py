@@ -43,12 +43,12 @@ def committed_offsets(stack: StackConfig) -> list[int]:
 
 
 def run_with_worker_crashes(stack: StackConfig, events: int, users: int, kills: int, seed: int,
-                            early: bool = False, rate: float = 300.0, partitioner: str = "murmur2_random") -> None:
+                            early: bool = False, rate: float = 300.0) -> None:
     """Crash the worker while it works; the database must hold the clean result.
 
     Kills come at random amounts of output. Every third one, and with ``early`` all of them, fall in
     the first seconds of a worker: while it rejoins the group and recovers its table, or before it
-    has committed any offset. ``partitioner``: how the input is placed (librdkafka's name)."""
+    has committed any offset."""
     rng = random.Random(seed)
     events_file = stack.data_dir / "events.jsonl"
     lines = support.write_simulated(events_file, users=users, events=events, seed=seed)
@@ -64,8 +64,7 @@ def run_with_worker_crashes(stack: StackConfig, events: int, users: int, kills: 
     try:
         # Paced, as live traffic: the worker is much faster than kill/restart cycles otherwise.
         producing = threading.Thread(target=support.produce_paced, daemon=True,
-                                     args=(stack.bootstrap, stack.input_topic, lines, rate),
-                                     kwargs={"partitioner": partitioner})
+                                     args=(stack.bootstrap, stack.input_topic, lines, rate))
         producing.start()
         low, high = (0.03, 0.06) if early else (0.05, 0.9)
         points = support.kill_points(rng, clean_output, kills, low=low, high=high)

@@ -18,7 +18,7 @@ from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.worker.faust_seam import DirectDelivery, SafeConsumer
+from streams.worker.faust_seam import ConsumerHooks, DirectDelivery, SafeConsumer
 from streams.worker.read_policy import Action, Decision, ReadPolicy
 
 INPUT = TP("user-events", 0)
@@ -223,7 +223,7 @@ class DirectLoop(Loop):
         self.handled: list[int] = []
         self.acked: list[int] = []
         self.fail_at, self.stop_flow_at = fail_at, stop_flow_at
-        self._bs_direct = DirectDelivery({INPUT.topic}, self.handle)
+        self._bs_hooks = ConsumerHooks(direct=DirectDelivery({INPUT.topic}, self.handle))
         self.consumer_stopped_errors = ()
         self.log = SimpleNamespace(exception=lambda *args: None)
 
@@ -410,7 +410,7 @@ def committing(before: Any) -> Any:
     """A consumer with only what ``_commit_tps`` needs, recording the steps of a commit."""
     consumer = object.__new__(SafeConsumer)
     consumer.steps = []
-    consumer._bs_before_commit = before
+    consumer._bs_hooks = ConsumerHooks(before_commit=before)
     return consumer
 
 

@@ -186,7 +186,7 @@ def test_a_mature_user_stays_under_4_kib() -> None:
 
 def test_awards_carry_where_their_event_was_read() -> None:
     from schemas.records import EventSource
-    from streams.worker.app import SOURCE_HEADER, read_source_header
+    from streams.worker.handler import SOURCE_HEADER, read_source_header
 
     first = PROCESSOR.evaluate(PROCESSOR.decode(quiz(1)), None, ("in", 3, 41))
     assert first.award_records and {a.source for a in first.award_records} == {EventSource(topic="in", partition=3,
