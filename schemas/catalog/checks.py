@@ -33,7 +33,7 @@ class CatalogProblems(CatalogError):
         super().__init__(f"invalid catalog {source} ({count}):\n  " + "\n  ".join(problems))
 
 
-def _describe(source: str, line: int | None, badge: str | None, field: str, message: str,
+def describe_problem(source: str, line: int | None, badge: str | None, field: str, message: str,
               owner: str = "badge") -> str:
     """``owner`` says what ``badge`` names: a badge, or a level (``levels:`` entries)."""
     where = f"{source}:{line}" if line is not None else source
@@ -146,7 +146,7 @@ def catalog_problems(
     first_seen: dict[str, int] = {}
     for index, badge in enumerate(catalog.badges):
         def say(field: str, message: str, *path: str | int, _i: int = index, _b: Badge = badge) -> None:
-            problems.append(_describe(source, catalog.line_of("badges", _i, *path), _b.id, field, message))
+            problems.append(describe_problem(source, catalog.line_of("badges", _i, *path), _b.id, field, message))
 
         if badge.id in first_seen:
             say("id", f"duplicate badge id (first defined on line {first_seen[badge.id]})", "id")
@@ -188,7 +188,7 @@ def catalog_problems(
         index = catalog.badges.index(start)
         field = "rule.badges" if isinstance(start.rule, BadgesRule) and cycle[1] in start.rule.badges else "requires"
         problems.append(
-            _describe(source, catalog.line_of("badges", index, *field.split(".")), start.id, field,
+            describe_problem(source, catalog.line_of("badges", index, *field.split(".")), start.id, field,
                       "cycle among requires/badges: " + " -> ".join(cycle))
         )
     return problems
@@ -202,7 +202,7 @@ def _level_problems(catalog: Catalog, badge_lines: dict[str, int], also_badges: 
     for index, level in enumerate(catalog.levels):
         def say(field: str, message: str, *path: str | int, _i: int = index, _id: str = level.id) -> None:
             line = catalog.line_of("levels", _i, *path)
-            problems.append(_describe(catalog.source, line, _id, field, message, owner="level"))
+            problems.append(describe_problem(catalog.source, line, _id, field, message, owner="level"))
 
         if level.id in badge_lines:
             say("id", f"level id clashes with the badge defined on line {badge_lines[level.id]}", "id")

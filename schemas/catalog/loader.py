@@ -12,7 +12,7 @@ from pydantic import (
     ValidationError,
 )
 
-from schemas.catalog.checks import CatalogProblems, _describe, catalog_problems, validate_catalog
+from schemas.catalog.checks import CatalogProblems, catalog_problems, describe_problem, validate_catalog
 from schemas.catalog.models import MAX_CATALOG_BYTES, MAX_YAML_NODES, Badge, Catalog, Level
 from schemas.errors import CatalogError
 
@@ -107,7 +107,7 @@ def _validation_problems(
             badge = _badge_label(levels_raw[loc[1]] if isinstance(levels_raw, list) else None, loc[1])
             field_path = list(loc[2:])
         field = ".".join(str(p) for p in field_path) or (owner if badge else "catalog")
-        problems.append(_describe(source, line, badge, field, message, owner=owner))
+        problems.append(describe_problem(source, line, badge, field, message, owner=owner))
     return problems
 
 

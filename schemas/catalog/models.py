@@ -464,15 +464,6 @@ class Badge(_Model):
     def display_name(self) -> str:
         return self.name or self.id
 
-    def points_for(self, tier: str | None) -> int:
-        """The points one award of this badge (of ``tier``, for a tiered badge) grants; 0 when none are given."""
-        points = self.points
-        if points is None:
-            return 0
-        if isinstance(points, dict):
-            return points.get(tier, 0) if tier is not None else 0
-        return points
-
 
 class Level(_Model):
     """A level: awarded (as an award with this id, no tier, 0 points) when a user's points first reach ``at``."""
