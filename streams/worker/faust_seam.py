@@ -379,6 +379,12 @@ def install_consumer(app: Any, hooks: ConsumerHooks) -> None:
     app.transport.Consumer = type("BadgestreamConsumer", (SafeConsumer,), {"_bs_hooks": hooks})
 
 
+def hooks_of(app: Any) -> ConsumerHooks:
+    """The hooks :func:`install_consumer` installed in ``app`` (tests drive the direct path with them)."""
+    hooks: ConsumerHooks = app.transport.Consumer._bs_hooks
+    return hooks
+
+
 def committed_offset(app: Any, topic: str, partition: int) -> int | None:
     """The committed offset of (topic, partition) by ``app``'s consumer, or None if unknown."""
     consumer = app.consumer

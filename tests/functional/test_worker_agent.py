@@ -1,6 +1,7 @@
 """The worker's Faust agent driven in-process with Faust's test context, on each state store.
 
-No broker: the agent gets messages through ``agent.test_context()``, the state table lives in
+No broker: the app gets messages on the direct path (as the safe consumer's fetch loop hands them)
+and through the agent's stream (``agent.test_context()``); the state table lives in
 ``memory://`` or ``rocksdb://`` (the same contract for both) and the output producer is replaced
 by a recorder. What the agent must do: evaluate,
 store the new state, produce awards and progress keyed by user, dead-letter bad input, and publish a
@@ -9,16 +10,21 @@ redelivered event's awards again.
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from faust.types import Message
 
 from schemas.records import AwardRecord, DeadLetterRecord
 from streams.kafka import partition_for
 from streams.settings import Settings
 from streams.worker import app as worker_app
+from streams.worker import faust_seam
 from streams.worker.state_cache import ids_key
 from streams.worker.stored import StoredUser
 from tests.unit.support import catalog
@@ -69,14 +75,37 @@ def app(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_pat
     return faust_app
 
 
-async def test_the_agent_evaluates_stores_state_and_produces_keyed_by_user(app: Any) -> None:
+class Direct:
+    """The direct path (the default): the safe consumer's fetch loop hands each input message to the
+    app's handler; here the test hands them, as Faust's messages, with offsets in order."""
+
+    def __init__(self, app: Any) -> None:
+        self.handle = faust_seam.hooks_of(app).direct.handle
+        self.offset = 0
+
+    async def put(self, value: bytes, key: bytes, partition: int) -> None:
+        self.offset += 1
+        self.handle(Message("user-events", partition, self.offset, time.time(), 0, [], key, value, None))
+
+
+@contextlib.asynccontextmanager
+async def delivery(app: Any, path: str) -> AsyncIterator[Any]:
+    """Faust's agent stream (its test context) or the direct path: both must do the same."""
+    if path == "direct":
+        yield Direct(app)
+        return
+    async with app.agents["evaluate"].test_context() as ctx:
+        yield ctx
+
+
+@pytest.mark.parametrize("path", ["direct", "stream"])
+async def test_the_agent_evaluates_stores_state_and_produces_keyed_by_user(app: Any, path: str) -> None:
     (chain,) = [task for task in app._app_tasks if task.__name__ == "chain_output_flush"]
     await chain()  # the start-up task that lets the agent produce (the others are timers)
-    agent = app.agents["evaluate"]
     table = app.tables[worker_app.STATE_TABLE]
     partition = partition_for(b"u1", Settings().topic_partitions)
     out = RecordingOutput.last
-    async with agent.test_context() as ctx:
+    async with delivery(app, path) as ctx:
         await ctx.put(quiz("e1"), key=b"u1", partition=partition)
         assert table.get(b"u1") is None and len(app.badgestream_states) == 1  # pending until a commit
         app.badgestream_states.write_all()  # what the consumer does before every commit
@@ -91,7 +120,11 @@ async def test_the_agent_evaluates_stores_state_and_produces_keyed_by_user(app: 
         assert {t for t, _, _ in out.sent} == {"badge-awards", "badge-progress"}
 
         out.sent.clear()
-        await ctx.put(quiz("e1"), key=b"u1", partition=partition)  # redelivered: the same award again
+        if path == "direct":
+            ctx.offset -= 1  # the same message read again
+        # Again: the same message (direct), or the same event at the test context's next offset (an
+        # upstream resend): either way the same award again, and no state write.
+        await ctx.put(quiz("e1"), key=b"u1", partition=partition)
         again = [AwardRecord.model_validate_json(v) for t, _, v in out.sent if t == "badge-awards"]
         assert [a.award_id for a in again] == [a.award_id for a in awards]
         assert table.get(b"u1") == stored  # a duplicate writes nothing
