@@ -35,9 +35,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from evaluators.base import BadgeFailure
+from evaluators.compiled import CompiledBadge
 from evaluators.facts import EventFacts
 from evaluators.registry import EvaluatorRegistry
-from evaluators.rules import CompiledBadge, MetaBadge, compile_badge
+from evaluators.rules import MetaBadge, compile_badge
 from evaluators.state import BadgeMap, BadgeState, UserState
 from schemas.catalog import Catalog, Level, Nudge, validate_catalog
 from schemas.errors import EvaluatorError

@@ -5,24 +5,24 @@ returns a *new* state (or None when nothing changed); ``units`` says how many aw
 earned from that state. Every kind accumulates in a way that does not depend on the order of a
 user's events — a count, an exact sum of non-negative values, a set of distinct values, the set of
 active days or weeks — so the award set is the same in any arrival order. ``points``
-says what each award of the badge is worth.
+says what each award of the badge is worth. The base class is :mod:`evaluators.compiled`; streaks,
+the one kind with machinery of its own, are :mod:`evaluators.streaks`.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from fractions import Fraction
 from hashlib import blake2b
-from operator import itemgetter
 from typing import Any
 
 import orjson
 
 from evaluators.base import MAX_MEMORY_BYTES, CustomEvaluator, Decision, EvaluatorView
-from evaluators.expressions import Expression
+from evaluators.compiled import CompiledBadge, Progress, field_getter
 from evaluators.facts import EventFacts
-from evaluators.state import BadgeState, Stretches
+from evaluators.state import BadgeState
+from evaluators.streaks import StreakBadge
 from schemas.catalog import (
     Badge,
     BadgesRule,
@@ -38,31 +38,6 @@ from schemas.errors import EvaluatorError
 MAX_DISTINCT_KEY_CHARS = 64
 """Distinct values longer than this (as JSON) are remembered by a 128-bit digest instead."""
 
-Progress = tuple[str | None, float, float]  # (tier, progress, target)
-FieldGetter = Callable[[EventFacts], Any]
-
-
-def _field_getter(path: str) -> FieldGetter:
-    """Read ``data.a.b`` (or ``type``, ``tz``) from an event; None when any step is missing."""
-    head, _, rest = path.partition(".")
-    if head == "type":
-        return lambda facts: facts.event.type
-    if head == "tz":
-        return lambda facts: facts.event.tz
-    keys = tuple(rest.split("."))
-    if len(keys) == 1:
-        key = keys[0]
-        return lambda facts: facts.event.data.get(key)
-
-    def nested(facts: EventFacts) -> Any:
-        value: Any = facts.event.data
-        for key in keys:
-            if not isinstance(value, dict):
-                return None
-            value = value.get(key)
-        return value
-
-    return nested
 
 
 def distinct_key(value: Any) -> str:
@@ -73,83 +48,6 @@ def distinct_key(value: Any) -> str:
     if len(text) > MAX_DISTINCT_KEY_CHARS:
         return "#" + blake2b(text.encode(), digest_size=16).hexdigest()
     return text
-
-
-class CompiledBadge:
-    """A catalog badge ready to evaluate; one subclass per rule kind."""
-
-    kind = ""
-    #: Progress of every tier follows from the lowest tier that moved (tiers of one count): only
-    #: that tier's record is published; :func:`schemas.records.expand_tiers` derives the others.
-    collapses_tiers = False
-    tiered = False
-
-    def __init__(self, badge: Badge, index: int) -> None:
-        self.badge = badge
-        self.id = badge.id
-        self.fp = badge.fingerprint
-        self.index = index
-        self.repeatable = badge.repeatable
-        self.requires = tuple(badge.requires)
-        window = badge.window
-        self.window_from = window.from_.toordinal() if window is not None and window.from_ is not None else None
-        self.window_until = window.until.toordinal() if window is not None and window.until is not None else None
-        self.has_window = window is not None
-        self.when: Expression | None = Expression.compile(badge.when) if badge.when is not None else None
-        self._points = badge.points if badge.points is not None else 0
-
-    # --- what each kind defines --------------------------------------------------------------
-
-    def accumulate(self, state: BadgeState, facts: EventFacts) -> BadgeState | None:
-        """The state after one more qualifying event, or None if it changes nothing."""
-        raise NotImplementedError
-
-    def units(self, state: BadgeState) -> int:
-        """How many awards the rule has earned from ``state`` (tiers: how many tiers are reached)."""
-        raise NotImplementedError
-
-    def max_units(self) -> int:
-        """Most awards a non-repeatable rule can give."""
-        return 1
-
-    def progress(self, state: BadgeState) -> list[Progress]:
-        raise NotImplementedError
-
-    def award_metadata(self, state: BadgeState, tier: str | None, occurrence: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-    # --- shared ----------------------------------------------------------------------------------
-
-    def fresh(self) -> BadgeState:
-        return BadgeState(self.fp)
-
-    def points(self, tier: str | None) -> int:
-        """What one award (of ``tier``) of this badge is worth; every occurrence of a repeatable one alike."""
-        points = self._points
-        if isinstance(points, int):
-            return points
-        return points.get(tier, 0) if tier is not None else 0
-
-    def in_window(self, facts: EventFacts) -> bool:
-        day = facts.day
-        if self.window_from is not None and day < self.window_from:
-            return False
-        return self.window_until is None or day < self.window_until
-
-    def complete(self, state: BadgeState) -> bool:
-        """Nothing further can change: a non-repeatable rule already met (or granted under an older definition)."""
-        if self.repeatable:
-            return False
-        if self.tiered:
-            return self.units(state) >= self.max_units()
-        return state.granted > 0 or self.units(state) >= 1
-
-    def due(self, state: BadgeState) -> list[tuple[str | None, int]]:
-        """(tier, occurrence) of every award the rule has earned that was not granted yet."""
-        units = state.base + self.units(state)
-        if not self.repeatable:
-            units = min(units, 1)
-        return [(None, occurrence) for occurrence in range(state.granted + 1, units + 1)]
 
 
 class CountBadge(CompiledBadge):
@@ -226,7 +124,7 @@ class DistinctBadge(CompiledBadge):
         assert isinstance(badge.rule, DistinctRule)
         self.target = badge.rule.count
         self.field = badge.rule.field
-        self.read = _field_getter(badge.rule.field)
+        self.read = field_getter(badge.rule.field)
 
     def accumulate(self, state: BadgeState, facts: EventFacts) -> BadgeState | None:
         value = self.read(facts)
@@ -262,7 +160,7 @@ class SumBadge(CompiledBadge):
         # Exact arithmetic: float sums depend on the order of addition, awards must not.
         self.target: int | Fraction = at_least if isinstance(at_least, int) else Fraction(at_least)
         self.field = badge.rule.field
-        self.read = _field_getter(badge.rule.field)
+        self.read = field_getter(badge.rule.field)
 
     def accumulate(self, state: BadgeState, facts: EventFacts) -> BadgeState | None:
         value = self.read(facts)
@@ -288,125 +186,6 @@ class SumBadge(CompiledBadge):
     def award_metadata(self, state: BadgeState, tier: str | None, occurrence: int) -> dict[str, Any]:
         target = self.target * (occurrence - state.base) if self.repeatable else self.target
         return {"progress": float(state.total), "target": float(target), "field": self.field}
-
-
-STREAK_SPLIT_GAP = 128
-"""Active periods at least this many inactive periods apart are kept as separate bitmaps.
-
-One bitmap from the first active period costs a bit per period however far apart they are: an
-event dated decades away (events may carry any year from 1970 to 9000) would cost kilobytes per
-streak badge. A new bitmap costs a few bytes, so a long gap starts one. Bitmaps are also at least
-``freezes + 1`` periods apart, so no range within the budget crosses from one to the next and each
-is examined on its own.
-"""
-
-
-def _with_period(stretches: Stretches, point: int, gap: int) -> tuple[Stretches, tuple[int, int]] | None:
-    """The active periods with ``point`` added and the stretch now holding it; None if it was already active.
-
-    ``point`` joins the stretch before it and the one after it when fewer than ``gap`` inactive
-    periods lie between (both, when it closes the gap between them); before the first period of a
-    stretch, it becomes the new first period and the bitmap shifts up to make room.
-    """
-    after = bisect_right(stretches, point, key=itemgetter(0))
-    first, bits = point, 1
-    start = stop = after
-    if after:
-        left_first, left_bits = stretches[after - 1]
-        offset = point - left_first
-        if left_bits >> offset & 1:
-            return None
-        if offset - left_bits.bit_length() < gap:  # inactive periods between its last one and ``point``
-            first, bits = left_first, left_bits | 1 << offset
-            start = after - 1
-    if after < len(stretches):
-        right_first, right_bits = stretches[after]
-        if right_first - point - 1 < gap:
-            bits |= right_bits << (right_first - first)
-            stop = after + 1
-    holding = (first, bits)
-    return (*stretches[:start], holding, *stretches[stop:]), holding
-
-
-def _longest_around(active: int, at: int, length: int, freezes: int) -> int:
-    """The most active periods, capped at ``length``, in a range holding bit ``at`` with <= ``freezes`` inactive ones.
-
-    Only ranges that hold ``at`` can have grown when it arrived. One that reaches ``length`` can be
-    trimmed, keeping ``at``, to exactly ``length`` active periods, so it spans at most ``length +
-    freezes`` periods; a shorter best range spans fewer. So a window of ``length + freezes - 1``
-    periods either side of ``at`` suffices, and the cost does not grow with the history. In the
-    window, the best range that skips ``k`` inactive periods on the left and ``freezes - k`` on the
-    right runs from just after the (k+1)-th inactive period left of ``at`` to just before the
-    (freezes-k+1)-th one on its right (ends need not be active: trimming inactive ends changes
-    nothing). Capping at ``length`` makes the stored maximum the same in any arrival order.
-    """
-    reach = length + freezes - 1
-    low = at - reach if at > reach else 0
-    centre = at - low
-    width = centre + reach + 1
-    window = (active >> low) & ((1 << width) - 1)
-    # Inactive periods left of the centre, nearest first: the highest zero bits below it. -1 (the
-    # window's start) once there are no more.
-    lefts: list[int] = []
-    below = ~window & ((1 << centre) - 1)
-    for _ in range(freezes + 1):
-        edge = below.bit_length() - 1
-        lefts.append(edge)
-        if edge >= 0:
-            below ^= 1 << edge
-    # Inactive periods right of the centre, nearest first: the lowest zero bits above it; ``width``
-    # (the window's end) once there are no more.
-    rights: list[int] = []
-    above = ~window & ((1 << width) - (1 << centre))
-    for _ in range(freezes + 1):
-        lowest = above & -above
-        rights.append(lowest.bit_length() - 1 if lowest else width)
-        above ^= lowest
-    best = 0
-    for skipped_left in range(freezes + 1):
-        start, end = lefts[skipped_left] + 1, rights[freezes - skipped_left]
-        held = ((window & ((1 << end) - 1)) >> start).bit_count()
-        if held > best:
-            best = held
-    return best if best < length else length
-
-
-class StreakBadge(CompiledBadge):
-    """A ``streak`` rule. Until it is met the state keeps every period the user was active in, as a
-    bitmap from the first one (one bit per day or ISO week; a new one after a long gap): no event is
-    too late to count."""
-
-    kind = "streak"
-
-    def __init__(self, badge: Badge, index: int) -> None:
-        super().__init__(badge, index)
-        rule = badge.rule
-        assert isinstance(rule, StreakRule)
-        self.weeks = rule.weeks is not None
-        self.length = rule.length
-        self.freezes = rule.freezes
-        self.gap = max(STREAK_SPLIT_GAP, rule.freezes + 1)
-
-    def accumulate(self, state: BadgeState, facts: EventFacts) -> BadgeState | None:
-        point = facts.week if self.weeks else facts.day
-        added = _with_period(state.active, point, self.gap)
-        if added is None:
-            return None
-        active, (first, bits) = added
-        new = state.copy()
-        new.n = max(state.n, _longest_around(bits, point - first, self.length, self.freezes))
-        # Met (streaks are never repeatable): the periods are no longer needed, only the length reached.
-        new.active = () if new.n >= self.length else active
-        return new
-
-    def units(self, state: BadgeState) -> int:
-        return 1 if state.n >= self.length else 0
-
-    def progress(self, state: BadgeState) -> list[Progress]:
-        return [(None, float(min(state.n, self.length)), float(self.length))]
-
-    def award_metadata(self, state: BadgeState, tier: str | None, occurrence: int) -> dict[str, Any]:
-        return {"progress": min(state.n, self.length), "target": self.length, "unit": "weeks" if self.weeks else "days"}
 
 
 class MetaBadge(CompiledBadge):

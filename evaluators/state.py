@@ -69,7 +69,7 @@ def _bitmap_in(text: Any) -> int:
 Stretches = tuple[tuple[int, int], ...]
 """A streak's active periods: sorted ``(first, bitmap)`` pairs, bit i of a bitmap standing for period
 ``first + i`` (bit 0 set), each pair far enough from the next that no range within the badge's
-freeze budget joins them (:data:`evaluators.rules.STREAK_SPLIT_GAP`)."""
+freeze budget joins them (:data:`evaluators.streaks.STREAK_SPLIT_GAP`)."""
 
 
 def _stretches_out(stretches: Stretches) -> list[int | str]:

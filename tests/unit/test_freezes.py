@@ -158,7 +158,7 @@ def test_week_freezes_with_a_week_years_late() -> None:
 
 
 def test_a_freeze_budget_longer_than_the_split_gap_still_bridges() -> None:
-    from evaluators.rules import STREAK_SPLIT_GAP
+    from evaluators.streaks import STREAK_SPLIT_GAP
 
     freezes = STREAK_SPLIT_GAP + 72
     eng = engine(streak(days=3, freezes=freezes))

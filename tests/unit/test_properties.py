@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from evaluators.engine import Engine
 from evaluators.registry import EvaluatorRegistry
-from evaluators.rules import _longest_around
 from evaluators.runner import EngineRun
 from evaluators.state import UserState
+from evaluators.streaks import _longest_around
 from schemas.catalog import load_catalog, parse_catalog
 from schemas.errors import CatalogError, InvalidEventError
 from schemas.events import EventEnvelope, parse_event

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from evaluators.engine import Engine
 from evaluators.registry import EvaluatorRegistry
-from evaluators.rules import _with_period
 from evaluators.state import BadgeMap, BadgeState, StateDecodeError, Stretches, UserState, upcast_streak_runs
+from evaluators.streaks import _with_period
 from schemas.catalog import load_catalog
 from tests.unit.support import award_keys, engine, event, run
 
