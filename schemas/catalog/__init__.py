@@ -6,27 +6,23 @@ one round. The checks that need the whole catalog (duplicate ids, unknown refere
 CEL syntax and cost, custom evaluator names) live in :func:`validate_catalog`, which the engine
 runs again at start-up with its evaluator registry.
 
-``models`` (the pydantic models), ``loader`` (YAML with line numbers, :func:`load_catalog`),
+``base`` (bounds, id types, the base model), ``rules`` (the rule kinds), ``models`` (badges,
+levels, the catalog), ``loader`` (YAML with line numbers, :func:`load_catalog`),
 ``checks`` (whole-catalog checks) and ``cel`` (expression analysis); this module names what callers use.
 """
 
 from schemas.catalog.cel import ExpressionInfo, analyse_expression
 from schemas.catalog.checks import CatalogProblems, catalog_problems, validate_catalog
 from schemas.catalog.loader import load_catalog, parse_catalog
-from schemas.catalog.models import (
-    Badge,
+from schemas.catalog.models import Badge, Catalog, EventCheck, Level, Nudge, Window
+from schemas.catalog.rules import (
     BadgesRule,
-    Catalog,
     CountRule,
     DistinctRule,
     EvaluatorRule,
-    EventCheck,
-    Level,
-    Nudge,
     StreakRule,
     SumRule,
     TiersRule,
-    Window,
 )
 
 __all__ = [

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import cel
 
-from schemas.catalog.models import MAX_COMPREHENSION_DEPTH, MAX_EXPRESSION_CHARS
+from schemas.catalog.base import MAX_COMPREHENSION_DEPTH, MAX_EXPRESSION_CHARS
 
 _CEL_TOKEN = re.compile(
     r"""

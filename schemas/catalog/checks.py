@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Container, Iterator
 
 from schemas.catalog.cel import analyse_expression
-from schemas.catalog.models import (
-    Badge,
+from schemas.catalog.models import Badge, Catalog
+from schemas.catalog.rules import (
     BadgesRule,
-    Catalog,
     CountRule,
     DistinctRule,
     EvaluatorRule,

@@ -12,8 +12,9 @@ from pydantic import (
     ValidationError,
 )
 
+from schemas.catalog.base import MAX_CATALOG_BYTES, MAX_YAML_NODES
 from schemas.catalog.checks import CatalogProblems, catalog_problems, describe_problem, validate_catalog
-from schemas.catalog.models import MAX_CATALOG_BYTES, MAX_YAML_NODES, Badge, Catalog, Level
+from schemas.catalog.models import Badge, Catalog, Level
 from schemas.errors import CatalogError
 
 

@@ -1,18 +1,15 @@
-"""The badge catalog as pydantic models of the YAML file in DESIGN.md: events checks, rule kinds, badges."""
+"""The badge catalog as pydantic models of the YAML file in DESIGN.md: event checks, nudges, windows, badges, levels."""
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     StrictInt,
@@ -21,44 +18,24 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.catalog.base import (
+    MAX_EXPRESSION_CHARS,
+    MAX_LEVELS,
+    MAX_POINTS,
+    MAX_TARGET,
+    REPEATABLE_KINDS,
+    BadgeId,
+    CatalogModel,
+    EventType,
+    FieldType,
+)
+from schemas.catalog.rules import (
+    Rule,
+    TiersRule,
+    expand_rule,
+)
 from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope
-
-MAX_CATALOG_BYTES = 4 * 1024 * 1024
-MAX_YAML_NODES = 200_000
-"""Bounds what a catalog file may cost to load (YAML aliases can otherwise multiply nodes)."""
-
-MAX_TARGET = 1_000_000_000
-MAX_DISTINCT = 10_000
-"""A distinct rule keeps its values until it is met, so its target bounds the state it needs."""
-
-MAX_STREAK_DAYS = 3_660
-MAX_STREAK_WEEKS = 520
-MAX_POINTS = 1_000_000_000
-MAX_LEVELS = 1000
-MAX_EXPRESSION_CHARS = 1024
-MAX_COMPREHENSION_DEPTH = 1
-"""CEL macros (``all``, ``exists``, ``map``, ...) may not nest: one level costs at most one pass over
-a list of a (64 KiB-bounded) event, two levels could cost its square."""
-
-RULE_KINDS = ("count", "tiers", "distinct", "sum", "streak", "badges", "evaluator")
-REPEATABLE_KINDS = frozenset({"count", "sum", "evaluator"})
-"""Kinds whose target can be met again and again; on the others ``repeatable`` is refused."""
-
-FIELD_ROOTS = ("data", "type", "tz")
-"""Where a ``distinct``/``sum`` field may point: into ``data`` (``data.a.b``), or the envelope's type or tz."""
-
-_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}$"
-_FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
-
-FieldType = Literal["string", "int", "number", "bool", "list", "object"]
-BadgeId = Annotated[str, Field(pattern=_ID_PATTERN)]
-EventType = Annotated[str, Field(min_length=1, max_length=256)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
 
 # --- per-type event checks -------------------------------------------------------------------
 
@@ -84,7 +61,7 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-class EventCheck(_Model):
+class EventCheck(CatalogModel):
     """Per-type checks on ``data``: fields that must be present, fields that may be, and their types."""
 
     required: dict[str, FieldType] = Field(default_factory=dict)
@@ -105,214 +82,19 @@ class EventCheck(_Model):
                 )
 
 
-# --- rules -------------------------------------------------------------------------------------
-
-
-class _Rule(_Model):
-    """What every rule kind tells readers of the database (``badges.target`` and ``badges.tiers``)."""
-
-    @property
-    def target(self) -> float | None:
-        """The amount that completes the rule; None for kinds without one (tiers, custom evaluators)."""
-        return None
-
-    @property
-    def tier_targets(self) -> list[tuple[str, int]] | None:
-        """Each tier and its target, in the catalog's order; None for an untiered rule."""
-        return None
-
-
-def _check_field_path(value: str) -> str:
-    if not _FIELD_PATH.match(value) or value.split(".", 1)[0] not in FIELD_ROOTS:
-        raise ValueError(f"field {value!r} must be 'data.<name>[.<name>...]', 'type' or 'tz'")
-    if value.split(".", 1)[0] in ("type", "tz") and "." in value:
-        raise ValueError(f"field {value!r}: 'type' and 'tz' have no sub-fields")
-    return value
-
-
-class CountRule(_Rule):
-    """Awarded when ``count`` qualifying events (distinct event ids) have been seen."""
-
-    kind: Literal["count"] = "count"
-    count: int = Field(ge=1, le=MAX_TARGET)
-
-    @property
-    def target(self) -> float:
-        return float(self.count)
-
-
-class TiersRule(_Rule):
-    """A count with named tiers, each awarded once when its own count is reached."""
-
-    kind: Literal["tiers"] = "tiers"
-    tiers: dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[int, Field(ge=1, le=MAX_TARGET)]]
-
-    @field_validator("tiers")
-    @classmethod
-    def _some_tiers(cls, value: dict[str, int]) -> dict[str, int]:
-        if not value:
-            raise ValueError("at least one tier is needed")
-        return value
-
-    def ordered(self) -> list[tuple[str, int]]:
-        """Tiers by target (then by the catalog's order): the order in which a count reaches them."""
-        return sorted(self.tiers.items(), key=lambda item: item[1])
-
-    @property
-    def tier_targets(self) -> list[tuple[str, int]]:
-        return list(self.tiers.items())
-
-
-class DistinctRule(_Rule):
-    """Awarded when the field has taken ``count`` distinct values over qualifying events."""
-
-    kind: Literal["distinct"] = "distinct"
-    field: str
-    count: int = Field(ge=1, le=MAX_DISTINCT)
-
-    @property
-    def target(self) -> float:
-        return float(self.count)
-
-    @field_validator("field")
-    @classmethod
-    def _field_path(cls, value: str) -> str:
-        return _check_field_path(value)
-
-
-class SumRule(_Rule):
-    """Awarded when the field's (non-negative) values add up to ``at_least``."""
-
-    kind: Literal["sum"] = "sum"
-    field: str
-    at_least: Annotated[int, Field(ge=1, le=2**53)] | Annotated[float, Field(gt=0, le=2.0**53)]
-
-    @field_validator("field")
-    @classmethod
-    def _field_path(cls, value: str) -> str:
-        return _check_field_path(value)
-
-    @field_validator("at_least", mode="before")
-    @classmethod
-    def _not_bool(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("at_least must be a number")
-        return value
-
-    @property
-    def target(self) -> float:
-        return float(self.at_least)
-
-
-class StreakRule(_Rule):
-    """``days`` consecutive local calendar days, or ``weeks`` consecutive ISO weeks, each with a qualifying event.
-
-    ``freezes``: how many inactive periods in total a streak may skip between its first and last
-    active one (skipped periods do not count towards the length); 0 is the plain streak.
-    """
-
-    kind: Literal["streak"] = "streak"
-    days: int | None = Field(default=None, ge=1, le=MAX_STREAK_DAYS)
-    weeks: int | None = Field(default=None, ge=1, le=MAX_STREAK_WEEKS)
-    freezes: int = Field(default=0, ge=0, le=MAX_STREAK_DAYS)
-
-    @model_validator(mode="after")
-    def _one_unit(self) -> StreakRule:
-        if (self.days is None) == (self.weeks is None):
-            raise ValueError("a streak has exactly one of 'days' or 'weeks'")
-        return self
-
-    @field_validator("freezes", mode="before")
-    @classmethod
-    def _freezes_not_bool(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("freezes must be a whole number >= 0")
-        return value
-
-    @property
-    def length(self) -> int:
-        return self.days if self.days is not None else self.weeks or 0
-
-    @property
-    def target(self) -> float:
-        return float(self.length)
-
-
-class BadgesRule(_Rule):
-    """A meta-badge: held all listed badges, or ``at_least`` of them."""
-
-    kind: Literal["badges"] = "badges"
-    badges: list[BadgeId] = Field(min_length=1, max_length=1000)
-    at_least: int | None = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> BadgesRule:
-        if len(set(self.badges)) != len(self.badges):
-            raise ValueError("a badge is listed twice")
-        if self.at_least is not None and self.at_least > len(self.badges):
-            raise ValueError(f"at_least is {self.at_least} but only {len(self.badges)} badges are listed")
-        return self
-
-    @property
-    def needed(self) -> int:
-        return self.at_least if self.at_least is not None else len(self.badges)
-
-    @property
-    def target(self) -> float:
-        return float(self.needed)
-
-
-class EvaluatorRule(_Rule):
-    """A custom Python evaluator, registered under ``name``; ``params`` are handed to it as they are."""
-
-    kind: Literal["evaluator"] = "evaluator"
-    name: str = Field(min_length=1, max_length=128)
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-Rule = Annotated[
-    CountRule | TiersRule | DistinctRule | SumRule | StreakRule | BadgesRule | EvaluatorRule,
-    Field(discriminator="kind"),
-]
-
-
-def _expand_rule(value: Any) -> Any:
-    """The YAML shorthand (``{count: 3}``, ``{streak: {days: 7}}``, ``{evaluator: comeback}``) to tagged form."""
-    if not isinstance(value, dict) or "kind" in value:
-        return value
-    kinds = [key for key in value if key in RULE_KINDS]
-    if not kinds:
-        unknown = ", ".join(repr(k) for k in value) or "nothing"
-        raise ValueError(f"unknown rule kind {unknown} (expected one of {', '.join(RULE_KINDS)})")
-    if len(kinds) > 1:
-        raise ValueError(f"a rule has exactly one kind, got {' and '.join(kinds)}")
-    kind = kinds[0]
-    body = value[kind]
-    rest = {k: v for k, v in value.items() if k != kind}
-    if kind in ("count", "tiers") or (kind == "badges" and isinstance(body, list)):
-        return {"kind": kind, kind: body, **rest}
-    if kind == "evaluator" and isinstance(body, str):
-        return {"kind": kind, "name": body, **rest}
-    if isinstance(body, dict):
-        if rest:
-            raise ValueError(f"unexpected keys next to {kind!r}: {', '.join(rest)}")
-        return {"kind": kind, **body}
-    raise ValueError(f"rule {kind!r} expects a mapping, got {body!r}")
-
-
 # --- nudges -------------------------------------------------------------------------------------
 
 MAX_NUDGE_THRESHOLDS = 16
 Threshold = Annotated[StrictInt, Field(ge=1, le=MAX_TARGET)]
 
 
-class TierNudge(_Model):
+class TierNudge(CatalogModel):
     """The thresholds of one tier, replacing the badge's own for that tier."""
 
     remaining: list[Threshold] = Field(min_length=1, max_length=MAX_NUDGE_THRESHOLDS)
 
 
-class Nudge(_Model):
+class Nudge(CatalogModel):
     """``nudge: {remaining: [5, 1]}``: tell the user when only that much is left to earn the badge (or tier).
 
     ``remaining`` applies to the badge, or to every tier of a tiered badge; ``tiers`` gives some
@@ -337,7 +119,7 @@ class Nudge(_Model):
 # --- badges --------------------------------------------------------------------------------------
 
 
-class Window(_Model):
+class Window(CatalogModel):
     """Local dates during which events qualify: ``from`` inclusive, ``until`` exclusive."""
 
     from_: date | None = Field(default=None, alias="from")
@@ -384,7 +166,7 @@ def _check_points(value: Any) -> Any:
     return value
 
 
-class Badge(_Model):
+class Badge(CatalogModel):
     """One badge of the catalog (see DESIGN.md "Meaning, precisely")."""
 
     id: BadgeId
@@ -411,7 +193,7 @@ class Badge(_Model):
     @field_validator("rule", mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
-        return _expand_rule(value)
+        return expand_rule(value)
 
     @field_validator("points", mode="before")
     @classmethod
@@ -465,7 +247,7 @@ class Badge(_Model):
         return self.name or self.id
 
 
-class Level(_Model):
+class Level(CatalogModel):
     """A level: awarded (as an award with this id, no tier, 0 points) when a user's points first reach ``at``."""
 
     id: BadgeId
@@ -485,7 +267,7 @@ class Level(_Model):
         return self.name or self.id
 
 
-class Catalog(_Model):
+class Catalog(CatalogModel):
     """The whole catalog; build it with :func:`load_catalog` or :func:`parse_catalog`."""
 
     catalog_version: str = Field(min_length=1, max_length=128)
