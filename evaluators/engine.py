@@ -30,20 +30,26 @@ import hashlib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-from pydantic import BaseModel
+from typing import Any
 
 from evaluators.base import BadgeFailure
 from evaluators.compiled import CompiledBadge
 from evaluators.facts import EventFacts
 from evaluators.registry import EvaluatorRegistry
 from evaluators.rules import MetaBadge, compile_badge
-from evaluators.state import BadgeMap, BadgeState, UserState
+from evaluators.state import BadgeOverlay, BadgeState, UserState
 from schemas.catalog import Catalog, Level, Nudge, validate_catalog
 from schemas.errors import EvaluatorError
 from schemas.events import EventEnvelope
-from schemas.records import AwardRecord, EventSource, NudgeRecord, ProgressRecord, make_award_id, make_nudge_id
+from schemas.records import (
+    AwardRecord,
+    EventSource,
+    NudgeRecord,
+    ProgressRecord,
+    make_award_id,
+    make_nudge_id,
+    trusted_record,
+)
 
 __all__ = ["BadgeFailure", "Engine", "Evaluation"]
 
@@ -116,7 +122,7 @@ class Engine:
         if listeners is None:
             return Evaluation(state=state, matched=False)
 
-        badges = _Overlay(state.badges)
+        badges = BadgeOverlay(state.badges)
         before: dict[str, BadgeState | None] = {}  # the previous state of every badge replaced
         errors: list[BadgeFailure] = []
         candidates: list[CompiledBadge] = []  # badges that may have an award due
@@ -172,12 +178,12 @@ class Engine:
     def with_source(awards: tuple[AwardRecord, ...], source: EventSource) -> tuple[AwardRecord, ...]:
         """``awards`` carrying ``source`` as their evidence (for a caller that knows it only once
         there are awards: building it for every event showed in the worker's profile)."""
-        return tuple(_construct(AwardRecord, {**award.__dict__, "source": source}) for award in awards)
+        return tuple(trusted_record(AwardRecord, {**award.__dict__, "source": source}) for award in awards)
 
     # --- steps -----------------------------------------------------------------------------------
 
     def _reconcile(
-        self, badges: _Overlay, before: dict[str, BadgeState | None], errors: list[BadgeFailure]
+        self, badges: BadgeOverlay, before: dict[str, BadgeState | None], errors: list[BadgeFailure]
     ) -> Iterable[CompiledBadge]:
         """Bring a state stored under another catalog in line; returns the badges to re-check for awards.
 
@@ -204,7 +210,7 @@ class Engine:
 
     def _grant(
         self,
-        badges: _Overlay,
+        badges: BadgeOverlay,
         before: dict[str, BadgeState | None],
         candidates: list[CompiledBadge],
         event: EventEnvelope,
@@ -265,7 +271,7 @@ class Engine:
         return tuple(awards), points
 
     def _reach_levels(
-        self, badges: _Overlay, points: int, event: EventEnvelope, awards: list[AwardRecord]
+        self, badges: BadgeOverlay, points: int, event: EventEnvelope, awards: list[AwardRecord]
     ) -> list[CompiledBadge]:
         """Award every level ``points`` reached and the user does not hold yet; returns what depends on them."""
         dependents: list[CompiledBadge] = []
@@ -293,7 +299,7 @@ class Engine:
 
     def _record(self, badge_id: str, tier: str | None, occurrence: int, event: EventEnvelope,
                 metadata: dict[str, Any], points: int) -> AwardRecord:
-        return _construct(AwardRecord, {
+        return trusted_record(AwardRecord, {
             "award_id": make_award_id(event.user_id, badge_id, tier, occurrence),
             "user_id": event.user_id,
             "badge_id": badge_id,
@@ -310,7 +316,7 @@ class Engine:
         })
 
     def _progress(
-        self, badges: _Overlay, before: dict[str, BadgeState | None], event: EventEnvelope
+        self, badges: BadgeOverlay, before: dict[str, BadgeState | None], event: EventEnvelope
     ) -> tuple[ProgressRecord, ...]:
         """One record per (badge, tier) whose progress differs from before this event, in evaluation order."""
         records: list[ProgressRecord] = []
@@ -330,7 +336,7 @@ class Engine:
                 # The lowest tier that moved (tiers are by target): the higher ones moved with it.
                 changed = changed[:1]
             for tier, progress, target in changed:
-                records.append(_construct(ProgressRecord, {
+                records.append(trusted_record(ProgressRecord, {
                     "user_id": event.user_id,
                     "badge_id": badge_id,
                     "tier": tier,
@@ -341,7 +347,7 @@ class Engine:
         return tuple(records)
 
     def _nudges(
-        self, badges: _Overlay, before: dict[str, BadgeState | None], event: EventEnvelope
+        self, badges: BadgeOverlay, before: dict[str, BadgeState | None], event: EventEnvelope
     ) -> tuple[NudgeRecord, ...]:
         """A nudge per threshold t the remaining amount crossed with this event: ``0 < after <= t < before``.
 
@@ -375,49 +381,6 @@ class Engine:
                             catalog_version=self.catalog_version,
                         ))
         return tuple(records)
-
-
-_set = object.__setattr__
-_EXACT_FIELDS: set[type[BaseModel]] = set()
-M = TypeVar("M", bound=BaseModel)
-
-
-def _construct(model: type[M], values: dict[str, Any]) -> M:
-    """A record built from values the engine made itself, with every field given, skipping validation.
-
-    Validation would only re-check types we just produced, yet it was the largest single cost per
-    event (see bench/engine/README.md). ``values`` must name every field, with its final type.
-    """
-    if model not in _EXACT_FIELDS:
-        if set(values) != set(model.model_fields):
-            return model(**values)  # the record gained or lost a field: validate rather than guess
-        _EXACT_FIELDS.add(model)
-    record = object.__new__(model)
-    _set(record, "__dict__", values)
-    _set(record, "__pydantic_fields_set__", set(values))
-    _set(record, "__pydantic_extra__", None)
-    _set(record, "__pydantic_private__", None)
-    return record
-
-
-class _Overlay(dict[str, BadgeState]):
-    """This event's changed badges over the stored ones: reads fall through, writes stay here."""
-
-    __slots__ = ("base",)
-
-    def __init__(self, base: BadgeMap) -> None:
-        super().__init__()
-        self.base = base
-
-    def __missing__(self, badge_id: str) -> BadgeState:
-        state: BadgeState | None = self.base.get(badge_id)
-        if state is None:
-            raise KeyError(badge_id)
-        return state
-
-    def get(self, badge_id: str, default: Any = None) -> Any:
-        state = dict.get(self, badge_id)
-        return state if state is not None else self.base.get(badge_id, default)
 
 
 def _held(badges: Mapping[str, BadgeState], badge_id: str) -> bool:

@@ -288,6 +288,27 @@ class BadgeMap(Mapping[str, BadgeState]):
         return out
 
 
+class BadgeOverlay(dict[str, BadgeState]):
+    """One event's changed badges over the stored ones (the engine's working map): reads fall
+    through to the stored :class:`BadgeMap`, writes stay here."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base: BadgeMap) -> None:
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, badge_id: str) -> BadgeState:
+        state: BadgeState | None = self.base.get(badge_id)
+        if state is None:
+            raise KeyError(badge_id)
+        return state
+
+    def get(self, badge_id: str, default: Any = None) -> Any:
+        state = dict.get(self, badge_id)
+        return state if state is not None else self.base.get(badge_id, default)
+
+
 class UserState:
     """Everything the engine remembers about one user. Build new ones; never change one in place.
 

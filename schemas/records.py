@@ -206,3 +206,28 @@ class DeadLetterRecord(_Record):
         if self.value_encoding == "base64":
             return base64.b64decode(self.value)
         return self.value.encode("utf-8")
+
+
+_set = object.__setattr__
+_EXACT_FIELDS: set[type[BaseModel]] = set()
+M = TypeVar("M", bound=BaseModel)
+
+
+def trusted_record(model: type[M], values: dict[str, Any]) -> M:
+    """A record built from values the engine made itself, with every field given, skipping validation.
+
+    Validation would only re-check types we just produced, yet it was the largest single cost per
+    event (see bench/engine/README.md). ``values`` must name every field, with its final type. It
+    fills the slots pydantic 2 keeps per instance (``__pydantic_fields_set__``, ``_extra__``,
+    ``_private__``); tests/unit/test_engine.py checks that such a record equals a validated one.
+    """
+    if model not in _EXACT_FIELDS:
+        if set(values) != set(model.model_fields):
+            return model(**values)  # the record gained or lost a field: validate rather than guess
+        _EXACT_FIELDS.add(model)
+    record = object.__new__(model)
+    _set(record, "__dict__", values)
+    _set(record, "__pydantic_fields_set__", set(values))
+    _set(record, "__pydantic_extra__", None)
+    _set(record, "__pydantic_private__", None)
+    return record

@@ -297,3 +297,20 @@ def test_without_progress_records_state_and_awards_are_the_same() -> None:
         progress_seen += len(full.progress)
         with_progress[envelope.user_id], without[envelope.user_id] = full.state, lean.state
     assert progress_seen > 0
+
+
+def test_records_built_without_validation_equal_validated_ones() -> None:
+    """The engine builds its records with ``trusted_record``, which fills pydantic's per-instance
+    slots itself: if a pydantic release changes them, this fails before the worker does."""
+    from schemas.records import AwardRecord, ProgressRecord, trusted_record
+
+    eng = engine("badges:\n  - {id: first, on: [quiz], rule: {count: 1}}\n"
+                 "  - {id: two, on: [quiz], rule: {count: 2}}\n")
+    result = eng.evaluate(None, event("quiz", user="u-1", event_id="e-1"))
+    for record in (*result.awards, *result.progress):
+        validated = type(record).model_validate(record.model_dump())
+        assert record == validated and record.model_dump_json() == validated.model_dump_json()
+        assert record.model_fields_set == validated.model_fields_set
+    (award,) = result.awards
+    assert trusted_record(AwardRecord, {**award.__dict__, "tier": None}) == award
+    assert isinstance(trusted_record(ProgressRecord, {**result.progress[0].__dict__}), ProgressRecord)
