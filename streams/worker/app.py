@@ -36,6 +36,7 @@ from streams.kafka import (
 from streams.settings import Settings, settings_for
 from streams.worker import faust_seam
 from streams.worker.handler import InputHandler, Topics
+from streams.worker.hooks import ConsumerHooks, DirectDelivery
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.output import OutputProducer
 from streams.worker.processor import EventProcessor
@@ -158,13 +159,13 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         with faust_seam.current_event(event):
             handler.handle(message, event)
 
-    direct = faust_seam.DirectDelivery()
+    direct = DirectDelivery()
     if settings.worker_delivery == "direct":
         direct.topics.update(evaluated.topics)
         direct.handle = handle_direct
     # Faust's own consumer can commit past input events nobody evaluated (streams/worker/faust_seam.py);
     # ours also writes the pending user states before each commit, and evaluates input directly.
-    faust_seam.install_consumer(app, faust_seam.ConsumerHooks(
+    faust_seam.install_consumer(app, ConsumerHooks(
         on_rewind=metrics.input_rewind, before_commit=write_pending, on_revoke=states.suspend,
         on_assign=states.resume, on_commit=metrics.commit_seconds.observe, direct=direct))
 

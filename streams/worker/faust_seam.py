@@ -1,7 +1,7 @@
 """The seam to Faust: every override of a Faust method and every private Faust name lives here.
 
 The rest of the worker talks to this module's small typed interface: :func:`install_consumer` with
-one :class:`ConsumerHooks`, :func:`committed_offset`, :func:`current_event`, :func:`event_of`,
+one :class:`streams.worker.hooks.ConsumerHooks`, :func:`committed_offset`, :func:`current_event`, :func:`event_of`,
 :func:`chain_flush` and :func:`quiet_worker_class`. faust-streaming, aiokafka and mode-streaming
 are pinned exactly, and tests/unit/test_consumer.py hashes the upstream code all of it relies on.
 
@@ -23,7 +23,6 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from faust.streams import _current_event
@@ -33,43 +32,10 @@ from faust.types import TP, Message
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
+from streams.worker.hooks import ConsumerHooks
 from streams.worker.read_policy import Action, ReadPolicy
 
 log = logging.getLogger("badgestream.consumer")
-
-
-@dataclass
-class DirectDelivery:
-    """Input topics whose messages the fetch loop hands straight to ``handle``, in offset order.
-
-    Faust delivers each message through its conductor, a queue per channel, the agent's stream and
-    an event object, and acknowledges it when the stream asks for the next one: tens of
-    microseconds of Python per message, more than the worker's own work on a mature user. On the
-    direct path the fetch loop calls ``handle(message)`` itself and acknowledges the message when it
-    returns: nothing is acknowledged before it was evaluated, and a commit (which writes the pending
-    states first) only ever sees messages that were. Messages arriving while the flow is stopped (a
-    rebalance) are not handled: they count as cut short and are read again after the seek."""
-
-    topics: set[str] = field(default_factory=set)
-    handle: Callable[[Message], None] | None = None
-
-
-@dataclass(frozen=True)
-class ConsumerHooks:
-    """What the worker wants told, and done, at the consumer's moments."""
-
-    #: Called with (topic, partition) whenever a jump was refused and the partition re-read.
-    on_rewind: Callable[[str, int], object] | None = None
-    #: Called before every commit, before the producers are flushed: writes what must be durable
-    #: before an offset is committed (the worker's pending user states: streams/worker/state_cache.py).
-    before_commit: Callable[[], object] | None = None
-    #: Called when partitions are revoked (a rebalance begins) and when new ones are assigned.
-    on_revoke: Callable[[], object] | None = None
-    on_assign: Callable[[], object] | None = None
-    #: Called with the seconds every commit took (pending states, producer flush, commit).
-    on_commit: Callable[[float], object] | None = None
-    #: Topics evaluated on the direct path, and how.
-    direct: DirectDelivery | None = None
 
 
 class SafeConsumer(AIOKafkaConsumer):

@@ -18,7 +18,8 @@ from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.worker.faust_seam import ConsumerHooks, DirectDelivery, SafeConsumer
+from streams.worker.faust_seam import SafeConsumer
+from streams.worker.hooks import ConsumerHooks, DirectDelivery
 from streams.worker.read_policy import Action, Decision, ReadPolicy
 
 INPUT = TP("user-events", 0)
