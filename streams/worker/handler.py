@@ -185,8 +185,9 @@ class InputHandler:
         output, topics = self.output, self.topics
         for value in outcome.awards:
             output.send(topics.awards, user_key, value)
-        for value, (badge_id, tier, updated_at) in zip(outcome.progress, outcome.progress_keys, strict=True):
-            output.send_progress(topics.progress, user_key, value, badge_id, tier, updated_at)
+        for progress in outcome.progress:
+            output.send_progress(topics.progress, user_key, progress.value, progress.badge_id, progress.tier,
+                                 progress.updated_at)
         for value in outcome.nudges:
             output.send(topics.nudges, user_key, value)
         output.poll()
@@ -195,7 +196,7 @@ class InputHandler:
                 self.metrics.evaluator_error(failure.badge_id, failure.kind)
                 log.warning("badge %s on event %s: %s: %s", failure.badge_id, envelope.event_id,
                             failure.kind, failure.message)
-        for record in outcome.award_records:
+        for record in outcome.granted:
             self.metrics.award(record.badge_id)
             log.info("award %s%s to %s (event %s)", record.badge_id, f"/{record.tier}" if record.tier else "",
                      record.user_id, record.event_id)

@@ -19,14 +19,7 @@ from schemas.catalog import Catalog
 from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope, parse_event
 from schemas.records import AwardRecord, DeadLetterRecord
-from streams.worker.stored import (
-    CommittedOffset,
-    Origin,
-    Position,
-    ProgressKey,
-    StoredUser,
-    progress_bytes,
-)
+from streams.worker.stored import CommittedOffset, Origin, Position, ProgressOut, StoredUser
 
 
 @dataclass
@@ -34,16 +27,19 @@ class Outcome:
     """What the worker must do for one input message."""
 
     new_user: StoredUser | None = None  # None: leave the stored state alone
-    awards: list[bytes] = field(default_factory=list)
-    progress: list[bytes] = field(default_factory=list)
-    progress_keys: list[ProgressKey] = field(default_factory=list)  # one per ``progress`` record
+    awards: list[bytes] = field(default_factory=list)  # award records to publish
+    progress: list[ProgressOut] = field(default_factory=list)
     nudges: list[bytes] = field(default_factory=list)
     dead_letter: bytes | None = None
     status: str = "processed"  # processed | duplicate | unmatched | dead_letter
-    evaluation: Evaluation | None = None
-    award_records: tuple[AwardRecord, ...] = ()
+    evaluation: Evaluation | None = None  # what the engine decided (None: it was not asked)
     seen: SeenIds | None = None  # the user's remembered ids after this message (None: unchanged)
     ids_change: Change | None = None  # which of their buckets to write and delete
+
+    @property
+    def granted(self) -> tuple[AwardRecord, ...]:
+        """The awards this message made (not those it re-publishes): what metrics and logs count."""
+        return self.evaluation.awards if self.evaluation is not None else ()
 
     @property
     def new_state(self) -> bytes | None:
@@ -114,8 +110,7 @@ class EventProcessor:
             entry = previous.entry_at(position) if position is not None else None
             entry = entry or previous.entry_for(event.event_id)
             outcome = Outcome(status="duplicate", awards=list(entry.awards) if entry else [],
-                              nudges=list(entry.nudges) if entry else [], progress=previous.progress_records(),
-                              progress_keys=previous.progress_keys())
+                              nudges=list(entry.nudges) if entry else [], progress=previous.progress_records())
             if previous.id_buckets and not seen.remembers(digest, origin.tag):
                 # Written with the state but lost before its ids were (a crash inside a commit).
                 outcome.seen, outcome.ids_change = seen.with_id(self.window, digest, record_ms, origin.tag)
@@ -135,10 +130,9 @@ class EventProcessor:
         if evaluation.awards and origin is not None:
             # The awards' evidence, settled once: where the event was first read.
             evaluation = replace(evaluation, awards=self.engine.with_source(evaluation.awards, origin.evidence()))
-        outcome = Outcome(evaluation=evaluation, award_records=evaluation.awards)
+        outcome = Outcome(evaluation=evaluation)
         outcome.awards = [award_bytes(a) for a in evaluation.awards]
-        outcome.progress = [progress_bytes(p) for p in evaluation.progress]
-        outcome.progress_keys = [(p.badge_id, p.tier, p.updated_at) for p in evaluation.progress]
+        outcome.progress = [ProgressOut.of(p) for p in evaluation.progress]
         outcome.nudges = [n.model_dump_json().encode() for n in evaluation.nudges]
         outcome.seen, outcome.ids_change = seen.with_id(self.window, digest, record_ms,
                                                         origin.tag if origin is not None else 0)

@@ -72,8 +72,17 @@ class Origin(NamedTuple):
         return EventSource.model_construct(topic=self.topic, partition=self.partition, offset=self.offset)
 
 
-ProgressKey = tuple[str, "str | None", datetime]
-"""(badge_id, tier, updated_at) of a progress record: what coalescing needs without decoding it."""
+class ProgressOut(NamedTuple):
+    """A progress record to publish, with what coalescing needs without decoding it."""
+
+    value: bytes
+    badge_id: str
+    tier: str | None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: ProgressRecord) -> ProgressOut:
+        return cls(progress_bytes(record), record.badge_id, record.tier, record.updated_at)
 
 CommittedOffset = Callable[[str, int], "int | None"]
 """The committed offset (the next one to read) of a (topic, partition), or None if unknown."""
@@ -157,15 +166,11 @@ class StoredUser:
             return self.marks
         return {**self.marks, origin.mark: origin.offset}
 
-    def progress_records(self) -> list[bytes]:
+    def progress_records(self) -> list[ProgressOut]:
         """The latest progress record of every (badge, tier), as first published."""
-        return [progress_bytes(ProgressRecord(user_id=self.state.user_id, badge_id=badge_id, tier=tier,
+        return [ProgressOut.of(ProgressRecord(user_id=self.state.user_id, badge_id=badge_id, tier=tier,
                                               progress=value[0], target=value[1], updated_at=value[2]))
                 for (badge_id, tier), value in self.progress.items()]
-
-    def progress_keys(self) -> list[ProgressKey]:
-        """(badge_id, tier, updated_at) of each of :meth:`progress_records`, in the same order."""
-        return [(badge_id, tier, datetime.fromisoformat(value[2])) for (badge_id, tier), value in self.progress.items()]
 
     def with_progress(self, records: Sequence[ProgressRecord],
                       position: Position | None = None) -> dict[tuple[str, str | None], list[Any]]:

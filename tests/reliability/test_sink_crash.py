@@ -47,7 +47,7 @@ def worker_output(lines: list[bytes], catalog: Path = harness.DEMO_CATALOG) -> t
         if outcome.new_state is not None:
             stored[user] = outcome.new_state
         awards += outcome.awards
-        progress += outcome.progress
+        progress += [p.value for p in outcome.progress]
     return awards, progress
 
 

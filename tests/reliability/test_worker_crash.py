@@ -144,10 +144,11 @@ def test_a_redelivered_event_republishes_the_latest_progress_lost_in_a_crash() -
     again = processor.process(b"u", quiz(2, 1), "t", 0, 1, second.new_state)
     assert again.status == "duplicate"
     latest = {}
-    for raw in first.progress + second.progress:  # what the sink keeps: newest updated_at, ties later
-        record = json.loads(raw)
+    for published in first.progress + second.progress:  # what the sink keeps: newest updated_at, ties later
+        record = json.loads(published.value)
         key = (record["badge_id"], record["tier"])
         if key not in latest or record["updated_at"] >= latest[key]["updated_at"]:
             latest[key] = record
-    assert sorted(map(json.loads, again.progress), key=lambda r: (r["badge_id"], r["tier"] or "")) == sorted(
+    republished = [json.loads(p.value) for p in again.progress]
+    assert sorted(republished, key=lambda r: (r["badge_id"], r["tier"] or "")) == sorted(
         latest.values(), key=lambda r: (r["badge_id"], r["tier"] or ""))

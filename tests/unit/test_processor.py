@@ -55,8 +55,8 @@ def test_an_event_stores_the_new_state_and_publishes_its_awards_and_progress() -
     outcome = processor().process(b"u1", raw("e1"), "t", 0, 0, None)
     assert outcome.status == "processed" and outcome.new_state is not None
     awards = [AwardRecord.model_validate_json(a) for a in outcome.awards]
-    assert [a.badge_id for a in awards] == ["first_quiz"] == [a.badge_id for a in outcome.award_records]
-    progress = {p.badge_id: p.progress for p in map(ProgressRecord.model_validate_json, outcome.progress)}
+    assert [a.badge_id for a in awards] == ["first_quiz"] == [a.badge_id for a in outcome.granted]
+    progress = {p.badge_id: p.progress for p in (ProgressRecord.model_validate_json(p.value) for p in outcome.progress)}
     assert progress == {"first_quiz": 1, "two_quizzes": 1}
     stored = StoredUser.from_bytes(outcome.new_state)
     assert stored.awards_for("e1") == tuple(outcome.awards)

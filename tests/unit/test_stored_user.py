@@ -92,7 +92,7 @@ def test_an_id_stored_before_its_state_does_not_hide_its_own_redelivery() -> Non
     first = PROCESSOR.evaluate(PROCESSOR.decode(quiz(3)), stored, ("in", 0, 3), seen=seen)
     assert first.status == "processed" and first.seen is not None
     again = PROCESSOR.evaluate(PROCESSOR.decode(quiz(3)), stored, ("in", 0, 3), seen=first.seen)
-    assert again.status == "processed" and again.award_records == first.award_records
+    assert again.status == "processed" and again.granted == first.granted
     elsewhere = PROCESSOR.evaluate(PROCESSOR.decode(quiz(3)), stored, ("in", 1, 9), seen=first.seen)
     assert elsewhere.status == "duplicate"  # the same id in another message is a resend
 
@@ -189,13 +189,13 @@ def test_awards_carry_where_their_event_was_read() -> None:
     from streams.worker.handler import SOURCE_HEADER, read_source_header
 
     first = PROCESSOR.evaluate(PROCESSOR.decode(quiz(1)), None, ("in", 3, 41))
-    assert first.award_records and {a.source for a in first.award_records} == {EventSource(topic="in", partition=3,
+    assert first.granted and {a.source for a in first.granted} == {EventSource(topic="in", partition=3,
                                                                                            offset=41)}
     assert all(orjson.loads(a)["source"] == {"topic": "in", "partition": 3, "offset": 41} for a in first.awards)
     # A re-keyed event is read from the internal topic but names its original input position.
     rekeyed = PROCESSOR.evaluate(PROCESSOR.decode(quiz(1)), None, ("app-events-by-user", 0, 7),
                                  origin=Origin("in", 1, 5, rekeyed=True))
-    assert {a.source for a in rekeyed.award_records} == {EventSource(topic="in", partition=1, offset=5)}
+    assert {a.source for a in rekeyed.granted} == {EventSource(topic="in", partition=1, offset=5)}
     header = [(SOURCE_HEADER, b'["in", 1, 5, 1700000000000]')]
     assert read_source_header(header) == (Origin("in", 1, 5, rekeyed=True), 1700000000000)
     assert read_source_header([(SOURCE_HEADER, b'["in", 1, 5]')]) == (Origin("in", 1, 5, rekeyed=True), None)

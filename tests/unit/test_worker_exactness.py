@@ -82,7 +82,7 @@ def test_any_delivery_of_a_users_events_gives_the_engines_award_set(events: list
         outcome = PROCESSOR.evaluate_user(event, state["user"], read_at, origin=origin, record_ms=record_ms,
                                           seen=state["seen"])
         if outcome.status == "processed":
-            granted.extend((a.badge_id, a.tier, a.occurrence) for a in outcome.award_records)
+            granted.extend((a.badge_id, a.tier, a.occurrence) for a in outcome.granted)
         state["user"] = outcome.new_user or state["user"]
         state["seen"] = outcome.seen or state["seen"]
 
