@@ -176,8 +176,8 @@ class Engine:
 
     @staticmethod
     def with_source(awards: tuple[AwardRecord, ...], source: EventSource) -> tuple[AwardRecord, ...]:
-        """``awards`` carrying ``source`` as their evidence (for a caller that knows it only once
-        there are awards: building it for every event showed in the worker's profile)."""
+        """``awards`` carrying ``source`` as their evidence (for a caller that builds the evidence only
+        when there are awards: most events award nothing)."""
         return tuple(trusted_record(AwardRecord, {**award.__dict__, "source": source}) for award in awards)
 
     # --- steps -----------------------------------------------------------------------------------
