@@ -19,7 +19,6 @@ class EventFacts:
 
     def __init__(self, event: EventEnvelope) -> None:
         self.event = event
-        # Not event.local_time(): caching on the frozen envelope costs more than converting once here.
         self.local: datetime = event.occurred_at.astimezone(zone(event.tz))
         # Proleptic ordinal of the local date: consecutive calendar days differ by one.
         self.day: int = self.local.toordinal()

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.errors import InvalidEventError
 
@@ -106,8 +106,6 @@ class EventEnvelope(BaseModel):
     tz: str = "UTC"
     data: dict[str, Any] = Field(default_factory=dict)
 
-    _local: datetime | None = PrivateAttr(default=None)
-
     @field_validator("occurred_at", mode="before")
     @classmethod
     def _timestamp_is_iso(cls, value: Any) -> Any:
@@ -138,16 +136,6 @@ class EventEnvelope(BaseModel):
     def _data_bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
         _check_data(value, 1, "data")
         return value
-
-    def local_time(self) -> datetime:
-        """``occurred_at`` in the event's own time zone (computed once per envelope)."""
-        # Straight to pydantic's private dict: attribute access to a private field costs a __getattr__.
-        private = self.__pydantic_private__
-        local: datetime | None = private.get("_local") if private is not None else None
-        if local is None:
-            local = self.occurred_at.astimezone(zone(self.tz))
-            self._local = local
-        return local
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -8,6 +8,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from evaluators.facts import EventFacts
 from schemas.errors import InvalidEventError
 from schemas.events import MAX_EVENT_BYTES, EventEnvelope, parse_event
 
@@ -30,7 +31,7 @@ def code_and_reason(payload: bytes) -> tuple[str, str]:
 def test_the_design_example_parses() -> None:
     event = parse_event(raw())
     assert event.user_id == "u-42" and event.tz == "Europe/Berlin"
-    assert event.local_time().isoformat() == "2026-11-21T10:30:00+01:00"
+    assert EventFacts(event).local.isoformat() == "2026-11-21T10:30:00+01:00"
 
 
 def test_tz_defaults_to_utc_and_data_to_empty() -> None:
@@ -111,8 +112,8 @@ def test_constructing_directly_applies_the_same_checks() -> None:
 def test_local_time_follows_dst() -> None:
     before = parse_event(raw(occurred_at="2026-03-29T00:30:00+00:00"))  # 01:30 CET
     after = parse_event(raw(occurred_at="2026-03-29T01:30:00+00:00"))   # 03:30 CEST
-    assert before.local_time().hour == 1 and after.local_time().hour == 3
-    assert after.local_time().utcoffset() == timedelta(hours=2)
+    assert EventFacts(before).local.hour == 1 and EventFacts(after).local.hour == 3
+    assert EventFacts(after).local.utcoffset() == timedelta(hours=2)
 
 
 def test_envelope_is_frozen() -> None:

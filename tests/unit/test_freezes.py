@@ -12,6 +12,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from evaluators.facts import EventFacts
 from tests.unit.support import award_keys, awards_of, engine, event, run
 
 
@@ -91,7 +92,7 @@ def test_freezes_across_daylight_saving_changes() -> None:
     # same day before the change (23:30 CET) and the next day after it (00:30 CEST): three UTC days
     # in a row are 27, 28 and 30 March in Berlin, and the local 29th is the skipped day.
     spring = [event("login", f"2026-03-{d}T22:30:00+00:00", tz="Europe/Berlin") for d in (27, 28, 29)]
-    assert [e.local_time().day for e in spring] == [27, 28, 30]
+    assert [EventFacts(e).local.day for e in spring] == [27, 28, 30]
     assert award_keys(run(engine(streak(days=3)), spring)[1]) == set()
     assert award_keys(run(eng, spring)[1]) == {("s", None, 1)}
     spring_four = [*spring, event("login", "2026-03-30T22:30:00+00:00", tz="Europe/Berlin")]  # 31 March
@@ -101,7 +102,7 @@ def test_freezes_across_daylight_saving_changes() -> None:
     autumn = [event("login", t, tz="Europe/Berlin") for t in
               ("2026-10-24T00:10:00+02:00", "2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00",
                "2026-10-27T00:05:00+01:00")]
-    assert [e.local_time().day for e in autumn] == [24, 25, 25, 27]
+    assert [EventFacts(e).local.day for e in autumn] == [24, 25, 25, 27]
     assert award_keys(run(eng, autumn)[1]) == {("s", None, 1)}  # 24, 25, (26 frozen), 27
     strict = engine(streak(days=4, freezes=1))
     assert award_keys(run(strict, autumn)[1]) == set()  # only three distinct active days

@@ -6,6 +6,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from evaluators.facts import EventFacts
 from tests.unit.support import award_keys, awards_of, engine, event, run
 
 
@@ -199,13 +200,13 @@ def test_streak_across_daylight_saving_changes() -> None:
     # Berlin springs forward on 29 March 2026 (a 23-hour day) and falls back on 25 October (25 hours).
     spring = [event("login", t, tz="Europe/Berlin") for t in
               ("2026-03-27T23:30:00+01:00", "2026-03-29T00:30:00+01:00", "2026-03-30T00:30:00+02:00")]
-    assert [e.local_time().day for e in spring] == [27, 29, 30]
+    assert [EventFacts(e).local.day for e in spring] == [27, 29, 30]
     assert award_keys(run(eng, spring)[1]) == set()
     spring.insert(1, event("login", "2026-03-28T23:59:00+01:00", tz="Europe/Berlin"))
     assert award_keys(run(eng, spring)[1]) == {("streak", None, 1)}
     autumn = [event("login", t, tz="Europe/Berlin") for t in
               ("2026-10-24T00:10:00+02:00", "2026-10-25T23:50:00+01:00", "2026-10-25T00:10:00+02:00")]
-    assert [e.local_time().day for e in autumn] == [24, 25, 25]
+    assert [EventFacts(e).local.day for e in autumn] == [24, 25, 25]
     assert award_keys(run(eng, autumn)[1]) == set()
     autumn.append(event("login", "2026-10-26T00:05:00+01:00", tz="Europe/Berlin"))
     assert award_keys(run(eng, autumn)[1]) == {("streak", None, 1)}
