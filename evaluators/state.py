@@ -328,12 +328,6 @@ class UserState:
     def empty(cls, user_id: str) -> UserState:
         return cls(user_id)
 
-    # --- reading -------------------------------------------------------------------------------
-
-    def held(self, badge_id: str) -> bool:
-        badge = self.badges.get(badge_id)
-        return badge is not None and badge.held
-
     # --- bytes ---------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:

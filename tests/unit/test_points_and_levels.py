@@ -208,7 +208,7 @@ def test_one_event_may_cross_several_levels_each_an_ordinary_award() -> None:
     state, results = run(eng, [event("quiz", event_id=f"q{i}") for i in range(90)], state)
     assert [a.badge_id for a in awards_of(results) if a.badge_id != "quiz"] == ["master"]
     assert [a.event_id for a in awards_of(results) if a.badge_id == "master"] == ["q89"]
-    assert state is not None and state.points == 1000 and state.held("novice")
+    assert state is not None and state.points == 1000 and state.badges["novice"].held
 
 
 def test_a_level_crossed_by_a_meta_badges_points_in_the_same_event() -> None:
@@ -231,7 +231,7 @@ def test_a_level_crossed_by_a_meta_badges_points_in_the_same_event() -> None:
     # ... and needs_gold (waiting) stays waiting: gold needs 27.
     assert [(a.badge_id, a.points) for a in second.awards] == [
         ("b", 3), ("meta", 20), ("bronze", 0), ("silver", 0), ("after_silver", 0)]
-    assert second.state.points == 26 and not second.state.held("gold")
+    assert second.state.points == 26 and "gold" not in second.state.badges
 
 
 def test_levels_cascade_into_badges_that_cascade_into_levels() -> None:
