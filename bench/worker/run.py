@@ -458,7 +458,8 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
         w = (events - first) / elapsed
         cpu = (worker.cpu_seconds() - cpu_began) / elapsed
         load = os.getloadavg()[0]
-        print(f"[{name}] worker {w:,.0f}/s, {cpu:.0%} of a core (load {load:.1f})", flush=True)
+        print(f"[{name}] worker {w:,.0f}/s, {cpu:.0%} of a core, {cpu / w * 1e6:,.0f} us CPU per event "
+              f"(load {load:.1f})", flush=True)
         # (f) before the latency phase adds its own events
         time.sleep(3)  # let the last commit and changelog writes go out
         outputs = end_offsets(bootstrap, [settings.awards_topic, settings.progress_topic, settings.nudges_topic])
@@ -472,6 +473,7 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
                   f"({records / events:.2f} records; resend ids {id_total / events:,.0f} B/event), "
                   f"largest value {largest:,} B", flush=True)
             row.figures = {"worker": f"{w:,.0f}/s", "worker CPU (share of one core)": f"{cpu:.0%}",
+                           "worker CPU us per event": f"{cpu / w * 1e6:,.0f}",
                            "f. output records per event": f"{outputs / events:.2f}",
                            "f. changelog bytes per event": f"{total / events:,.0f} ({records / events:.2f} records)",
                            "   of which resend ids": f"{id_total / events:,.0f}",
@@ -505,6 +507,7 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
         f"c. seed design (first {min(SEED_EVENTS, events):,})": f"{c:,.0f}/s",
         "worker": f"{w:,.0f}/s",
         "worker CPU (share of one core)": f"{cpu:.0%}",
+        "worker CPU us per event": f"{cpu / w * 1e6:,.0f}",
         "worker / b": f"{w / b:.0%}",
         "worker / c": f"{w / c:.1f}x",
         "d. latency": lat,
