@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
+from datetime import date
 from fractions import Fraction
 from hashlib import blake2b
 from typing import Any
@@ -504,3 +505,43 @@ def compile_badge(badge: Badge, index: int, evaluators: Mapping[str, CustomEvalu
     if isinstance(rule, BadgesRule):
         return MetaBadge(badge, index)
     return CustomBadge(badge, index, evaluators[rule.name])
+
+
+# --- reading a streak's standing (for explanations; the one place outside StreakBadge that reads its runs) ---
+
+
+def streak_standing(rule: StreakBadge, state: BadgeState) -> dict[str, Any]:
+    """Where a streak stands, from its stored state: the current run, the best run, freezes used, periods missing.
+
+    ``current``: active periods in the longest range (skipping at most ``freezes`` inactive periods)
+    that ends at the newest active period; ``freezes_used``: the inactive periods inside it;
+    ``best``: the longest such range anywhere (capped at the length, as the rule stores it);
+    ``missing``: periods still needed after the current run; ``last_active``: the newest active
+    period's first local day (ISO date), None when unknown (no period kept, or the streak was met).
+    """
+    unit = "weeks" if rule.weeks else "days"
+    met = state.n >= rule.length
+    runs = state.runs
+    if met or not runs:
+        current = rule.length if met else 0
+        return {"unit": unit, "length": rule.length, "freezes": rule.freezes, "current": current,
+                "best": min(state.n, rule.length), "freezes_used": 0, "missing": rule.length - current,
+                "last_active": None}
+    active = skipped = 0
+    current = used = 0
+    # Walk back from the newest run, taking runs while the gaps fit in the freeze budget.
+    for index in range(len(runs) - 1, -1, -1):
+        start, end = runs[index]
+        if index < len(runs) - 1:
+            gap = runs[index + 1][0] - end - 1
+            if skipped + gap > rule.freezes:
+                break
+            skipped += gap
+        active += end - start + 1
+        current, used = active, skipped
+    current = min(current, rule.length)
+    newest = runs[-1][1]
+    first_day = newest * 7 + 1 if rule.weeks else newest
+    return {"unit": unit, "length": rule.length, "freezes": rule.freezes, "current": current,
+            "best": max(min(state.n, rule.length), current), "freezes_used": used,
+            "missing": rule.length - current, "last_active": date.fromordinal(first_day).isoformat()}
