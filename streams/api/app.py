@@ -29,6 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streams import db
 from streams.api.emblems import emblem_svg
+from streams.api.explain import Explainer
+from streams.api.explain_routes import register_explain_routes
 from streams.api.views import RankBy, Views
 from streams.settings import Settings
 
@@ -202,6 +204,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"no award {award_id!r}")
         return _json(award)
 
+    explainer = app.state.explainer = Explainer(settings, engine)
+    register_explain_routes(v1, explainer, authorised)
     app.include_router(v1)
 
     # --- pages ----------------------------------------------------------------------------------
