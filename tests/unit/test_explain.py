@@ -77,7 +77,7 @@ def test_tiers_one_held_one_not(eng) -> None:  # type: ignore[no-untyped-def]
     answer = explain_badge(eng, "u1", "master", user(eng, master=badge_state(eng, "master", n=3, tiers=("bronze",))))
     assert answer is not None
     assert [(p["tier"], p["held"]) for p in answer["parts"]] == [("bronze", True), ("silver", False)]
-    assert answer["parts"][1] | {} == {"tier": "silver", "occurrence": 1, "held": False, "points": 2,
+    assert answer["parts"][1] == {"tier": "silver", "occurrence": 1, "held": False, "points": 2,
                                        "progress": 3, "target": 5, "remaining": 2}
     assert answer["held"] and not answer["complete"]
     assert answer["missing"] == ["2 more quiz for silver"]
