@@ -270,6 +270,11 @@ def _names(engine: Engine, ids: Iterable[str]) -> list[dict[str, str]]:
     return out
 
 
+def _words(name: str) -> str:
+    """An event type or field path as words: ``quiz_completed`` -> "quiz completed", ``data.quiz_id`` -> "quiz id"."""
+    return name.removeprefix("data.").replace("_", " ").replace(".", " ")
+
+
 def _requirements(
     engine: Engine, badge: Badge, rule: CompiledBadge, state: UserState, current: BadgeState,
     parts: list[dict[str, Any]], known: bool, today: date | None, tz: str, unknown: list[str],
@@ -279,14 +284,15 @@ def _requirements(
     rule_info: dict[str, Any] = {"kind": rule.kind}
     if waiting is not None:
         rule_info.update(progress=waiting["progress"], target=waiting["target"], remaining=waiting["remaining"])
-    what = " or ".join(badge.on) or "awards"
+    what = " or ".join(_words(t) for t in badge.on) + " events"
     if isinstance(rule, StreakBadge):
         unit = "weeks" if rule.weeks else "days"
         if known:
             standing = streak_standing(rule, current)
             rule_info.update(standing)
             if standing["missing"]:
-                missing.append(f"{standing['missing']} more {unit} in a row with {what} "
+                periods = unit if standing["missing"] != 1 else unit[:-1]
+                missing.append(f"{standing['missing']} more {periods} in a row with {what} "
                                f"(current run {standing['current']} of {rule.length}"
                                + (f", {standing['freezes_used']} of {rule.freezes} freezes used" if rule.freezes
                                   else "") + ")")
@@ -315,13 +321,15 @@ def _requirements(
             rule_info["field"] = rule.field
         if waiting is not None and waiting["remaining"]:
             amount = waiting["remaining"]
+            one = amount == 1
             if isinstance(rule, DistinctBadge):
-                missing.append(f"{amount} more different {rule.field} in {what}")
+                value = "value" if one else "values"
+                missing.append(f"{amount} more different {_words(rule.field)} {value} in {what}")
             elif isinstance(rule, SumBadge):
-                missing.append(f"{amount} more {rule.field} in {what}")
+                missing.append(f"{amount} more {_words(rule.field)} in {what}")
             else:
                 tier = f" for {waiting['tier']}" if waiting["tier"] else ""
-                missing.append(f"{amount} more {what}{tier}")
+                missing.append(f"{amount} more {what.removesuffix('s') if one else what}{tier}")
     window = None
     if badge.window is not None:
         status = window_status(badge, today)

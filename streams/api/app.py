@@ -31,6 +31,7 @@ from streams import db
 from streams.api.emblems import emblem_svg
 from streams.api.explain import Explainer
 from streams.api.explain_routes import register_explain_routes
+from streams.api.profile import profile
 from streams.api.views import RankBy, Views
 from streams.settings import Settings
 
@@ -221,7 +222,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/users/{user_id}", response_class=HTMLResponse, tags=["pages"], summary="a user's profile page")
     def user_page(request: Request, user_id: Id) -> Response:
-        page: Response = templates.TemplateResponse(request, "user.html", {"user": views.user(user_id)})
+        user = views.user(user_id)
+        page: Response = templates.TemplateResponse(request, "user.html", {"user": user,
+                                                                           "profile": profile(user, explainer)})
         return page
 
     @app.get("/emblems/{badge_id}.svg", tags=["pages"], summary="a badge's emblem")

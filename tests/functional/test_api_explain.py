@@ -107,7 +107,7 @@ class TestExplain:
         parts = {p["tier"]: p for p in body["parts"]}
         assert parts["bronze"]["held"] and parts["bronze"]["award"]["event_id"] == "e-u-1-quiz_master-bronze-1"
         assert (parts["silver"]["held"], parts["silver"]["progress"], parts["silver"]["remaining"]) == (False, 37, 13)
-        assert body["missing"][0] == "13 more quiz_completed for silver"
+        assert body["missing"][0] == "13 more quiz completed events for silver"
         assert body["last_event"]["at"].startswith("2026-11-2")
 
     def test_hidden_badges_are_404_unless_held_or_asked_with_the_token(self, make_client: ClientFactory) -> None:

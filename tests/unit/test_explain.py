@@ -80,7 +80,7 @@ def test_tiers_one_held_one_not(eng) -> None:  # type: ignore[no-untyped-def]
     assert answer["parts"][1] == {"tier": "silver", "occurrence": 1, "held": False, "points": 2,
                                        "progress": 3, "target": 5, "remaining": 2}
     assert answer["held"] and not answer["complete"]
-    assert answer["missing"] == ["2 more quiz for silver"]
+    assert answer["missing"] == ["2 more quiz events for silver"]
     assert "the evidence of tier bronze" in answer["unknown"][0]  # held in the state, no award row given
 
 
@@ -92,9 +92,9 @@ def test_distinct_and_sum_say_the_field(eng) -> None:  # type: ignore[no-untyped
     assert explorer is not None and collector is not None
     assert explorer["requirements"]["rule"] == {"kind": "distinct", "progress": 1, "target": 3, "remaining": 2,
                                                 "field": "data.quiz_id"}
-    assert explorer["missing"] == ["2 more different data.quiz_id in quiz"]
+    assert explorer["missing"] == ["2 more different quiz id values in quiz events"]
     assert collector["requirements"]["rule"]["remaining"] == 37.5
-    assert collector["missing"] == ["37.5 more data.score in quiz"]
+    assert collector["missing"] == ["37.5 more score in quiz events"]
 
 
 def test_a_streak_tells_current_and_best_run_freezes_used_and_periods_missing(eng) -> None:  # type: ignore[no-untyped-def]
@@ -106,7 +106,7 @@ def test_a_streak_tells_current_and_best_run_freezes_used_and_periods_missing(en
     rule = answer["requirements"]["rule"]
     assert (rule["current"], rule["best"], rule["freezes_used"], rule["missing"]) == (3, 3, 1, 1)
     assert (rule["unit"], rule["length"], rule["freezes"], rule["last_active"]) == ("days", 4, 1, "2026-03-08")
-    assert answer["missing"] == ["1 more days in a row with login (current run 3 of 4, 1 of 1 freezes used)"]
+    assert answer["missing"] == ["1 more day in a row with login events (current run 3 of 4, 1 of 1 freezes used)"]
 
 
 def test_a_weekly_streak_counts_iso_weeks(eng) -> None:  # type: ignore[no-untyped-def]

@@ -48,7 +48,7 @@ def test_evaluate_explain_every_badge_and_level_in_words(capsys: pytest.CaptureF
                  "--explain", "ana"]) == 0
     out = capsys.readouterr().out
     assert "Daily Warrior (daily_warrior, streak badge) for ana: not held" in out
-    assert "missing: 6 more days in a row with user_logged_in (current run 1 of 7)" in out
+    assert "missing: 6 more days in a row with user logged in events (current run 1 of 7)" in out
     assert "Rookie (rookie, level) for ana: complete" in out  # levels by their names
 
 
