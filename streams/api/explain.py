@@ -116,6 +116,11 @@ class Explainer:
             raise UnknownBadge(badge_id)
         evidence, reported = self._from_database(user_id, badge_id)
         state, unknown = self.live_state(user_id)
+        with self.database.connect() as conn:
+            deployed = {info.catalog_version for info in db.load_badges(conn).values()}
+        if deployed and engine.catalog_version not in deployed:
+            unknown.append(f"whether the rules match the awards: this catalog is {engine.catalog_version!r}, the "
+                           f"database's is {', '.join(sorted(map(repr, deployed)))} (BADGESTREAM_CATALOG_PATH)")
         today = datetime.now(zone(tz)).date()
         answer = explain_badge(engine, user_id, badge_id, state, evidence=evidence, reported=reported, today=today,
                                tz=tz, source="worker")

@@ -127,6 +127,12 @@ class TestExplain:
         bad_tz = client.get("/v1/users/u-1/badges/first_quiz/explain?tz=Mars/Olympus")
         assert bad_tz.status_code == 422 and "tz" in bad_tz.json()["message"]
 
+    def test_a_catalog_other_than_the_databases_is_said(self, make_client: ClientFactory,
+                                                         catalog_path: Path) -> None:
+        catalog_path.write_text(yaml.safe_dump({**CATALOG, "catalog_version": "2027-01-01"}))
+        body = make_client().get("/v1/users/u-1/badges/first_quiz/explain").json()
+        assert any("'2027-01-01'" in text and "'2026-11-26'" in text for text in body["unknown"])
+
     def test_levels_are_explained_by_name(self, make_client: ClientFactory) -> None:
         body = make_client().get("/v1/users/u-1/badges/regular/explain").json()
         assert (body["kind"], body["name"], body["parts"][0]["remaining"]) == ("level", "Regular", 15)
