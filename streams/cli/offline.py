@@ -48,6 +48,9 @@ def evaluate_command(args: argparse.Namespace, out: IO[str] | None = None, err: 
     if explaining:
         from streams.cli.explain import OfflineHistory
 
+        if len(explaining) > 2:
+            raise CatalogError(f"--explain takes USER [BADGE], got {' '.join(explaining)} (EVENTS goes before it)")
+
         history = OfflineHistory(args.events, explaining[0])
     try:
         lines = _lines(args.events)

@@ -178,6 +178,9 @@ class TestWhatIf:
         assert body["state_source"] == "worker" and body["matched"] and not body["duplicate"]
         # secret_society (hidden, not held) is moved by it, but not shown without the token.
         assert body["badges"] == [] and body["progress"] == []
+        secured = make_client(worker=True, api_token=SecretStr("s3cret"))
+        shown = secured.post("/v1/users/u-1/what-if", content=login, headers=TOKEN).json()
+        assert [(b["badge_id"], b["progress_after"][0]["progress"]) for b in shown["badges"]] == [("secret_society", 5)]
         answer = client.post("/v1/users/u-1/what-if", content=quiz()).json()
         verdicts = {b["badge_id"]: b for b in answer["badges"]}
         assert verdicts["first_quiz"]["qualifies"] and [a["badge_id"] for a in verdicts["first_quiz"]["awards"]] == [

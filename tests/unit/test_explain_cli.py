@@ -56,6 +56,9 @@ def test_evaluate_explain_an_unknown_badge_is_an_error(capsys: pytest.CaptureFix
     assert main(["evaluate", "--catalog", str(DEMO / "catalog.yaml"), str(DEMO / "events.jsonl"),
                  "--explain", "ana", "nope"]) == 2
     assert "no badge or level 'nope'" in capsys.readouterr().err
+    assert main(["evaluate", "--catalog", str(DEMO / "catalog.yaml"), str(DEMO / "events.jsonl"), "--explain", "ana",
+                 "explorer", "more"]) == 2
+    assert "--explain takes USER [BADGE]" in capsys.readouterr().err
 
 
 def test_explain_and_what_if_over_the_award_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
