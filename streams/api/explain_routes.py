@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from schemas.errors import CatalogError, InvalidEventError
-from schemas.events import MAX_EVENT_BYTES, zone
+from schemas.events import MAX_EVENT_BYTES, EventEnvelope, zone
 from streams.api.explain import Explainer, UnknownBadge, event_problems
 
 TimeZone = Annotated[str, Query(min_length=1, max_length=64, description="the user's IANA time zone, for the window")]
@@ -43,7 +43,9 @@ def register_explain_routes(router: APIRouter, explainer: Explainer, authorised:
             raise HTTPException(404, f"no badge {badge_id!r}") from None
 
     @router.post("/users/{user_id}/what-if",
-                 summary="dry-run one event on the user's live state: what it would award, and why (nothing kept)")
+                 summary="dry-run one event on the user's live state: what it would award, and why (nothing kept)",
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": EventEnvelope.model_json_schema()}}}})
     async def what_if(request: Request, user_id: Id) -> Response:
         raw = bytearray()
         async for chunk in request.stream():

@@ -194,6 +194,12 @@ class TestWhatIf:
             "occurred_at": "2026-11-06T08:00:00+00:00", "data": {"referred_user_id": "y"}})).json()
         assert resent["duplicate"] and "already evaluated" in resent["reason"]
 
+    def test_both_endpoints_are_in_the_openapi_document(self, make_client: ClientFactory) -> None:
+        paths = make_client().get("/openapi.json").json()["paths"]
+        body = paths["/v1/users/{user_id}/what-if"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert {"event_id", "type", "user_id", "occurred_at"} <= set(body["required"])
+        assert "/v1/users/{user_id}/badges/{badge_id}/explain" in paths
+
     def test_without_a_worker_it_says_what_it_could_not_know(self, make_client: ClientFactory) -> None:
         body = make_client().post("/v1/users/u-1/what-if", content=quiz()).json()
         assert body["state_source"] == "database"
