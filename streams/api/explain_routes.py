@@ -4,6 +4,7 @@ No ``from __future__ import annotations`` here: the parameter types come from ``
 registration time, and FastAPI must see them as objects, not as names to look up in this module.
 """
 
+import logging
 from collections.abc import Callable
 from typing import Annotated
 from zoneinfo import ZoneInfoNotFoundError
@@ -16,6 +17,8 @@ from schemas.errors import CatalogError, InvalidEventError
 from schemas.events import MAX_EVENT_BYTES, EventEnvelope, zone
 from streams.api.explain import Explainer, UnknownBadge, event_problems
 
+log = logging.getLogger(__name__)
+
 TimeZone = Annotated[str, Query(min_length=1, max_length=64, description="the user's IANA time zone, for the window")]
 
 
@@ -27,7 +30,9 @@ def register_explain_routes(router: APIRouter, explainer: Explainer, authorised:
         try:
             explainer.engine  # noqa: B018  # loads the catalog on first use
         except CatalogError as exc:
-            raise HTTPException(503, f"the badge catalog cannot be loaded: {exc}") from None
+            log.error("explain and what-if: the badge catalog cannot be loaded: %s", exc)
+            raise HTTPException(503, "the badge catalog cannot be loaded (BADGESTREAM_CATALOG_PATH; see the log)") \
+                from None
 
     @router.get("/users/{user_id}/badges/{badge_id}/explain",
                 summary="why a user holds a badge, or what is still missing (per tier and occurrence)")

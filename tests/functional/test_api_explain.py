@@ -77,7 +77,8 @@ def make_client(engine: Engine, database_url: str, catalog_path: Path) -> Iterat
     def make(worker: bool = False, **overrides: Any) -> TestClient:
         from streams.api.app import create_app
 
-        settings = Settings(database_url=SecretStr(database_url), api_cache_ttl_s=0, catalog_path=catalog_path,
+        overrides.setdefault("catalog_path", catalog_path)
+        settings = Settings(database_url=SecretStr(database_url), api_cache_ttl_s=0,
                             worker_url="http://worker.invalid:6066" if worker else None, **overrides)
         app = create_app(settings)
         if worker:
@@ -132,6 +133,14 @@ class TestExplain:
         catalog_path.write_text(yaml.safe_dump({**CATALOG, "catalog_version": "2027-01-01"}))
         body = make_client().get("/v1/users/u-1/badges/first_quiz/explain").json()
         assert any("'2027-01-01'" in text and "'2026-11-26'" in text for text in body["unknown"])
+
+    def test_a_catalog_that_cannot_be_loaded_is_503_without_its_path(self, make_client: ClientFactory,
+                                                                      tmp_path: Path) -> None:
+        client = make_client(catalog_path=tmp_path / "gone.yaml")
+        for response in (client.get("/v1/users/u-1/badges/first_quiz/explain"),
+                         client.post("/v1/users/u-1/what-if", content=quiz())):
+            assert response.status_code == 503 and "gone.yaml" not in response.text
+        assert client.get("/users/u-1").status_code == 200  # the page still shows, without "how to earn"
 
     def test_levels_are_explained_by_name(self, make_client: ClientFactory) -> None:
         body = make_client().get("/v1/users/u-1/badges/regular/explain").json()
