@@ -11,7 +11,14 @@ from fractions import Fraction
 
 import pytest
 
-from evaluators.explain import AwardEvidence, ReportedProgress, explain_badge, state_from_awards, window_status
+from evaluators.explain import (
+    AwardEvidence,
+    ReportedProgress,
+    explain_badge,
+    state_from_awards,
+    what_if,
+    window_status,
+)
 from evaluators.rules import StreakBadge, streak_standing
 from evaluators.state import BadgeState, UserState
 from schemas.catalog.cel import top_level_operands
@@ -207,3 +214,41 @@ def test_without_engine_state_it_explains_from_awards_and_published_progress(eng
 ])
 def test_top_level_operands(source: str, expected: tuple[str | None, list[str]]) -> None:
     assert top_level_operands(source) == expected
+
+
+# --- what-if, from literal events ---------------------------------------------------------------------
+
+def test_what_if_shows_a_cel_error_and_each_operand(eng) -> None:  # type: ignore[no-untyped-def]
+    # A Saturday in the window, but no score: the first operand fails, the second is true.
+    answer = what_if(eng, None, event("quiz", "2026-06-06T10:00:00+00:00", quiz_id="q1"))
+    summer = next(entry for entry in answer["badges"] if entry["badge_id"] == "summer")
+    assert not summer["qualifies"]
+    when = summer["checks"][-1]
+    assert when["check"] == "when" and when["ok"] is False and "no such key" in when["error"]
+    assert [o["value"] for o in when["operands"]] == [None, True] and "error" in when["operands"][0]
+    assert answer["errors"] == [{"badge_id": "summer", "kind": "cel", "message": when["error"]}]
+
+
+def test_what_if_says_why_a_qualifying_event_changes_nothing(eng) -> None:  # type: ignore[no-untyped-def]
+    state, _ = run(eng, [event("quiz", quiz_id="q1", score=1)])
+    again = what_if(eng, state, event("quiz", "2026-03-03T10:00:00+00:00", quiz_id="q1", score=0))
+    explorer = next(entry for entry in again["badges"] if entry["badge_id"] == "explorer")
+    assert explorer["qualifies"] and not explorer["changes"]
+    assert explorer["no_change"] == "data.quiz_id is missing, or that value was already counted"
+    collector = next(entry for entry in again["badges"] if entry["badge_id"] == "collector")
+    assert collector["no_change"].startswith("data.score is missing, not a number or not above 0")
+
+
+def test_what_if_of_an_unheard_type_or_a_duplicate_changes_nothing(eng) -> None:  # type: ignore[no-untyped-def]
+    assert what_if(eng, None, event("page_view"))["matched"] is False
+    state, _ = run(eng, [event("quiz", quiz_id="q1", event_id="same")])
+    duplicate = what_if(eng, state, event("quiz", quiz_id="q2", event_id="same"))
+    assert duplicate["duplicate"] and duplicate["badges"] == [] and duplicate["awards"] == []
+
+
+def test_what_if_names_prerequisites_still_missing(eng) -> None:  # type: ignore[no-untyped-def]
+    state, _ = run(eng, [event("referral"), event("referral")])
+    answer = what_if(eng, state, event("referral"))
+    recruiter = answer["badges"][0]
+    assert recruiter["progress_after"] == [{"tier": None, "progress": 3, "target": 6}]
+    assert recruiter["awards"] == [] and recruiter["requires_missing"] == [{"badge_id": "first", "name": "First Quiz"}]
