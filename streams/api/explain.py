@@ -157,7 +157,12 @@ def _hide_unearned(engine: Engine, before: UserState, answer: dict[str, Any]) ->
     if not secret:
         return
     answer["badges"] = [entry for entry in answer["badges"] if entry["badge_id"] not in secret]
+    withheld = sum(award["points"] for award in answer["awards"] if award["badge_id"] in secret)
     answer["awards"] = [award for award in answer["awards"] if award["badge_id"] not in secret]
+    if withheld:  # nor do their points, or a level only they would reach
+        answer["points"]["after"] -= withheld
+        answer["levels"] = [level for level in answer["levels"]
+                            if level["metadata"].get("target", 0) <= answer["points"]["after"]]
     answer["progress"] = [row for row in answer["progress"] if row["badge_id"] not in secret]
     answer["errors"] = [error for error in answer["errors"] if error["badge_id"] not in secret]
     answer["cascade"] = [badge_id for badge_id in answer.get("cascade", []) if badge_id not in secret]

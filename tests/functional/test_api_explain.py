@@ -229,3 +229,24 @@ class TestWhatIf:
         assert response.status_code == 422, response.text
         assert field in response.json()["message"]
         assert field in {str(p) for problem in response.json()["detail"] for p in problem["loc"]}
+
+
+def test_a_hidden_badge_not_yet_held_leaves_no_trace_in_a_what_if() -> None:
+    """Not its verdict, its award, its progress, nor its points (demo catalog: recruiter is hidden, 20 points)."""
+    from evaluators.explain import what_if
+    from streams.api.explain import _hide_unearned
+    from streams.settings import DEMO_CATALOG
+
+    badges = BadgeEngine(load_catalog(DEMO_CATALOG))
+    state: UserState | None = None
+    for number, kind in enumerate(["quiz_completed", "referral_signup", "referral_signup"]):
+        data = {"quiz_id": "q1", "score": 1, "total_questions": 10} if kind == "quiz_completed" else {
+            "referred_user_id": f"r{number}"}
+        state = badges.evaluate(state, event(kind, f"2026-03-0{number + 2}T10:00:00+00:00", user="u", **data)).state
+    assert state is not None
+    answer = what_if(badges, state, event("referral_signup", "2026-03-05T10:00:00+00:00", user="u",
+                                          referred_user_id="r9"))
+    assert [a["badge_id"] for a in answer["awards"]] == ["recruiter"] and answer["points"]["after"] == 30
+    _hide_unearned(badges, state, answer)
+    assert (answer["awards"], answer["badges"], answer["progress"]) == ([], [], [])
+    assert answer["points"] == {"before": 10, "after": 10}
