@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from evaluators.engine import Engine
@@ -150,17 +150,7 @@ def explain_badge(
     for part in body["parts"]:
         if part["held"] and part["award"] is None:
             unknown.append(f"the evidence of {_part_name(part)}: held in the engine state, no award row seen yet")
-    if last_event is None and reported:
-        newest = max(reported, key=lambda row: row.updated_at or "")
-        if newest.updated_at is not None:
-            last_event = {"at": newest.updated_at, "event_id": None, "what": "progress"}
-    if last_event is not None and last_event.get("event_id") is None:
-        latest = max(mine.values(), key=lambda e: e.awarded_at or "", default=None)
-        if latest is not None and (latest.awarded_at or "") >= str(last_event.get("at") or ""):
-            last_event = {"at": latest.awarded_at, "event_id": latest.event_id, "what": "award"}
-    elif last_event is None and mine:
-        latest = max(mine.values(), key=lambda e: e.awarded_at or "")
-        last_event = {"at": latest.awarded_at, "event_id": latest.event_id, "what": "award"}
+    last_event = _last_event(last_event, reported, mine.values())
     if last_event is not None and last_event.get("event_id") is None:
         unknown.append("the id of the last event that moved it: progress records carry only its time")
     return {
@@ -171,6 +161,32 @@ def explain_badge(
         "state_source": source if known else "database",
         "unknown": unknown,
     }
+
+
+def _instant(text: Any) -> datetime:
+    """An ISO time from an answer (offsets differ between rows, so text does not compare); unknown: the earliest."""
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _last_event(given: Mapping[str, Any] | None, reported: Sequence[ReportedProgress],
+                awards: Iterable[AwardEvidence]) -> Mapping[str, Any] | None:
+    """The last event known to have moved the badge: the caller's, else the newer of the newest progress
+    row (its time only) and the newest award (its event id too)."""
+    if given is not None and given.get("event_id") is not None:
+        return given
+    candidates: list[Mapping[str, Any]] = [given] if given is not None else []
+    candidates += [{"at": row.updated_at, "event_id": None, "what": "progress"} for row in reported
+                   if row.updated_at is not None]
+    candidates += [{"at": award.awarded_at, "event_id": award.event_id, "what": "award"} for award in awards
+                   if award.awarded_at is not None]
+    if not candidates:
+        return None
+    # The newest; on a tie an award, which names its event.
+    return max(candidates, key=lambda moved: (_instant(moved["at"]), moved["event_id"] is not None))
 
 
 def _part_name(part: Mapping[str, Any]) -> str:
@@ -387,7 +403,7 @@ def _when_check(rule: CompiledBadge, facts: EventFacts) -> dict[str, Any]:
     return check
 
 
-def _no_change_reason(rule: CompiledBadge, facts: EventFacts, before: BadgeState | None) -> str:
+def _no_change_reason(rule: CompiledBadge, facts: EventFacts) -> str:
     if isinstance(rule, DistinctBadge):
         return f"{rule.field} is missing, or that value was already counted"
     if isinstance(rule, SumBadge):
@@ -480,7 +496,7 @@ def what_if(engine: Engine, state: UserState | None, event: EventEnvelope) -> di
         if failure is not None:
             entry["error"] = {"kind": failure.kind, "message": failure.message}
         if qualifies and not changed and failure is None:
-            entry["no_change"] = _no_change_reason(rule, facts, old)
+            entry["no_change"] = _no_change_reason(rule, facts)
         answer["badges"].append(entry)
     listening = {rule.id for rule in engine.listeners(event.type)}
     answer["cascade"] = [a["badge_id"] for a in answer["awards"] if a["badge_id"] not in listening]
