@@ -382,6 +382,16 @@ class Engine:
                         ))
         return tuple(records)
 
+    # --- reading, for explanations (evaluators.explain) ---------------------------------------------
+
+    def rule(self, badge_id: str) -> CompiledBadge | None:
+        """The compiled rule of a catalog badge (None for a level or an unknown id)."""
+        return self._rules.get(badge_id)
+
+    def listeners(self, event_type: str) -> tuple[CompiledBadge, ...]:
+        """The badges an event of this type can move, in catalog order (what :meth:`evaluate` visits)."""
+        return self._by_type.get(event_type, ())
+
 
 def _held(badges: Mapping[str, BadgeState], badge_id: str) -> bool:
     state = badges.get(badge_id)

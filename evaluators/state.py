@@ -328,6 +328,11 @@ class UserState:
     def empty(cls, user_id: str) -> UserState:
         return cls(user_id)
 
+    def held(self, badge_id: str) -> bool:
+        """Whether the user holds ``badge_id`` (any tier, any occurrence)."""
+        badge = self.badges.get(badge_id)
+        return badge is not None and badge.held
+
     # --- bytes ---------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:

@@ -8,6 +8,7 @@ the periods within reach of its own (docs/engine.md, "Streak periods").
 from __future__ import annotations
 
 from bisect import bisect_right
+from datetime import date
 from operator import itemgetter
 from typing import Any
 
@@ -133,3 +134,56 @@ class StreakBadge(CompiledBadge):
 
     def award_metadata(self, state: BadgeState, tier: str | None, occurrence: int) -> dict[str, Any]:
         return {"progress": min(state.n, self.length), "target": self.length, "unit": "weeks" if self.weeks else "days"}
+
+
+def _runs(stretches: Stretches) -> list[tuple[int, int]]:
+    """The active periods as runs (first, last) in order: for explanations, not the hot path."""
+    runs: list[tuple[int, int]] = []
+    for first, bits in stretches:
+        offset = 0
+        while bits:
+            skip = (bits & -bits).bit_length() - 1  # inactive periods before the next run
+            bits >>= skip
+            offset += skip
+            length = (~bits & (bits + 1)).bit_length() - 1  # the run of set bits at the bottom
+            runs.append((first + offset, first + offset + length - 1))
+            bits >>= length
+            offset += length
+    return runs
+
+
+def streak_standing(rule: StreakBadge, state: BadgeState) -> dict[str, Any]:
+    """Where a streak stands, from its stored state: the current run, the best run, freezes used, periods missing.
+
+    ``current``: active periods in the longest range (skipping at most ``freezes`` inactive periods)
+    that ends at the newest active period; ``freezes_used``: the inactive periods inside it;
+    ``best``: the longest such range anywhere (capped at the length, as the rule stores it);
+    ``missing``: periods still needed after the current run; ``last_active``: the newest active
+    period's first local day (ISO date), None when unknown (no period kept, or the streak was met).
+    """
+    unit = "weeks" if rule.weeks else "days"
+    met = state.n >= rule.length
+    runs = _runs(state.active)
+    if met or not runs:
+        current = rule.length if met else 0
+        return {"unit": unit, "length": rule.length, "freezes": rule.freezes, "current": current,
+                "best": min(state.n, rule.length), "freezes_used": 0, "missing": rule.length - current,
+                "last_active": None}
+    active = skipped = 0
+    current = used = 0
+    # Walk back from the newest run, taking runs while the gaps fit in the freeze budget.
+    for index in range(len(runs) - 1, -1, -1):
+        start, end = runs[index]
+        if index < len(runs) - 1:
+            gap = runs[index + 1][0] - end - 1
+            if skipped + gap > rule.freezes:
+                break
+            skipped += gap
+        active += end - start + 1
+        current, used = active, skipped
+    current = min(current, rule.length)
+    newest = runs[-1][1]
+    first_day = newest * 7 + 1 if rule.weeks else newest
+    return {"unit": unit, "length": rule.length, "freezes": rule.freezes, "current": current,
+            "best": max(min(state.n, rule.length), current), "freezes_used": used,
+            "missing": rule.length - current, "last_active": date.fromordinal(first_day).isoformat()}

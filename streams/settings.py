@@ -104,6 +104,11 @@ class Settings(BaseSettings):
         30.0, ge=0, description="seconds the API may serve holder counts, rankings and the catalog before re-reading"
     )
     api_workers: int = Field(1, ge=1, description="uvicorn worker processes of the read API")
+    worker_url: str | None = Field(
+        None, description="base URL of a worker's web server (e.g. http://127.0.0.1:6066): explain and what-if read "
+        "the user's live engine state there; unset: they explain from the award database alone"
+    )
+    worker_timeout_s: float = Field(2.0, gt=0, description="how long explain and what-if wait for the worker's state")
 
     # Notifier (docs/notifications.md)
     webhook_urls: Annotated[list[str], NoDecode] = Field(

@@ -110,3 +110,41 @@ def analyse_expression(source: str) -> ExpressionInfo:
         )
     frozen = {name: (frozenset(used) if used is not None else None) for name, used in references.items()}
     return ExpressionInfo(source=source, program=program, references=frozen, comprehension_depth=deepest)
+
+
+def top_level_operands(source: str) -> tuple[str | None, list[str]]:
+    """Split an expression at its top-level ``||`` (or, if there is none, its top-level ``&&``).
+
+    Returns the operator and the operands' source text, stripped: ``("&&", ["a > 1", "b"])``; or
+    ``(None, [source])`` when there is nothing to split (a ternary at top level is not split either).
+    ``||`` binds looser than ``&&``, so splitting at ``||`` first keeps each operand's meaning.
+    Strings and comments are opaque, as in :func:`analyse_expression`. For explanations only.
+    """
+    depth = 0
+    cuts: dict[str, list[tuple[int, int]]] = {"||": [], "&&": []}
+    previous: tuple[str, int] | None = None  # the last punctuation character and where it was
+    for match in _CEL_TOKEN.finditer(source):
+        kind, text, at = match.lastgroup or "punct", match.group(), match.start()
+        if kind in ("space", "comment"):
+            continue
+        if kind == "punct":
+            if text in "([{":
+                depth += 1
+            elif text in ")]}":
+                depth -= 1
+            elif depth == 0 and text == "?":
+                return None, [source.strip()]
+            elif depth == 0 and text in "|&" and previous == (text, at - 1):
+                cuts["||" if text == "|" else "&&"].append((at - 1, at + 1))
+                previous = None
+                continue
+        previous = (text, at) if kind == "punct" else None
+    for operator in ("||", "&&"):
+        if cuts[operator]:
+            parts, start = [], 0
+            for begin, end in cuts[operator]:
+                parts.append(source[start:begin].strip())
+                start = end
+            parts.append(source[start:].strip())
+            return operator, parts
+    return None, [source.strip()]

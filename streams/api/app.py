@@ -29,6 +29,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streams import db
 from streams.api.emblems import emblem_svg
+from streams.api.explain import Explainer
+from streams.api.explain_routes import register_explain_routes
+from streams.api.profile import profile
 from streams.api.views import RankBy, Views
 from streams.settings import Settings
 
@@ -202,6 +205,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"no award {award_id!r}")
         return _json(award)
 
+    explainer = app.state.explainer = Explainer(settings, engine)
+    register_explain_routes(v1, explainer, authorised)
     app.include_router(v1)
 
     # --- pages ----------------------------------------------------------------------------------
@@ -217,7 +222,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/users/{user_id}", response_class=HTMLResponse, tags=["pages"], summary="a user's profile page")
     def user_page(request: Request, user_id: Id) -> Response:
-        page: Response = templates.TemplateResponse(request, "user.html", {"user": views.user(user_id)})
+        user = views.user(user_id)
+        page: Response = templates.TemplateResponse(request, "user.html", {"user": user,
+                                                                           "profile": profile(user, explainer)})
         return page
 
     @app.get("/emblems/{badge_id}.svg", tags=["pages"], summary="a badge's emblem")

@@ -104,7 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     options.catalog(evaluate, required=True)
     evaluate.add_argument("events", help="JSON-lines file of events ('-' for stdin)")
     evaluate.add_argument("--nudges", action="store_true", help="print the nudges too (badge-nudges records)")
+    evaluate.add_argument("--explain", nargs="+", metavar="ID",
+                          help="USER [BADGE]: instead of the awards, explain the user's badge (every badge and level "
+                               "without BADGE) as of their last event; put it after EVENTS")
+    evaluate.add_argument("--json", action="store_true", help="with --explain: the explanation as JSON")
     evaluate.set_defaults(func=_lazy("streams.cli.offline:evaluate_command"))
+
+    explain = sub.add_parser("explain", help="why a user holds a badge, or what is still missing")
+    explain.add_argument("user_id")
+    explain.add_argument("badge_id", help="a badge or level id")
+    explain.add_argument("--tz", default="UTC", help="the user's IANA time zone, for the badge's window")
+    explain.add_argument("--json", action="store_true", help="the API's JSON answer")
+    options.catalog(explain)
+    options.database_url(explain)
+    explain.set_defaults(func=_lazy("streams.cli.explain:explain_command"))
+
+    what_if = sub.add_parser("what-if", help="dry-run one event on a user's live state: what it would award, and why")
+    what_if.add_argument("user_id")
+    what_if.add_argument("event", help="a JSON file with one event ('-' for stdin)")
+    what_if.add_argument("--json", action="store_true", help="the API's JSON answer")
+    options.catalog(what_if)
+    options.database_url(what_if)
+    what_if.set_defaults(func=_lazy("streams.cli.explain:what_if_command"))
 
     catalog = sub.add_parser("catalog", help="badge catalog tools")
     catalog_actions = catalog.add_subparsers(dest="catalog_action", required=True, metavar="ACTION")

@@ -43,6 +43,15 @@ def evaluate_command(args: argparse.Namespace, out: IO[str] | None = None, err: 
     nudges = 0
     with_nudges = bool(getattr(args, "nudges", False))
     failures = Counter[str]()
+    explaining: list[str] | None = getattr(args, "explain", None)
+    history = None
+    if explaining:
+        from streams.cli.explain import OfflineHistory
+
+        if len(explaining) > 2:
+            raise CatalogError(f"--explain takes USER [BADGE], got {' '.join(explaining)} (EVENTS goes before it)")
+
+        history = OfflineHistory(args.events, explaining[0])
     try:
         lines = _lines(args.events)
         for number, raw in lines:
@@ -50,7 +59,10 @@ def evaluate_command(args: argparse.Namespace, out: IO[str] | None = None, err: 
                 continue
             seen["lines"] += 1
             try:
+                before = run.states.get(explaining[0]) if explaining else None
                 _event, result = run.read(raw.rstrip(b"\r\n"))
+                if history is not None:
+                    history.observe(run.engine, number, _event, before, result)
             except InvalidEventError as exc:
                 seen["invalid"] += 1
                 print(f"line {number}: {exc.code}: {exc.reason}", file=err)
@@ -67,8 +79,9 @@ def evaluate_command(args: argparse.Namespace, out: IO[str] | None = None, err: 
                 print(f"line {number}: badge {failure.badge_id}: {failure.kind}: {failure.message}", file=err)
             for award in result.awards:
                 awards_by_badge[award.badge_id] += 1
-                out.write(award.model_dump_json() + "\n")
-            if with_nudges:
+                if history is None:  # with --explain, stdout is the explanation
+                    out.write(award.model_dump_json() + "\n")
+            if with_nudges and history is None:
                 for nudge in result.nudges:
                     nudges += 1
                     out.write(nudge.model_dump_json() + "\n")
@@ -87,6 +100,11 @@ def evaluate_command(args: argparse.Namespace, out: IO[str] | None = None, err: 
             print(f"  {award_id:<24} {awards_by_badge[award_id]:>6}", file=err)
     if failures:
         print("  isolated failures: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())), file=err)
+    if history is not None and explaining is not None:
+        from streams.cli.explain import print_offline
+
+        print_offline(history.explain(run, explaining[1] if len(explaining) > 1 else None),
+                      bool(getattr(args, "json", False)), out)
     return 0
 
 

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-from faust.web import Request, Response, View
 
 from evaluators.resends import ResendWindow
 from evaluators.runner import plugin_engine
@@ -41,7 +40,7 @@ from streams.worker.metrics import WorkerMetrics
 from streams.worker.output import OutputProducer
 from streams.worker.processor import EventProcessor
 from streams.worker.state_cache import StateCache
-from streams.worker.stored import StoredUser
+from streams.worker.views import register_views
 
 log = logging.getLogger("badgestream.worker")
 
@@ -215,27 +214,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             if highwater is not None:
                 metrics.lag(tp.topic, tp.partition, max(0, highwater - (done or 0)))
 
-    @app.page("/metrics")
-    class MetricsView(View):
-        async def get(self, request: Request) -> Response:
-            body, content_type = metrics.exposition()
-            return self.bytes(body, content_type=content_type)
-
-    @app.page("/users/{user_id}/state")
-    class UserStateView(View):
-        @app.table_route(table=table, match_info="user_id")  # type: ignore[arg-type]
-        async def get(self, request: Request, user_id: str) -> Response:
-            user: StoredUser | None = states.get(user_id.encode("utf-8"), table.get)
-            if user is None:
-                return self.json({"user_id": user_id, "state": None}, status=404)
-            state = user.state
-            return self.json({"user_id": user_id, "catalog_fingerprint": state.catalog_fp,
-                              "badges": {bid: badge.to_json() for bid, badge in sorted(state.badges.items())},
-                              "outbox_events": [entry.event_id for entry in user.outbox],
-                              "marks": [[topic, partition, "rekeyed" if rekeyed else "direct", offset]
-                                        for (topic, partition, rekeyed), offset in user.marks.items()],
-                              "resend_buckets": list(user.id_buckets)})
-
+    register_views(app, table, lambda user_id: states.get(user_id.encode("utf-8"), table.get), metrics,
+                   lambda user_id, user: states.seen(user_id.encode("utf-8"), user, ids_table.get))
     return app
 
 

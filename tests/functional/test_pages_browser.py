@@ -19,25 +19,27 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from deploy.kafka.broker import free_port
+from streams import db
 from tests.conftest import unavailable
-from tests.functional.api_data import fill
+from tests.functional.api_data import CATALOG, award, fill
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "var" / "test-artifacts"
 CHROMIUM = os.environ.get("BADGESTREAM_CHROMIUM", "/usr/bin/chromium")
 
 
-@pytest.fixture(scope="module")
-def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``badgestream api`` as its own process over a filled SQLite database; stopped afterwards."""
-    tmp_path = tmp_path_factory.mktemp("api")
-    database_url = f"sqlite:///{tmp_path / 'awards.db'}"
-    fill(database_url).dispose()
+def _serve_api(tmp_path: Path, database_url: str) -> Iterator[str]:
+    """``badgestream api`` as its own process over ``database_url``, explaining with the database's catalog."""
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(CATALOG))
     port = free_port()
-    env = {**os.environ, "BADGESTREAM_DATABASE_URL": database_url, "BADGESTREAM_API_CACHE_TTL_S": "0"}
+    env = {**os.environ, "BADGESTREAM_DATABASE_URL": database_url, "BADGESTREAM_API_CACHE_TTL_S": "0",
+           "BADGESTREAM_CATALOG_PATH": str(catalog)}
     env.pop("BADGESTREAM_API_TOKEN", None)
+    env.pop("BADGESTREAM_WORKER_URL", None)
     log = (tmp_path / "api.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "api", "--port", str(port)], env=env, cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -56,6 +58,29 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=15)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API over the read API tests' database (``api_data``); stopped afterwards."""
+    tmp_path = tmp_path_factory.mktemp("api")
+    database_url = f"sqlite:///{tmp_path / 'awards.db'}"
+    fill(database_url).dispose()
+    yield from _serve_api(tmp_path, database_url)
+
+
+@pytest.fixture(scope="module")
+def profile_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same database where u-1 has also earned silver, recruiter a second time and the level Regular."""
+    tmp_path = tmp_path_factory.mktemp("profile")
+    database_url = f"sqlite:///{tmp_path / 'awards.db'}"
+    engine = fill(database_url)
+    with engine.begin() as conn:
+        db.write_records(conn, [award("u-1", "quiz_master", "silver", days=6, points=20),
+                                award("u-1", "recruiter", occurrence=2, days=7, points=5),
+                                award("u-1", "regular", days=7)], [])
+    engine.dispose()
+    yield from _serve_api(tmp_path, database_url)
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +115,14 @@ def test_a_profile_page_shows_earned_badges_progress_and_never_an_unearned_hidde
     assert [" ".join(text.split()) for text in earned] == ["First Quiz", "Quiz Master BRONZE", "Recruiter"]
     assert page.get_by_text("Earned 2026-11-21").is_visible()
     assert page.get_by_text("Held by 75% of users").is_visible()
-    progress = page.locator("section[aria-labelledby=in-progress] li")
+    progress = page.locator("section[aria-labelledby=in-progress] ul.cards > li")
     assert progress.count() == 2
     assert page.get_by_text("13 to go").is_visible() and page.get_by_text("37 of 50").is_visible()
     assert page.get_by_text("2 to go").is_visible()
-    assert page.locator("progress").first.get_attribute("max") == "5"
+    assert page.locator("section[aria-labelledby=in-progress] progress").first.get_attribute("max") == "5"
+    # How to earn, in words, on the cards under way.
+    assert page.get_by_text("2 more different quiz id values in quiz completed events").is_visible()
+    assert page.get_by_text("13 more quiz completed events for silver").is_visible()
     body = page.locator("body").inner_text()
     assert "Secret Society" not in body  # hidden and not earned
     assert "35 points" in body and "15 points to Regular" in body
@@ -106,6 +134,24 @@ def test_a_profile_page_shows_earned_badges_progress_and_never_an_unearned_hidde
     locked = page.locator("section[aria-labelledby=locked] li h3").all_inner_texts()
     assert locked == ["Explorer", "First Quiz", "Quiz Master"]
     assert page.get_by_text("No badges yet.").is_visible()
+    how = page.locator("section[aria-labelledby=locked] li[data-badge=first_quiz] .how li").all_inner_texts()
+    assert how == ["1 more quiz completed event"]
+    shoot(page, "profile-nobody")
+
+
+def test_tiers_and_repeats_are_one_card_and_the_level_is_a_bar(profile_url: str, browser: object) -> None:
+    page = browser.new_page(viewport={"width": 390, "height": 844})  # type: ignore[attr-defined]
+    page.goto(f"{profile_url}/users/u-1")
+    earned = page.locator("section[aria-labelledby=earned] li h3").all_inner_texts()
+    assert [" ".join(text.split()) for text in earned] == ["First Quiz", "Quiz Master BRONZE SILVER",
+                                                           "Recruiter \u00d72"]
+    level = page.locator("section[aria-labelledby=level]")
+    assert "Level Regular · 60 points" in " ".join(level.inner_text().split())
+    assert level.get_by_text("40 points to Expert").is_visible()
+    bar = level.locator("progress")
+    assert (bar.get_attribute("max"), bar.get_attribute("value")) == ("50", "10")  # 10 of the 50 from Regular to Expert
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    shoot(page, "profile-u-1-grouped")
 
 
 def test_the_front_page_shows_the_leaderboard_and_the_visible_badges(api_url: str, browser: object) -> None:
