@@ -24,8 +24,8 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from hashlib import blake2b
+from typing import NamedTuple
 
 DEFAULT_WINDOW_MS = 24 * 3600 * 1000
 """The default resend window: 24 hours of record time."""
@@ -47,30 +47,37 @@ def position_tag(topic: str, partition: int, offset: int) -> int:
     return zlib.crc32(f"{topic}\x00{partition}\x00{offset}".encode())
 
 
-@dataclass(frozen=True)
 class ResendWindow:
     """How long a resend is recognised, in record time, and how ids are bucketed for it."""
 
-    window_ms: int = DEFAULT_WINDOW_MS
+    __slots__ = ("bucket_ms", "kept_buckets", "window_ms")
 
-    def __post_init__(self) -> None:
-        if self.window_ms < 0:
-            raise ValueError(f"the resend window must be >= 0 ms, got {self.window_ms}")
-
-    @property
-    def bucket_ms(self) -> int:
-        return max(1, self.window_ms // 4)
+    def __init__(self, window_ms: int = DEFAULT_WINDOW_MS) -> None:
+        if window_ms < 0:
+            raise ValueError(f"the resend window must be >= 0 ms, got {window_ms}")
+        self.window_ms = window_ms
+        self.bucket_ms = max(1, window_ms // 4)
+        self.kept_buckets = 2 * window_ms // self.bucket_ms + 1  # buckets kept before the newest
 
     def bucket(self, at_ms: int) -> int:
         return at_ms // self.bucket_ms
 
-    def nearby(self, at_ms: int) -> range:
-        """The buckets that can hold an id within the window of ``at_ms``."""
-        return range(self.bucket(at_ms - self.window_ms), self.bucket(at_ms + self.window_ms) + 1)
+    def nearby(self, at_ms: int) -> tuple[int, int]:
+        """The first and last bucket that can hold an id within the window of ``at_ms``."""
+        return (at_ms - self.window_ms) // self.bucket_ms, (at_ms + self.window_ms) // self.bucket_ms
 
     def kept_from(self, newest_bucket: int) -> int:
         """The oldest bucket kept when ``newest_bucket`` is the user's newest: two windows back."""
-        return newest_bucket - self.bucket(2 * self.window_ms) - 1
+        return newest_bucket - self.kept_buckets
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ResendWindow) and other.window_ms == self.window_ms
+
+    def __hash__(self) -> int:
+        return hash(self.window_ms)
+
+    def __repr__(self) -> str:
+        return f"ResendWindow(window_ms={self.window_ms})"
 
 
 class SeenIds:
@@ -87,9 +94,9 @@ class SeenIds:
         """Whether an event with ``digest`` at record time ``at_ms`` is a resend of one remembered:
         the same digest within the window, read at another position (``tag`` None: any position)."""
         size = ENTRY.size
-        for bucket in window.nearby(at_ms):
-            packed = self.buckets.get(bucket)
-            if not packed:
+        first, last = window.nearby(at_ms)
+        for bucket, packed in self.buckets.items():
+            if bucket < first or bucket > last:
                 continue
             at = packed.find(digest)
             while at != -1:
@@ -115,7 +122,12 @@ class SeenIds:
         """These ids and one more; returns the new value and the buckets it wrote and dropped."""
         bucket = window.bucket(at_ms)
         buckets = dict(self.buckets)
-        buckets[bucket] = buckets.get(bucket, b"") + ENTRY.pack(digest, at_ms, tag)
+        packed = buckets.get(bucket)
+        entry = ENTRY.pack(digest, at_ms, tag)
+        if packed is not None:  # the common case: no new bucket, so none to drop
+            buckets[bucket] = packed + entry
+            return SeenIds(buckets), Change((bucket,), ())
+        buckets[bucket] = entry
         kept = window.kept_from(max(buckets))
         dropped = tuple(b for b in buckets if b < kept)
         for old in dropped:
@@ -135,8 +147,7 @@ class SeenIds:
         return f"SeenIds({len(self)} ids in buckets {sorted(self.buckets)})"
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """What :meth:`SeenIds.with_id` changed: buckets written (to store again) and dropped (to delete)."""
 
     written: tuple[int, ...] = ()

@@ -103,6 +103,7 @@ class EventProcessor:
         previous = user if user is not None else StoredUser(UserState.empty(event.user_id))
         seen = seen if seen is not None else SeenIds()
         digest = event_digest(event.event_id)
+        tag = origin.tag if origin is not None else None
         if origin is not None and previous.applied(origin):
             # A Kafka redelivery of an event already in this state: re-publish what it awarded and
             # the latest progress, in case they were lost in a crash after the state was written
@@ -115,7 +116,7 @@ class EventProcessor:
                 # Written with the state but lost before its ids were (a crash inside a commit).
                 outcome.seen, outcome.ids_change = seen.with_id(self.window, digest, record_ms, origin.tag)
             return outcome
-        if seen.resent(self.window, digest, record_ms, origin.tag if origin is not None else None):
+        if seen.resent(self.window, digest, record_ms, tag):
             # The same event id again in another message (an upstream resend): nothing changes. Its
             # awards are re-published if still at hand.
             outcome = Outcome(status="duplicate")
@@ -134,8 +135,7 @@ class EventProcessor:
         outcome.awards = [award_bytes(a) for a in evaluation.awards]
         outcome.progress = [ProgressOut.of(p) for p in evaluation.progress]
         outcome.nudges = [n.model_dump_json().encode() for n in evaluation.nudges]
-        outcome.seen, outcome.ids_change = seen.with_id(self.window, digest, record_ms,
-                                                        origin.tag if origin is not None else 0)
+        outcome.seen, outcome.ids_change = seen.with_id(self.window, digest, record_ms, tag or 0)
         kept = previous.pruned(committed) if committed is not None else previous
         outcome.new_user = StoredUser(
             state=evaluation.state,

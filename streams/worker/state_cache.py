@@ -54,7 +54,7 @@ def ids_key(user_key: bytes, bucket: int) -> bytes:
     return user_key + b"\x00" + _BUCKET.pack(bucket)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     user: StoredUser
     event: Any
