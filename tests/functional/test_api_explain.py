@@ -7,6 +7,7 @@ body (``streams.worker.views.engine_state_body``) over a state the engine built 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
 from evaluators.engine import Engine as BadgeEngine
+from evaluators.resends import ResendWindow, SeenIds, event_digest
 from evaluators.state import UserState
 from schemas.catalog import load_catalog
 from streams.settings import Settings
@@ -45,8 +47,9 @@ def catalog_path(tmp_path: Path) -> Path:
     return path
 
 
-def worker_states(catalog_path: Path) -> dict[str, UserState]:
-    """u-1 as the worker knows them: logins on four days in a row, and one referral."""
+def worker_states(catalog_path: Path) -> dict[str, tuple[UserState, SeenIds]]:
+    """u-1 as the worker knows them: logins on four days in a row, and one referral (an hour ago in
+    record time, so its event id is within the resend window)."""
     badges = BadgeEngine(load_catalog(catalog_path))
     state: UserState | None = None
     for day in range(1, 5):
@@ -54,14 +57,18 @@ def worker_states(catalog_path: Path) -> dict[str, UserState]:
     state = badges.evaluate(state, event("referral_signup", "2026-11-05T08:00:00+00:00", user="u-1",
                                          event_id="ref-1", referred_user_id="x")).state
     assert state is not None
-    return {"u-1": state}
+    seen = SeenIds()
+    now_ms = int(time.time() * 1000)
+    for event_id, when in [("ref-1", now_ms - 3600 * 1000)]:
+        seen = seen.with_id(ResendWindow(), event_digest(event_id), when)[0]
+    return {"u-1": (state, seen)}
 
 
-def mock_worker(states: dict[str, UserState]) -> httpx.MockTransport:
+def mock_worker(states: dict[str, tuple[UserState, SeenIds]]) -> httpx.MockTransport:
     def answer(request: httpx.Request) -> httpx.Response:
         user_id = request.url.path.split("/")[2]
-        state = states.get(user_id)
-        body, status = engine_state_body(user_id, StoredUser(state) if state is not None else None)
+        known = states.get(user_id)
+        body, status = engine_state_body(user_id, StoredUser(known[0]) if known else None, known[1] if known else None)
         return httpx.Response(status, content=orjson.dumps(body))
 
     return httpx.MockTransport(answer)
@@ -201,7 +208,7 @@ class TestWhatIf:
         resent = client.post("/v1/users/u-1/what-if", content=orjson.dumps({
             "event_id": "ref-1", "type": "referral_signup", "user_id": "u-1",
             "occurred_at": "2026-11-06T08:00:00+00:00", "data": {"referred_user_id": "y"}})).json()
-        assert resent["duplicate"] and "already evaluated" in resent["reason"]
+        assert resent["duplicate"] and "already evaluated" in resent["reason"]  # the worker's remembered ids
 
     def test_both_endpoints_are_in_the_openapi_document(self, make_client: ClientFactory) -> None:
         paths = make_client().get("/openapi.json").json()["paths"]
