@@ -22,6 +22,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from evaluators.resends import SeenIds
 from evaluators.runner import plugin_engine
 from schemas.catalog import load_catalog
 from streams.worker.processor import EventProcessor
@@ -39,13 +40,17 @@ def worker_output(lines: list[bytes], catalog: Path = harness.DEMO_CATALOG) -> t
     cat = load_catalog(catalog)
     processor = EventProcessor(cat, plugin_engine(cat))
     stored: dict[str, bytes] = {}
+    seen: dict[str, SeenIds] = {}  # each user's remembered event ids: resends change nothing
     awards: list[bytes] = []
     progress: list[bytes] = []
     for offset, line in enumerate(lines):
         user = str(orjson.loads(line)["user_id"])
-        outcome = processor.process(user.encode(), line, "input", 0, offset, stored.get(user))
+        outcome = processor.evaluate(processor.decode(line), stored.get(user), ("input", 0, offset),
+                                     seen=seen.get(user))
         if outcome.new_state is not None:
             stored[user] = outcome.new_state
+        if outcome.seen is not None:
+            seen[user] = outcome.seen
         awards += outcome.awards
         progress += [p.value for p in outcome.progress]
     return awards, progress
