@@ -3,18 +3,24 @@
 1. throughput: a backlog of awards on a fresh award topic; one ``badgestream notify`` subprocess
    per configuration (1 endpoint, 10 endpoints; and 1 endpoint with one request at a time, the
    serial alternative) delivers it to a verifying receiver in this process; deliveries/s from
-   the first delivery to the last (and the wall time from the notifier's start);
-2. end to end: a ``badgestream worker`` and a notifier; events produced at a steady rate (default
+   the first delivery to the last (and the wall time from the notifier's start), and the
+   notifier's own CPU time (user + system, from /proc) per delivery over the same span;
+2. faulty endpoint: awards produced straight onto the award topic at ``--faulty-rate`` for
+   ``--faulty-seconds`` to a notifier with default settings and one endpoint where 25% of requests
+   answer 500 and 5% stall past the request timeout (seeded); per award, the time from producing it
+   to the endpoint seeing its first attempt, and to its first 2xx;
+3. end to end: a ``badgestream worker`` and a notifier; events produced at a steady rate (default
    500/s) on fresh users; for every award and nudge webhook, the time from producing the deciding
    event to the receiver having it; p50/p99.
 
-    python -m bench.notify.run [--awards 5000] [--rate 500] [--seconds 20]
+    python -m bench.notify.run [--awards 5000] [--faulty-rate 300] [--faulty-seconds 15] [--rate 500] [--seconds 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -33,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from deploy.kafka.broker import configured_or_throwaway_broker, free_port  # noqa: E402
 from schemas.records import AwardRecord, make_award_id  # noqa: E402
-from streams.devstack.receiver import Received, WebhookReceiver  # noqa: E402
+from streams.devstack.receiver import Received, Response, WebhookReceiver  # noqa: E402
 from streams.devstack.simulate import simulate_events  # noqa: E402
 from streams.kafka import ensure_topics, required_topics  # noqa: E402
 from streams.settings import Settings  # noqa: E402
@@ -44,6 +50,21 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def shown(values: list[float], q: float, missing: int) -> str:
+    """The q-quantile in ms, counting ``missing`` values as larger than any seen ("> max" when it falls among them)."""
+    ordered = sorted(values)
+    index = int(q * (len(ordered) + missing))
+    if index >= len(ordered):
+        return f"> {ordered[-1]:.0f} s" if ordered else "none"
+    return f"{ordered[index] * 1000:,.0f} ms"
 
 
 def notifier(env: dict[str, str], workdir: Path, name: str, **extra: str) -> subprocess.Popen[bytes]:
@@ -64,6 +85,8 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--awards", type=int, default=5000, help="backlog of the throughput phase")
+    parser.add_argument("--faulty-rate", type=float, default=300.0, help="awards/s of the faulty-endpoint phase")
+    parser.add_argument("--faulty-seconds", type=float, default=15.0, help="length of the faulty-endpoint phase")
     parser.add_argument("--rate", type=float, default=500.0, help="events/s of the end-to-end phase")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the end-to-end phase")
     parser.add_argument("--users", type=int, default=2000)
@@ -102,6 +125,12 @@ def run(args: argparse.Namespace, bootstrap: str) -> int:
         producer.poll(0)
     producer.flush(60)
     with WebhookReceiver(SECRET) as receiver:
+        def received(prefix: str) -> int:
+            return sum(r.path.startswith(prefix) for r in receiver.received)
+
+        def received_at_least(prefix: str, n: int) -> Callable[[], bool]:
+            return lambda: received(prefix) >= n
+
         for endpoints, concurrency in ((1, 1), (1, 8), (10, 8)):
             urls = [receiver.url(f"/c{concurrency}-e{endpoints}-{n}") for n in range(endpoints)]
             total = args.awards * endpoints
@@ -112,20 +141,75 @@ def run(args: argparse.Namespace, bootstrap: str) -> int:
                             BADGESTREAM_NOTIFY_OUTBOX=str(workdir / f"outbox-{endpoints}x{concurrency}.sqlite"))
             prefix = f"/c{concurrency}-e{endpoints}-"
             try:
-                wait_for(lambda p=prefix, n=total: sum(r.path.startswith(p) for r in receiver.received) >= n,
-                         600, f"{total} deliveries", proc)
+                wait_for(received_at_least(prefix, 1), 120, "the first delivery", proc)
+                cpu_from = cpu_seconds(proc.pid)
+                done_from = received(prefix)
+                wait_for(received_at_least(prefix, total), 900, f"{total} deliveries", proc)
+                cpu = (cpu_seconds(proc.pid) - cpu_from) / max(1, total - done_from)
             finally:
                 proc.terminate()
                 proc.wait(30)
-            got = [r for r in receiver.received if r.path.startswith(f"/c{concurrency}-e{endpoints}-")]
+            got = [r for r in receiver.received if r.path.startswith(prefix)]
             assert all(r.valid for r in got)
             first, last = min(r.at for r in got), max(r.at for r in got)
             rate = len(got) / max(last - first, 1e-9)
-            line = (f"| {endpoints} | {concurrency} | {len(got)} | {rate:,.0f} | {last - began:.1f} s |")
+            line = (f"| {endpoints} | {concurrency} | {len(got)} | {rate:,.0f} | {cpu * 1e6:,.0f} µs | "
+                    f"{last - began:.1f} s |")
             rows.append(("throughput", line))
             print(line, flush=True)
 
-    # 2. end to end at a steady rate, with the demo catalog (it declares nudges)
+    # 2. a faulty endpoint at a steady rate, default settings
+    timeout = Settings().notify_timeout_s
+    produced: dict[str, float] = {}
+    first_attempt: dict[str, float] = {}
+
+    def faulty(path: str, webhook_id: str, seen: int) -> Response:
+        if seen == 1:
+            first_attempt.setdefault(webhook_id, time.time())
+        draw = random.Random(f"{webhook_id}:{seen}").random()
+        if draw < 0.05:
+            return Response(200, delay=timeout + 2.0)  # stalls past the notifier's timeout
+        return Response(500) if draw < 0.30 else Response(200)
+
+    count = int(args.faulty_rate * args.faulty_seconds)
+    with WebhookReceiver(SECRET, respond=faulty) as receiver:
+        proc = notifier(env, workdir, "notify-faulty", BADGESTREAM_WEBHOOK_URLS=receiver.url("/faulty"),
+                        BADGESTREAM_NOTIFY_GROUP_ID=f"bn-faulty-{suffix}",
+                        BADGESTREAM_NOTIFY_OUTBOX=str(workdir / "outbox-faulty.sqlite"))
+        try:
+            warm_award = AwardRecord(award_id="warm", user_id="warm", badge_id="bench", awarded_at=at, event_id="warm",
+                               catalog_version="bench")
+            producer.produce(settings.awards_topic, key=b"warm", value=warm_award.model_dump_json().encode())
+            producer.flush(10)
+            wait_for(lambda: "warm" in first_attempt, 120, "the notifier to start", proc)
+            began = time.time()
+            for i in range(count):
+                pause = began + i / args.faulty_rate - time.time()
+                if pause > 0:
+                    time.sleep(pause)
+                user = f"f{i}"
+                award = AwardRecord(award_id=make_award_id(user, "bench", None, 1), user_id=user, badge_id="bench",
+                                    awarded_at=at, event_id=f"f{i}", catalog_version="bench")
+                produced[award.award_id] = time.time()
+                producer.produce(settings.awards_topic, key=user.encode(), value=award.model_dump_json().encode())
+                producer.poll(0)
+            producer.flush(30)
+            tail = time.time() + 10  # first attempts still missing after this count as "later"
+            while time.time() < tail and not all(a in first_attempt for a in produced):
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        firsts = [first_attempt[a] - t for a, t in produced.items() if a in first_attempt]
+        delivered = {r.webhook_id: r.at for r in receiver.delivered()}
+        oks = [delivered[a] - t for a, t in produced.items() if a in delivered]
+    for what, values in (("first attempt", firsts), ("first 2xx", oks)):
+        line = (f"| {what} | {len(values)} of {count} | {shown(values, 0.5, count - len(values))} | "
+                f"{shown(values, 0.99, count - len(values))} |")
+        rows.append(("faulty", line))
+        print(line, flush=True)
+
+    # 3. end to end at a steady rate, with the demo catalog (it declares nudges)
     sent: dict[str, float] = {}
     latencies: dict[str, list[float]] = {"badge.awarded": [], "badge.nudge": []}
 
@@ -173,8 +257,12 @@ def run(args: argparse.Namespace, bootstrap: str) -> int:
                     f"{percentile(values, 0.99) * 1000:.0f} ms |")
             rows.append(("e2e", line))
             print(line, flush=True)
-    print("\n| endpoints | concurrency | deliveries | deliveries/s | wall time |\n|---|---|---|---|---|")
+    print("\n| endpoints | concurrency | deliveries | deliveries/s | notifier CPU per delivery | wall time |\n"
+          "|---|---|---|---|---|---|")
     print("\n".join(line for kind, line in rows if kind == "throughput"))
+    print(f"\nfaulty endpoint at {args.faulty_rate:.0f} awards/s for {args.faulty_seconds:.0f} s (+10 s tail):\n"
+          "| from award to | seen | p50 | p99 |\n|---|---|---|---|")
+    print("\n".join(line for kind, line in rows if kind == "faulty"))
     print(f"\nat {args.rate:.0f} events/s:\n| webhook | received | p50 | p99 |\n|---|---|---|---|")
     print("\n".join(line for kind, line in rows if kind == "e2e"))
     return 0
