@@ -172,14 +172,18 @@ def run(args: argparse.Namespace, bootstrap: str) -> int:
         return Response(500) if draw < 0.30 else Response(200)
 
     count = int(args.faulty_rate * args.faulty_seconds)
+    faulty_topic = f"bn-faulty-awards-{suffix}"  # its own topic: not behind the throughput phase's backlog
+    ensure_topics(settings, [t for t in required_topics(settings.model_copy(update={"awards_topic": faulty_topic}))
+                             if t.name == faulty_topic])
     with WebhookReceiver(SECRET, respond=faulty) as receiver:
         proc = notifier(env, workdir, "notify-faulty", BADGESTREAM_WEBHOOK_URLS=receiver.url("/faulty"),
+                        BADGESTREAM_AWARDS_TOPIC=faulty_topic,
                         BADGESTREAM_NOTIFY_GROUP_ID=f"bn-faulty-{suffix}",
                         BADGESTREAM_NOTIFY_OUTBOX=str(workdir / "outbox-faulty.sqlite"))
         try:
             warm_award = AwardRecord(award_id="warm", user_id="warm", badge_id="bench", awarded_at=at, event_id="warm",
                                catalog_version="bench")
-            producer.produce(settings.awards_topic, key=b"warm", value=warm_award.model_dump_json().encode())
+            producer.produce(faulty_topic, key=b"warm", value=warm_award.model_dump_json().encode())
             producer.flush(10)
             wait_for(lambda: "warm" in first_attempt, 120, "the notifier to start", proc)
             began = time.time()
@@ -191,7 +195,7 @@ def run(args: argparse.Namespace, bootstrap: str) -> int:
                 award = AwardRecord(award_id=make_award_id(user, "bench", None, 1), user_id=user, badge_id="bench",
                                     awarded_at=at, event_id=f"f{i}", catalog_version="bench")
                 produced[award.award_id] = time.time()
-                producer.produce(settings.awards_topic, key=user.encode(), value=award.model_dump_json().encode())
+                producer.produce(faulty_topic, key=user.encode(), value=award.model_dump_json().encode())
                 producer.poll(0)
             producer.flush(30)
             tail = time.time() + 10  # first attempts still missing after this count as "later"
