@@ -9,9 +9,9 @@
    ``--faulty-seconds`` to a notifier with default settings and one endpoint where 25% of requests
    answer 500 and 5% stall past the request timeout (seeded); per award, the time from producing it
    to the endpoint seeing its first attempt, and to its first 2xx;
-3. end to end: a ``badgestream worker`` and a notifier; events produced at a steady rate (default
-   500/s) on fresh users; for every award and nudge webhook, the time from producing the deciding
-   event to the receiver having it; p50/p99.
+3. end to end: a ``badgestream worker``, a ``badgestream sink`` (SQLite) and a notifier; events
+   produced at a steady rate (default 500/s) on fresh users; for every award and nudge webhook, the
+   time from producing the deciding event to the receiver having it; p50/p99.
 
     python -m bench.notify.run [--awards 5000] [--faulty-rate 300] [--faulty-seconds 15] [--rate 500] [--seconds 20]
 """
@@ -111,7 +111,9 @@ def run(args: argparse.Namespace, bootstrap: str) -> int:
            "BADGESTREAM_DLQ_TOPIC": settings.dlq_topic, "BADGESTREAM_NOTIFY_DLQ_TOPIC": settings.notify_dlq_topic,
            "BADGESTREAM_APP_ID": settings.app_id, "BADGESTREAM_WEB_PORT": str(web_port),
            "BADGESTREAM_DATA_DIR": str(workdir / "worker"), "BADGESTREAM_WEBHOOK_SECRET": SECRET,
-           "BADGESTREAM_NOTIFY_METRICS_PORT": "0"}
+           "BADGESTREAM_NOTIFY_METRICS_PORT": "0", "BADGESTREAM_SINK_DLQ_TOPIC": settings.sink_dlq_topic,
+           "BADGESTREAM_SINK_GROUP_ID": f"bn-sink-{suffix}",
+           "BADGESTREAM_DATABASE_URL": f"sqlite:///{workdir / 'awards.db'}"}
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     rows: list[tuple[str, str]] = []
 
@@ -225,6 +227,8 @@ def run(args: argparse.Namespace, bootstrap: str) -> int:
     with WebhookReceiver(SECRET, on_received=record) as receiver:
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"], env=env, cwd=REPO,
                                   stdout=(workdir / "worker.log").open("wb"), stderr=subprocess.STDOUT)
+        sink = subprocess.Popen([sys.executable, "-m", "streams.cli", "sink"], env=env, cwd=REPO,
+                                stdout=(workdir / "sink.log").open("wb"), stderr=subprocess.STDOUT)
         proc = notifier(env, workdir, "notify-e2e", BADGESTREAM_WEBHOOK_URLS=receiver.url("/e2e"),
                         BADGESTREAM_NOTIFY_GROUP_ID=f"bn-e2e-{suffix}",
                         BADGESTREAM_NOTIFY_OUTBOX=str(workdir / "outbox-e2e.sqlite"))
@@ -251,7 +255,7 @@ def run(args: argparse.Namespace, bootstrap: str) -> int:
             produced_for = time.time() - began
             time.sleep(10)  # the tail
         finally:
-            for child in (proc, worker):
+            for child in (proc, sink, worker):
                 child.terminate()
                 child.wait(60)
     print(f"end to end: {len(events)} events in {produced_for:.1f}s ({len(events) / produced_for:.0f}/s)")
