@@ -8,8 +8,8 @@ and :class:`~streams.notify.breaker.CircuitBreaker`, so one endpoint's trouble n
 Rows are claimed (leased, one statement) a batch ahead of the free slots and kept in memory; a
 row claimed more than ``LEASE_MARGIN_S`` ago is not sent any more (its lease may run out while it
 is in flight) and simply comes due again. Outcomes are collected in memory and written by the
-:class:`Settler` in one transaction per round; a crash before that write only means those rows
-are sent again once their lease ran out (at least once, same ``webhook-id``).
+:class:`Settler` in one transaction per round (``SETTLE_ROUND_S``); a crash before that write only
+means those rows are sent again once their lease ran out (at least once, same ``webhook-id``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ log = logging.getLogger("badgestream.notify")
 
 LEASE_MARGIN_S = 5.0
 CLAIM_AHEAD = 100  # rows claimed beyond the free slots, so a busy endpoint needs one claim per ~100 deliveries
+SETTLE_ROUND_S = 0.005  # outcomes decided within this long are written in one transaction
 
 
 class Settler:
@@ -50,7 +51,7 @@ class Settler:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            await asyncio.sleep(0)  # the attempts finishing in this same loop iteration join the round
+            await asyncio.sleep(SETTLE_ROUND_S)  # the attempts finishing meanwhile join the round
             self.outbox.settle(self.outcomes)
 
     def flush(self) -> None:
@@ -106,10 +107,15 @@ class Dispatcher:
             self.wake.clear()
             now = time.time()
             self._round(now)
-            wake_at = self.idle_until if not self.fresh else now
+            # Requests finishing start the next ones themselves (``_finished``); this loop only has
+            # to come back for rows added, a retry coming due on an idle endpoint, or a probe.
             reopens = self.breaker.reopens_at()
             if reopens is not None:
-                wake_at = max(wake_at, reopens)
+                wake_at = reopens
+            elif self.breaker.state == "half_open" or len(self.inflight) >= self.concurrency:
+                wake_at = math.inf
+            else:
+                wake_at = now if self.fresh else self.idle_until
             timeout = min(1.0, max(0.0, wake_at - now))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -233,8 +239,9 @@ class Dispatcher:
         if after == "open":
             self._metrics.circuit_opened.labels(self.label).inc()
             self._release_buffer()  # claimed rows wait in the outbox while the breaker is open
-            log.warning("circuit to %s open (%d failed attempts in a row); one probe in %.1fs", self.label,
-                        self.breaker.failed_in_a_row, self.breaker.current_cooldown)
+            why = ("the probe failed" if before == "half_open"
+                   else f"{self.breaker.failed_in_a_row} failed attempts in a row")
+            log.warning("circuit to %s open (%s); one probe in %.1fs", self.label, why, self.breaker.current_cooldown)
         elif after == "half_open":
             log.info("circuit to %s half-open: one probe", self.label)
         else:
