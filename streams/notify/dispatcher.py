@@ -28,7 +28,7 @@ from streams.notify.dead_letters import DeadLetters
 from streams.notify.endpoints import Endpoint
 from streams.notify.messages import Signer
 from streams.notify.metrics import NotifyMetrics, endpoint_label
-from streams.notify.outbox import Outbox, Outcomes, Pending
+from streams.notify.outbox import OutboxStore, Outcomes, Pending
 from streams.notify.policy import Attempt, RetryPolicy, parse_retry_after
 from streams.settings import Settings
 
@@ -42,7 +42,7 @@ SETTLE_ROUND_S = 0.005  # outcomes decided within this long are written in one t
 class Settler:
     """Writes the outcomes every dispatcher collected since its last round, in one transaction."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: OutboxStore) -> None:
         self.outbox = outbox
         self.outcomes = Outcomes()
         self.wake = asyncio.Event()

@@ -34,7 +34,7 @@ from streams.notify.dispatcher import Dispatcher, Settler
 from streams.notify.endpoints import Endpoint, load_endpoints
 from streams.notify.messages import UnusableRecord, notification
 from streams.notify.metrics import NotifyMetrics, endpoint_label
-from streams.notify.outbox import Outbox, Outcomes
+from streams.notify.outbox import Outbox, OutboxStore, Outcomes
 from streams.notify.policy import RetryPolicy
 from streams.settings import Settings
 
@@ -42,6 +42,15 @@ log = logging.getLogger("badgestream.notify")
 
 POLL_BATCH = 500
 POLL_WAIT_S = 0.1  # how long one consume call waits for a batch: the most it adds to a record's latency
+
+
+def open_outbox(settings: Settings) -> OutboxStore:
+    """In the award database when that is PostgreSQL (several notifiers may share it), else a SQLite file."""
+    if settings.database_url_value.startswith("postgresql"):
+        from streams.notify.outbox_postgres import PostgresOutbox
+
+        return PostgresOutbox(settings.database_url_value)
+    return Outbox(settings.notify_outbox)
 
 
 class Notifier:
@@ -67,7 +76,7 @@ class Notifier:
                                  if t.name in (settings.awards_topic, settings.nudges_topic,
                                                settings.notify_dlq_topic)])
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notify-consumer")
-        outbox = Outbox(settings.notify_outbox)
+        outbox = open_outbox(settings)
         settler = Settler(outbox)
         dead_letters = DeadLetters(settings)
         await self._orphans(outbox, dead_letters)
@@ -123,7 +132,7 @@ class Notifier:
             dead_letters.close()
             pool.shutdown(wait=False)
 
-    async def _queue(self, messages: list[Message], outbox: Outbox, dead_letters: DeadLetters) -> set[str]:
+    async def _queue(self, messages: list[Message], outbox: OutboxStore, dead_letters: DeadLetters) -> set[str]:
         """Step 1: the outbox rows of one consumed batch, in one transaction; unusable records dead-lettered.
 
         Returns the endpoints that got rows.
@@ -155,7 +164,7 @@ class Notifier:
             outbox.add(rows, time.time())
         return {row[0] for row in rows}
 
-    async def _orphans(self, outbox: Outbox, dead_letters: DeadLetters) -> None:
+    async def _orphans(self, outbox: OutboxStore, dead_letters: DeadLetters) -> None:
         """Rows left for endpoints no longer configured go to the dead-letter topic, not into oblivion."""
         configured = {e.url for e in self.endpoints}
         for url in outbox.endpoints():
@@ -174,7 +183,7 @@ class Notifier:
             log.warning("%d pending deliveries to %s, no longer configured, dead-lettered", len(rows),
                         endpoint_label(url))
 
-    async def _report_backlog(self, outbox: Outbox) -> None:
+    async def _report_backlog(self, outbox: OutboxStore) -> None:
         urls = [e.url for e in self.endpoints]
         while True:
             self.metrics.backlog(urls, outbox.backlog(), time.time())

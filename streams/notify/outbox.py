@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -66,7 +67,22 @@ class EndpointBacklog:
     oldest_queued_at: float | None
 
 
+class OutboxStore(Protocol):
+    """What the notifier needs of an outbox: this SQLite file (:class:`Outbox`), or a table in the award
+    database when that is PostgreSQL (:class:`~streams.notify.outbox_postgres.PostgresOutbox`)."""
+
+    def add(self, rows: Iterable[tuple[str, str, str, bytes]], now: float) -> int: ...
+    def claim(self, endpoint: str, now: float, limit: int, lease_until: float) -> list[Pending]: ...
+    def next_due(self, endpoint: str) -> float | None: ...
+    def settle(self, outcomes: Outcomes) -> None: ...
+    def endpoints(self) -> list[str]: ...
+    def backlog(self) -> dict[str, EndpointBacklog]: ...
+    def close(self) -> None: ...
+
+
 class Outbox:
+    """The embedded outbox: a SQLite file of one notifier process."""
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
