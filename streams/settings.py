@@ -119,11 +119,15 @@ class Settings(BaseSettings):
     notify_group_id: str = "badgestream-notify"
     notify_dlq_topic: str = "badge-notify-dlq"
     notify_outbox: Path = Field(Path("var/notify-outbox.sqlite"), description="durable queue of pending deliveries")
-    notify_concurrency: int = Field(8, ge=1, le=1000, description="requests in flight per endpoint")
+    notify_concurrency: int = Field(512, ge=1, le=1000, description="requests in flight per endpoint")
     notify_timeout_s: float = Field(10.0, gt=0, description="per-request timeout")
     notify_retry_base_s: float = Field(1.0, gt=0, description="first retry delay; doubles per attempt, jittered")
     notify_retry_max_delay_s: float = Field(600.0, gt=0, description="longest delay between two attempts")
     notify_max_age_s: float = Field(86400.0, gt=0, description="retries stop (DLQ) this long after the first attempt")
+    notify_breaker_failures: int = Field(20, ge=1, description="failed attempts in a row that open a circuit...")
+    notify_breaker_window_s: float = Field(5.0, ge=0, description="...once the first of them is this old")
+    notify_breaker_cooldown_s: float = Field(5.0, gt=0, description="open circuit: wait before one probe (doubles per "
+                                                                    "failed probe, up to 60 s)")
     notify_metrics_port: int = Field(9108, ge=0, description="notifier /metrics port (0: none)")
 
     @field_validator("webhook_urls", mode="before")

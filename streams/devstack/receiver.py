@@ -7,6 +7,7 @@ it with a ``respond`` hook that injects faults (statuses, Retry-After, slow answ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ class WebhookReceiver:
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
+        self._stopping: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="webhook-receiver", daemon=True)
         self._port = port
         self.port = port
@@ -70,6 +72,7 @@ class WebhookReceiver:
         return self
 
     async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_post("/{path:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
@@ -81,6 +84,8 @@ class WebhookReceiver:
         self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
     def stop(self) -> None:
+        if self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)  # slow answers still pending end now
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -110,8 +115,10 @@ class WebhookReceiver:
             key = (request.path, webhook_id)
             self.attempts[key] = seen = self.attempts.get(key, 0) + 1
         answer = self.respond(request.path, webhook_id, seen) if self.respond else Response()
-        if answer.delay:
-            await asyncio.sleep(answer.delay)
+        if answer.delay and self._stopping is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), answer.delay)
+                return web.Response(status=503)  # stopped while stalling: nothing was received
         if 200 <= answer.status < 300:
             item = Received(request.path, webhook_id, str(payload.get("type", "")), payload.get("data") or {}, valid,
                             time.time())

@@ -39,6 +39,12 @@ class NotifyMetrics:
                                           registry=self.registry,
                                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
                                                    3600))
+        self.circuit_state = Gauge("badgestream_notify_circuit_state",
+                                   "Circuit breaker per endpoint: 0 closed, 1 half-open (one probe), 2 open",
+                                   ["endpoint"], registry=self.registry)
+        self.circuit_opened = Counter("badgestream_notify_circuit_opened_total",
+                                      "Times the circuit breaker of an endpoint opened", ["endpoint"],
+                                      registry=self.registry)
         self.input_records = Counter("badgestream_notify_input_records_total",
                                      "Records read from the award and nudge topics, by outcome",
                                      ["outcome"], registry=self.registry)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -42,6 +43,23 @@ class Pending:
     last_error: str | None
 
 
+@dataclass(slots=True)
+class Outcomes:
+    """Outbox writes collected during a dispatch round, written by :meth:`Outbox.settle` in one transaction."""
+
+    done: list[tuple[str, str]] = field(default_factory=list)  # (endpoint, webhook_id): delivered or dead-lettered
+    retries: list[tuple[int, float, str, str, str]] = field(default_factory=list)  # attempts, next_at, error, e, w
+    released: list[tuple[str, str]] = field(default_factory=list)  # leased but not attempted: due again now
+
+    def __len__(self) -> int:
+        return len(self.done) + len(self.retries) + len(self.released)
+
+    def clear(self) -> None:
+        self.done.clear()
+        self.retries.clear()
+        self.released.clear()
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointBacklog:
     pending: int
@@ -49,7 +67,22 @@ class EndpointBacklog:
     oldest_queued_at: float | None
 
 
+class OutboxStore(Protocol):
+    """What the notifier needs of an outbox: this SQLite file (:class:`Outbox`), or a table in the award
+    database when that is PostgreSQL (:class:`~streams.notify.outbox_postgres.PostgresOutbox`)."""
+
+    def add(self, rows: Iterable[tuple[str, str, str, bytes]], now: float) -> int: ...
+    def claim(self, endpoint: str, now: float, limit: int, lease_until: float) -> list[Pending]: ...
+    def next_due(self, endpoint: str) -> float | None: ...
+    def settle(self, outcomes: Outcomes) -> None: ...
+    def endpoints(self) -> list[str]: ...
+    def backlog(self) -> dict[str, EndpointBacklog]: ...
+    def close(self) -> None: ...
+
+
 class Outbox:
+    """The embedded outbox: a SQLite file of one notifier process."""
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -77,33 +110,33 @@ class Outbox:
         """Up to ``limit`` due rows of ``endpoint``, oldest due first, leased: not due again before ``lease_until``.
 
         The lease keeps a row from being taken twice while its request is in flight, and makes it
-        due again by itself if the notifier dies before the outcome is written.
+        due again by itself if the notifier dies before the outcome is written. One statement.
         """
-        with self._db:
-            self._db.execute("BEGIN")
-            rows = self._db.execute(
-                "SELECT endpoint, webhook_id, type, body, queued_at, attempts, next_at, last_error FROM pending "
-                "WHERE endpoint = ? AND next_at <= ? ORDER BY next_at, rowid LIMIT ?",
-                (endpoint, now, limit)).fetchall()
-            self._db.executemany("UPDATE pending SET next_at = ? WHERE endpoint = ? AND webhook_id = ?",
-                                 ((lease_until, endpoint, row[1]) for row in rows))
-        return [Pending(*row) for row in rows]
-
-    def release(self, endpoint: str, webhook_id: str) -> None:
-        """A leased row due again now (its attempt was abandoned, e.g. on shutdown)."""
-        self._db.execute("UPDATE pending SET next_at = MIN(next_at, ?) WHERE endpoint = ? AND webhook_id = ?",
-                         (0.0, endpoint, webhook_id))
+        rows = self._db.execute(
+            "UPDATE pending SET next_at = ? WHERE rowid IN (SELECT rowid FROM pending "
+            "WHERE endpoint = ? AND next_at <= ? ORDER BY next_at, rowid LIMIT ?) "
+            "RETURNING endpoint, webhook_id, type, body, queued_at, attempts, next_at, last_error",
+            (lease_until, endpoint, now, limit)).fetchall()
+        return sorted((Pending(*row) for row in rows), key=lambda row: row.queued_at)
 
     def next_due(self, endpoint: str) -> float | None:
         row = self._db.execute("SELECT MIN(next_at) FROM pending WHERE endpoint = ?", (endpoint,)).fetchone()
         return row[0] if row else None
 
-    def done(self, endpoint: str, webhook_id: str) -> None:
-        self._db.execute("DELETE FROM pending WHERE endpoint = ? AND webhook_id = ?", (endpoint, webhook_id))
-
-    def retry(self, endpoint: str, webhook_id: str, attempts: int, next_at: float, error: str) -> None:
-        self._db.execute("UPDATE pending SET attempts = ?, next_at = ?, last_error = ? "
-                         "WHERE endpoint = ? AND webhook_id = ?", (attempts, next_at, error, endpoint, webhook_id))
+    def settle(self, outcomes: Outcomes) -> None:
+        """Write the outcomes of a dispatch round in one transaction."""
+        with self._db:
+            self._db.execute("BEGIN")
+            if outcomes.done:
+                self._db.executemany("DELETE FROM pending WHERE endpoint = ? AND webhook_id = ?", outcomes.done)
+            if outcomes.retries:
+                self._db.executemany("UPDATE pending SET attempts = ?, next_at = ?, last_error = ? "
+                                     "WHERE endpoint = ? AND webhook_id = ?", outcomes.retries)
+            if outcomes.released:
+                self._db.executemany("UPDATE pending SET next_at = MIN(next_at, ?) "
+                                     "WHERE endpoint = ? AND webhook_id = ?",
+                                     ((0.0, e, w) for e, w in outcomes.released))
+        outcomes.clear()
 
     def endpoints(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT DISTINCT endpoint FROM pending")]

@@ -26,6 +26,14 @@ class Attempt:
     error: str | None = None
     retry_after: float | None = None  # seconds, from the Retry-After header
 
+    @property
+    def endpoint_failed(self) -> bool:
+        """No answer, or one saying the endpoint cannot take it now (408, 429, 5xx): what the circuit breaker counts.
+
+        Any other answer, a 4xx that dead-letters the delivery included, shows the endpoint is up.
+        """
+        return self.status is None or self.status in RETRIED_STATUSES or self.status >= 500
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:

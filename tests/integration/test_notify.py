@@ -5,12 +5,16 @@ too), produced as the worker produces them, and delivered to five endpoints at o
 one, a flaky one (500, then 429 with Retry-After, then a timeout, then 200), one refusing
 connections until it comes up after a few seconds, one answering 410 (everything dead-lettered)
 and one that asked for backfills. A second test kills a notifier process with SIGKILL mid-run.
+Two more show that a failing endpoint delays nobody (default settings, 300 awards/s, a quarter of
+the requests failing and one in twenty stalling past the timeout) and that an endpoint that keeps
+failing is probed, not flooded, by its circuit breaker, and gets everything once it recovers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import signal
 import socket
@@ -76,12 +80,15 @@ def free_port() -> int:
 
 class Topics:
     def __init__(self, kafka_bootstrap: str, topic_factory: Callable[..., str], group: str, outbox: Path,
-                 **overrides: Any) -> None:
+                 fast: bool = True, **overrides: Any) -> None:
+        """``fast``: timeouts and retry delays shortened to fit a test; otherwise the notifier's defaults."""
         values: dict[str, Any] = {
             "kafka_bootstrap_servers": kafka_bootstrap, "awards_topic": topic_factory("n-awards", partitions=2),
             "nudges_topic": topic_factory("n-nudges"), "notify_dlq_topic": topic_factory("n-dlq"),
-            "notify_group_id": group, "notify_outbox": outbox, "notify_timeout_s": 0.5, "notify_retry_base_s": 0.2,
-            "notify_retry_max_delay_s": 1.0, "notify_max_age_s": 30.0, "session_timeout_s": 6.0}
+            "notify_group_id": group, "notify_outbox": outbox, "session_timeout_s": 6.0}
+        if fast:
+            values |= {"notify_timeout_s": 0.5, "notify_retry_base_s": 0.2, "notify_retry_max_delay_s": 1.0,
+                       "notify_max_age_s": 30.0}
         self.settings = Settings(**{**values, **overrides})
         self.producer = Producer({"bootstrap.servers": kafka_bootstrap})
 
@@ -138,7 +145,11 @@ def test_every_notification_reaches_every_endpoint_through_faults(
     awards, nudges = records()
     backfills = [a.model_copy(update={"award_id": f"bf-{a.award_id}", "backfill": True}) for a in awards[:3]]
     revoked = awards[0].model_copy(update={"kind": "revocation"})
-    topics = Topics(kafka_bootstrap, topic_factory, unique_name("notify"), tmp_path / "outbox.sqlite")
+    # /flaky fails three times for every id and /late refuses every connection at first: a circuit
+    # breaker would (rightly) hold them back and probe; that is the subject of its own test below,
+    # this one is about what each kind of answer leads to.
+    topics = Topics(kafka_bootstrap, topic_factory, unique_name("notify"), tmp_path / "outbox.sqlite",
+                    notify_breaker_failures=1_000_000)
 
     def respond(path: str, webhook_id: str, seen: int) -> Response:
         if path == "/gone":
@@ -291,3 +302,125 @@ def test_a_notifier_killed_mid_run_loses_nothing(
     assert duplicates <= 2 * 2, "more re-deliveries than requests that were in flight at the kill"
     print(f"\nkill -9 run: {count} awards, {before_kill} delivered before the kill, {len(got)} received in all, "
           f"{duplicates} duplicates by webhook-id")
+
+
+def paced(count: int, rate: float, send: Callable[[int], None]) -> None:
+    """Call ``send(i)`` for i in range(count) at ``rate`` per second (a steady producer, not a wait for anything)."""
+    began = time.monotonic()
+    for i in range(count):
+        ahead = began + i / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+        send(i)
+
+
+def test_a_faulty_endpoint_delays_no_first_attempt_at_300_awards_per_s(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], unique_name: Callable[[str], str], tmp_path: Path,
+    in_process: Callable[[Notifier], None],
+) -> None:
+    """Default settings. /faulty: 25% of requests answer 500, 5% stall past the request timeout (seeded per
+    attempt); /healthy answers at once. Every award's first attempt reaches both within 2 s (p99)."""
+    rate, count = 300.0, 1800
+    topics = Topics(kafka_bootstrap, topic_factory, unique_name("notify"), tmp_path / "outbox.sqlite", fast=False)
+    timeout = topics.settings.notify_timeout_s
+    first: dict[tuple[str, str], float] = {}
+    stalled = 0
+
+    def respond(path: str, webhook_id: str, seen: int) -> Response:
+        nonlocal stalled
+        first.setdefault((path, webhook_id), time.monotonic())
+        draw = random.Random(f"{webhook_id}:{seen}").random() if path == "/faulty" else 1.0
+        if draw < 0.05:
+            stalled += 1
+            return Response(200, delay=timeout + 2.0)
+        return Response(500) if draw < 0.30 else Response(200)
+
+    template = records()[0][0]
+
+    def award(webhook_id: str) -> bytes:
+        return template.model_copy(update={"award_id": webhook_id, "user_id": webhook_id}).model_dump_json().encode()
+
+    produced: dict[str, float] = {}
+
+    def send(i: int) -> None:
+        webhook_id = f"f-{i:05d}"
+        produced[webhook_id] = time.monotonic()
+        topics.producer.produce(topics.settings.awards_topic, key=webhook_id.encode(), value=award(webhook_id))
+        topics.producer.poll(0)
+
+    with WebhookReceiver(SECRET, respond=respond) as receiver:
+        notifier = Notifier(topics.settings, [Endpoint(url=receiver.url("/faulty"), secret=SECRET),
+                                              Endpoint(url=receiver.url("/healthy"), secret=SECRET)])
+        in_process(notifier)
+        topics.produce(topics.settings.awards_topic, "warm", award("warm"))
+        topics.flush()
+        wait_for(lambda: ("/healthy", "warm") in first, 60, "the notifier to start")
+        paced(count, rate, send)
+        topics.flush()
+        wait_for(lambda: all((path, w) in first for w in produced for path in ("/faulty", "/healthy")), 20,
+                 "a first attempt of every award at both endpoints")
+        opened = notifier.metrics.registry.get_sample_value("badgestream_notify_circuit_opened_total",
+                                                            {"endpoint": receiver.url("/faulty")})
+        retried = sum(seen > 1 for (path, _), seen in receiver.attempts.items() if path == "/faulty")
+
+    assert stalled >= count * 0.03 and retried >= count * 0.2, "the faults were injected"
+    for path in ("/faulty", "/healthy"):
+        waited = sorted(first[(path, w)] - at for w, at in produced.items())
+        p50, p99 = waited[len(waited) // 2], waited[int(len(waited) * 0.99)]
+        print(f"\n{path}: award -> first attempt p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
+              f"({stalled} stalls, {retried} ids retried)")
+        assert p99 < 2.0, f"{path}: p99 {p99:.2f}s from award to first attempt"
+    assert not opened, "a quarter of requests failing is not an endpoint that keeps failing"
+
+
+def test_an_endpoint_that_keeps_failing_is_probed_not_flooded_and_gets_everything_back(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], unique_name: Callable[[str], str], tmp_path: Path,
+    in_process: Callable[[Notifier], None],
+) -> None:
+    awards, _ = records()
+    topics = Topics(kafka_bootstrap, topic_factory, unique_name("notify"), tmp_path / "outbox.sqlite",
+                    notify_breaker_failures=5, notify_breaker_window_s=0.5, notify_breaker_cooldown_s=0.5)
+    down = True
+    attempts_while_down = 0
+
+    def respond(path: str, webhook_id: str, seen: int) -> Response:
+        nonlocal attempts_while_down
+        if down:
+            attempts_while_down += 1
+            return Response(503)
+        return Response(200)
+
+    with WebhookReceiver(SECRET, respond=respond) as receiver:
+        notifier = Notifier(topics.settings, [Endpoint(url=receiver.url(), secret=SECRET)])
+        label = {"endpoint": receiver.url()}
+
+        def opened(at_least: int) -> Callable[[], bool]:
+            return lambda: (notifier.metrics.registry.get_sample_value(
+                "badgestream_notify_circuit_opened_total", label) or 0) >= at_least
+
+        def state() -> float | None:
+            return notifier.metrics.registry.get_sample_value("badgestream_notify_circuit_state", label)
+
+        first_half, second_half = awards[:len(awards) // 2], awards[len(awards) // 2:]
+        for record in first_half:
+            topics.produce(topics.settings.awards_topic, record.user_id, record.model_dump_json().encode())
+        topics.flush()
+        in_process(notifier)
+        wait_for(opened(1), 20, "the circuit to open")
+        for record in second_half:  # these wait in the outbox while it is open
+            topics.produce(topics.settings.awards_topic, record.user_id, record.model_dump_json().encode())
+        topics.flush()
+        wait_for(opened(2), 20, "a first failed probe")
+        before = attempts_while_down
+        wait_for(opened(4), 20, "two more failed probes (1 s, then 2 s of cooldown)")
+        probing = attempts_while_down - before
+        assert state() in (1.0, 2.0)  # half-open (a probe in flight) or open
+        down = False
+        wait_for(lambda: {r.webhook_id for r in receiver.delivered()} == {a.award_id for a in awards}, 20,
+                 "every award after the endpoint recovered")
+        wait_for(lambda: state() == 0.0, 5, "the circuit to close")
+
+    # Without the breaker, 18 pending awards retried at most 1 s apart would have made dozens of
+    # requests in those 3 s; with it: one per probe (a third may have gone by the time we looked).
+    assert 2 <= probing <= 3, probing
+    assert Counter(r.webhook_id for r in receiver.delivered()).most_common(1)[0][1] == 1

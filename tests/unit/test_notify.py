@@ -1,4 +1,5 @@
-"""The notifier's pure parts: signatures (checked by the standardwebhooks package), bodies, retry decisions, config."""
+"""The notifier's pure parts: signatures (checked by the standardwebhooks package), bodies, retry decisions, the
+circuit breaker, config, the outbox."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from schemas.errors import ConfigurationError
 from schemas.records import AwardRecord, NudgeRecord, make_award_id, make_nudge_id
+from streams.notify.breaker import CircuitBreaker
 from streams.notify.endpoints import Endpoint, load_endpoints, secret_key
-from streams.notify.messages import UnusableRecord, headers, notification
-from streams.notify.outbox import Outbox
+from streams.notify.messages import Signer, UnusableRecord, notification
+from streams.notify.outbox import Outbox, Outcomes
 from streams.notify.policy import Attempt, RetryPolicy, parse_retry_after
 from streams.settings import Settings
 
@@ -28,7 +30,8 @@ AWARD = AwardRecord(award_id=make_award_id("ana", "quiz_master", "silver", 1), u
 def test_signature_verifies_with_the_standardwebhooks_package() -> None:
     note = notification(False, AWARD.model_dump_json().encode())
     now = int(datetime.now(UTC).timestamp())
-    sent = headers(secret_key(SECRET), note.webhook_id, now, note.body)
+    signer = Signer(secret_key(SECRET))
+    sent = signer.headers(note.webhook_id, now, note.body)
     assert Webhook(SECRET).verify(note.body, sent) == orjson.loads(note.body)
     assert sent["webhook-signature"] == Webhook(SECRET).sign(note.webhook_id, datetime.fromtimestamp(now, UTC),
                                                              note.body.decode())
@@ -36,6 +39,10 @@ def test_signature_verifies_with_the_standardwebhooks_package() -> None:
         Webhook(SECRET).verify(note.body + b" ", sent)
     with pytest.raises(WebhookVerificationError):
         Webhook("whsec_" + "A" * 32).verify(note.body, sent)
+    # the prepared key is copied, never consumed: the next message signs as if it were the first
+    other = notification(False, AWARD.model_copy(update={"award_id": "other"}).model_dump_json().encode())
+    assert Webhook(SECRET).verify(other.body, signer.headers(other.webhook_id, now, other.body))
+    assert signer.signature(note.webhook_id, now, note.body) == sent["webhook-signature"]
 
 
 def test_bodies_and_webhook_ids_per_type() -> None:
@@ -68,6 +75,30 @@ def test_bodies_and_webhook_ids_per_type() -> None:
 ])
 def test_retry_classes(attempt: Attempt, action: str) -> None:
     assert RetryPolicy().decide(attempt, 1, 0.0).action == action
+    # the breaker counts what says the endpoint cannot take it now; a 4xx answer shows it is up
+    assert attempt.endpoint_failed == (action == "retry")
+
+
+def test_circuit_breaker_opens_after_failures_in_a_row_probes_with_one_request_and_closes_on_success() -> None:
+    breaker = CircuitBreaker(failures=3, window=2.0, cooldown=5.0, max_cooldown=12.0)
+    assert breaker.limit(0.0) is None and breaker.admit(8, 0.0) == 8
+    assert [breaker.failed(0.0, 1.0), breaker.failed(0.1, 1.1)] == ["closed", "closed"]
+    assert breaker.succeeded(0.2) == "closed"  # an answer in between: the count starts again
+    # three in a row, but the first was sent only 1.5 s before: a burst, not yet an endpoint that keeps failing
+    assert [breaker.failed(1.0, 2.0), breaker.failed(1.1, 2.1), breaker.failed(1.2, 2.5)] == ["closed"] * 3
+    assert breaker.failed(2.9, 3.0) == "open" and breaker.reopens_at() == 8.0  # 2 s after the first was sent
+    assert (breaker.limit(7.9), breaker.admit(8, 7.9)) == (0, 0)  # open: nothing goes
+    assert breaker.failed(2.95, 7.0) == "open" and breaker.succeeded(2.95) == "open"  # sent before it opened
+    assert breaker.reopens_at() == 8.0
+    assert (breaker.limit(8.0), breaker.admit(8, 8.0)) == (1, 1)  # past the cooldown: one probe
+    assert breaker.state == "half_open" and breaker.limit(8.1) == 0 and breaker.admit(8, 8.1) == 0
+    assert breaker.failed(8.0, 9.0) == "open" and breaker.reopens_at() == 19.0  # failed probe: cooldown doubled
+    assert breaker.admit(1, 19.0) == 1 and breaker.failed(19.0, 20.0) == "open" and breaker.reopens_at() == 32.0
+    assert breaker.admit(0, 32.0) == 0 and breaker.state == "open"  # nothing to send: no probe taken
+    assert breaker.admit(3, 32.0) == 1 and breaker.succeeded(32.0) == "closed"
+    assert breaker.limit(32.5) is None and breaker.admit(8, 32.5) == 8
+    assert [breaker.failed(33.0, 40.0) for _ in range(3)][-1] == "open"  # timeouts: sent long before they failed
+    assert breaker.reopens_at() == 45.0  # the cooldown starts again from 5 s
 
 
 def test_backoff_doubles_with_jitter_is_capped_honours_retry_after_and_stops_at_max_age() -> None:
@@ -122,8 +153,8 @@ def test_outbox_queues_once_leases_reschedules_and_survives_reopening(tmp_path: 
     taken = box.claim("e1", now=10.0, limit=1, lease_until=20.0)
     assert [r.webhook_id for r in taken] == ["w1"]
     assert [r.webhook_id for r in box.claim("e1", now=15.0, limit=5, lease_until=25.0)] == ["w2"]  # w1 is leased
-    box.retry("e1", "w1", attempts=1, next_at=30.0, error="HTTP 500")
-    box.done("e1", "w2")
+    box.settle(Outcomes(retries=[(1, 30.0, "HTTP 500", "e1", "w1")], done=[("e1", "w2")]))
+    assert box.next_due("e1") == 30.0 and box.next_due("e3") is None
     box.close()
     box = Outbox(path)  # as after a crash
     assert box.claim("e1", now=29.0, limit=5, lease_until=40.0) == []
@@ -131,4 +162,7 @@ def test_outbox_queues_once_leases_reschedules_and_survives_reopening(tmp_path: 
     assert (row.attempts, row.last_error, row.queued_at) == (1, "HTTP 500", 10.0)
     backlog = box.backlog()
     assert (backlog["e1"].pending, backlog["e1"].retrying, backlog["e2"].pending) == (1, 1, 1)
+    outcomes = Outcomes(released=[("e1", "w1")])
+    box.settle(outcomes)  # an abandoned attempt: due again at once
+    assert len(outcomes) == 0 and [r.webhook_id for r in box.claim("e1", now=31.0, limit=5, lease_until=50.0)] == ["w1"]
     box.close()
