@@ -220,7 +220,7 @@ class TestReadAPI:
             assert client.get("/users/" + user_id.replace("%", "%25").replace("/", "%2F")).status_code < 500
 
     def test_health_metrics_and_openapi(self, client: TestClient) -> None:
-        assert client.get("/healthz").json() == {"status": "ok", "schema_revision": "0003"}
+        assert client.get("/healthz").json() == {"status": "ok", "schema_revision": "0004"}
         client.get("/v1/users/u-1")
         metrics = client.get("/metrics").text
         assert 'badgestream_api_requests_total{route="/v1/users/{user_id}",status="200"}' in metrics
