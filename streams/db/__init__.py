@@ -26,7 +26,19 @@ from streams.db.reads import (
     user_progress,
     visible_progress,
 )
-from streams.db.tables import ID_LENGTH, NO_TIER, badges, metadata, user_badge_progress, user_badges
+from streams.db.tables import (
+    ID_LENGTH,
+    NO_TIER,
+    badge_holders,
+    badges,
+    metadata,
+    period_scores,
+    read_counters,
+    user_badge_progress,
+    user_badges,
+    user_holdings,
+    user_totals,
+)
 from streams.db.writes import (
     WriteResult,
     catalog_rows,
@@ -49,6 +61,7 @@ __all__ = [
     "UserProgress",
     "WriteResult",
     "award_evidence",
+    "badge_holders",
     "badges",
     "catalog_rows",
     "count_rows",
@@ -61,6 +74,8 @@ __all__ = [
     "load_badges",
     "make_engine",
     "metadata",
+    "period_scores",
+    "read_counters",
     "require_schema",
     "standings",
     "upgrade",
@@ -69,7 +84,9 @@ __all__ = [
     "user_awards",
     "user_badge_progress",
     "user_badges",
+    "user_holdings",
     "user_progress",
+    "user_totals",
     "visible_progress",
     "write_catalog",
     "write_records",
