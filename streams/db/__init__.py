@@ -5,6 +5,7 @@ rules live in one place (``writes``). ``tables`` defines the schema, ``engine`` 
 runs the migrations, ``reads`` answers the query surface; this module names what callers use.
 """
 
+from streams.db.boards import Board, Placed, around, standing, top
 from streams.db.engine import current_revision, make_engine, require_schema, upgrade
 from streams.db.reads import (
     AwardEvidence,
@@ -16,7 +17,7 @@ from streams.db.reads import (
     UserProgress,
     award_evidence,
     count_rows,
-    held_awards,
+    held_awards_and_progress,
     holders,
     leaderboard,
     level_standing,
@@ -54,19 +55,22 @@ __all__ = [
     "NO_TIER",
     "AwardEvidence",
     "BadgeInfo",
+    "Board",
     "HeldAward",
     "Holders",
+    "Placed",
     "Standing",
     "UserAward",
     "UserProgress",
     "WriteResult",
+    "around",
     "award_evidence",
     "badge_holders",
     "badges",
     "catalog_rows",
     "count_rows",
     "current_revision",
-    "held_awards",
+    "held_awards_and_progress",
     "holders",
     "latest_progress",
     "leaderboard",
@@ -77,7 +81,9 @@ __all__ = [
     "period_scores",
     "read_counters",
     "require_schema",
+    "standing",
     "standings",
+    "top",
     "upgrade",
     "upsert_awards",
     "upsert_progress",
