@@ -220,11 +220,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # --- pages ----------------------------------------------------------------------------------
 
-    @app.get("/", response_class=HTMLResponse, tags=["pages"], summary="leaderboard and badge list")
-    def index_page(request: Request) -> Response:
+    @app.get("/", response_class=HTMLResponse, tags=["pages"],
+             summary="leaderboards (all time, today, this week, this month) and the badge list")
+    def index_page(request: Request, period: PeriodName = "all") -> Response:
         page: Response = templates.TemplateResponse(request, "index.html", {
-            "leaderboard": views.leaderboard(limit=10) or [],
-            "points_board": views.leaderboard(by="points", limit=10) or [],
+            "period": period,
+            "leaderboard": views.leaderboard(period=period, limit=10) or [],
+            "points_board": views.leaderboard(by="points", period=period, limit=10) or [],
             "badges": views.badges(include_hidden=False),
         })
         return page

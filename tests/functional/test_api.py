@@ -167,6 +167,17 @@ class TestReadAPI:
         assert board(period="week", at="2026-11-24", badge_id="first_quiz") == [(1, "u-2", 1, 10), (1, "u-3", 1, 10)]
         assert client.get("/v1/leaderboard?period=week&at=2026-11-24&around=u-4").status_code == 404
 
+    def test_front_page_has_period_tabs_over_the_same_boards(self, client: TestClient) -> None:
+        page = client.get("/").text
+        assert '<a href="/?period=all" aria-current="page">All time</a>' in page
+        assert page.index(">u-1</a>") < page.index(">u-2</a>") < page.index(">u-3</a>")
+        week = client.get("/?period=week")
+        assert week.status_code == 200 and '<a href="/?period=week" aria-current="page">This week</a>' in week.text
+        # The page's week is this week (the clock's): it shows what the API's board for now shows.
+        shown = "No awards yet." if not client.get("/v1/leaderboard?period=week").json() else ">u-"
+        assert shown in week.text.split('id="all-badges"')[0]
+        assert client.get("/?period=year").status_code == 422
+
     def test_award_has_its_evidence(self, client: TestClient) -> None:
         award_id = make_award_id("u-1", "first_quiz", None, 1)
         body = client.get(f"/v1/awards/{award_id}").json()
