@@ -92,7 +92,8 @@ def _shape(path: str, body: Any) -> None:
     if path == "/v1/users/{user_id}":
         assert {"user_id", "points", "badges", "progress", "locked"} <= set(body)
         for badge in body["badges"]:
-            assert {"award_id", "badge_id", "name", "tier", "occurrence", "awarded_at", "event_id", "rarity"} <= set(badge)
+            assert {"award_id", "badge_id", "name", "tier", "occurrence", "awarded_at", "event_id",
+                    "rarity"} <= set(badge)
             assert 0 <= badge["rarity"] <= 1
         for row in body["progress"]:
             assert {"badge_id", "name", "tier", "progress", "target", "remaining"} <= set(row)
@@ -107,7 +108,8 @@ def _shape(path: str, body: Any) -> None:
             assert all(isinstance(row[k], int) for k in ("rank", "badges", "points")) and row["rank"] >= 1
         assert [row["rank"] for row in body] == sorted(row["rank"] for row in body)
     elif path == "/v1/awards/{award_id}":
-        assert {"award_id", "user_id", "badge_id", "event_id", "topic", "partition", "offset", "revoked_at"} <= set(body)
+        assert {"award_id", "user_id", "badge_id", "event_id", "topic", "partition", "offset",
+                "revoked_at"} <= set(body)
 
 
 @seed(4)
