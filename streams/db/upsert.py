@@ -76,9 +76,5 @@ def upsert_returning(conn: Connection, table: sa.Table, rows: Sequence[Mapping[s
         columns = list(rows[0])
         insert = postgresql.insert(table).from_select(columns, _recordset(table, columns, rows))
         return list(conn.execute(on_conflict(insert).returning(*returning)).all())
-    # SQLite: one statement per row (an executemany cannot return rows there), each fast and local.
-    stmt = on_conflict(dialect_insert(conn, table)).returning(*returning)
-    out: list[Row[Any]] = []
-    for row in rows:
-        out.extend(conn.execute(stmt, row).all())
-    return out
+    # SQLite: SQLAlchemy batches the rows into multi-row INSERTs ("insertmanyvalues") to return them.
+    return list(conn.execute(on_conflict(dialect_insert(conn, table)).returning(*returning), list(rows)).all())
