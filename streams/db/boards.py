@@ -37,13 +37,6 @@ class Board:
         if self.period is not None and (self.starts is None or self.badge_id is not None):
             raise ValueError("a period board needs its start and cannot be narrowed to one badge")
 
-    def _source(self) -> tuple[sa.Table, list[sa.ColumnElement[bool]]]:
-        if self.badge_id is not None:
-            return user_holdings, [user_holdings.c.badge_id == self.badge_id, user_holdings.c.tier == ANY_TIER]
-        if self.period is not None:
-            return period_scores, [period_scores.c.period == self.period, period_scores.c.starts == self.starts]
-        return user_totals, []
-
 
 @dataclass(frozen=True)
 class Placed:
@@ -59,28 +52,65 @@ class Placed:
 
 
 class _Query:
-    """The statements of one board, with its score column and the conditions every row must meet."""
+    """The statements of one kind of board (all time, period or badge; by badges or points), built once with
+    bind parameters: building and cache-keying a statement per request costs more than running it."""
 
-    def __init__(self, board: Board) -> None:
-        table, where = board._source()
-        self.table = table
-        self.score = table.c.awards if board.by == "badges" else table.c.points
-        self.where = [*where, self.score > 0]
-        self.columns = (table.c.user_id, table.c.awards, table.c.points)
+    def __init__(self, source: str, by: RankBy) -> None:
+        table = {"all": user_totals, "period": period_scores, "badge": user_holdings}[source]
+        where: list[sa.ColumnElement[bool]] = {
+            "all": [],
+            "period": [period_scores.c.period == sa.bindparam("period"),
+                       period_scores.c.starts == sa.bindparam("starts", type_=sa.Date)],
+            "badge": [user_holdings.c.badge_id == sa.bindparam("badge_id"), user_holdings.c.tier == ANY_TIER],
+        }[source]
+        self.by = by
+        score = table.c.awards if by == "badges" else table.c.points
+        user = table.c.user_id
+        mine: sa.BindParameter[int] = sa.bindparam("score", type_=sa.BigInteger)
+        them: sa.BindParameter[str] = sa.bindparam("user_id", type_=sa.String)
+        where = [*where, score > 0]
+        limit: sa.BindParameter[int] = sa.bindparam("limit", type_=sa.Integer)
 
-    def rows(self, conn: Connection, *conditions: sa.ColumnElement[bool], order: Sequence[Any],
-             limit: int) -> list[tuple[str, int, int]]:
-        if limit <= 0:
-            return []
-        stmt = sa.select(*self.columns).where(*self.where, *conditions).order_by(*order).limit(limit)
-        return [(row[0], int(row[1]), int(row[2])) for row in conn.execute(stmt)]
+        def rows(*conditions: sa.ColumnElement[bool], order: Sequence[Any] = ()) -> sa.Select[Any]:
+            return sa.select(user, table.c.awards, table.c.points).where(*where, *conditions).order_by(*order) \
+                .limit(limit)
 
-    def count(self, conn: Connection, *conditions: sa.ColumnElement[bool]) -> int:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(self.table)
-                                .where(*self.where, *conditions)).scalar_one())
+        def count(*conditions: sa.ColumnElement[bool]) -> sa.Select[Any]:
+            return sa.select(sa.func.count()).select_from(table).where(*where, *conditions)
+
+        self.top = rows(order=(score.desc(), user))
+        self.mine = rows(user == them)
+        self.higher = count(score > mine)
+        self.tied_before = count(score == mine, user < them)
+        # Below a user in board order: the rest of the tie, then lower scores; above, nearest first.
+        self.tied_after = rows(score == mine, user > them, order=(user,))
+        self.lower = rows(score < mine, order=(score.desc(), user))
+        self.tied_above = rows(score == mine, user < them, order=(user.desc(),))
+        self.higher_rows = rows(score > mine, order=(score, user.desc()))
 
     def value(self, row: tuple[str, int, int]) -> int:
-        return row[1] if self.score.name == "awards" else row[2]
+        return row[1] if self.by == "badges" else row[2]
+
+
+_QUERIES = {(source, by): _Query(source, by) for source in ("all", "period", "badge") for by in ("badges", "points")}
+
+
+class _Run:
+    """One board's statements with its parameters bound."""
+
+    def __init__(self, board: Board) -> None:
+        source = "badge" if board.badge_id is not None else "period" if board.period is not None else "all"
+        self.query = _QUERIES[(source, board.by)]
+        self.params: dict[str, Any] = {"period": board.period, "starts": board.starts, "badge_id": board.badge_id}
+
+    def rows(self, conn: Connection, stmt: sa.Select[Any], limit: int, **params: Any) -> list[tuple[str, int, int]]:
+        if limit <= 0:
+            return []
+        return [(row[0], int(row[1]), int(row[2]))
+                for row in conn.execute(stmt, {**self.params, **params, "limit": limit})]
+
+    def count(self, conn: Connection, stmt: sa.Select[Any], **params: Any) -> int:
+        return int(conn.execute(stmt, {**self.params, **params}).scalar_one())
 
 
 def _placed(query: _Query, rows: list[tuple[str, int, int]], first_rank: int, first_index: int) -> list[Placed]:
@@ -97,41 +127,39 @@ def _placed(query: _Query, rows: list[tuple[str, int, int]], first_rank: int, fi
 
 def top(conn: Connection, board: Board, limit: int) -> list[Placed]:
     """The first ``limit`` users of the board: one index range scan."""
-    query = _Query(board)
-    return _placed(query, query.rows(conn, order=(query.score.desc(), query.table.c.user_id), limit=limit), 1, 0)
+    run = _Run(board)
+    return _placed(run.query, run.rows(conn, run.query.top, limit), 1, 0)
 
 
 def standing(conn: Connection, board: Board, user_id: str) -> Placed | None:
     """The user's line on the board with their rank (a count of the higher scores), or None when not on it."""
-    query = _Query(board)
-    mine = query.rows(conn, query.table.c.user_id == user_id, order=(), limit=1)
+    run = _Run(board)
+    mine = run.rows(conn, run.query.mine, 1, user_id=user_id)
     if not mine:
         return None
-    higher = query.count(conn, query.score > query.value(mine[0]))
-    return Placed(higher + 1, *mine[0])
+    return Placed(run.count(conn, run.query.higher, score=run.query.value(mine[0])) + 1, *mine[0])
 
 
 def around(conn: Connection, board: Board, user_id: str, limit: int) -> list[Placed] | None:
     """``limit`` lines with the user about the middle (fewer above near the top, more near the bottom),
     or None when the user is not on the board: two counts and four short range scans."""
-    query = _Query(board)
+    run = _Run(board)
+    query = run.query
     me = standing(conn, board, user_id)
     if me is None:
         return None
-    score, user = query.score, query.table.c.user_id
     mine = query.value((me.user_id, me.badges, me.points))
-    position = me.rank - 1 + query.count(conn, score == mine, user < user_id)
-    # Below the user, in board order: the rest of the tie, then lower scores.
-    below = query.rows(conn, score == mine, user > user_id, order=(user,), limit=limit)
-    below += query.rows(conn, score < mine, order=(score.desc(), user), limit=limit - len(below))
+    near = {"score": mine, "user_id": user_id}
+    position = me.rank - 1 + run.count(conn, query.tied_before, **near)
+    below = run.rows(conn, query.tied_after, limit, **near)
+    below += run.rows(conn, query.lower, limit - len(below), **near)
     wanted_above = limit // 2
     if len(below) < limit - wanted_above - 1:  # near the bottom: the window ends with the board
         wanted_above = limit - 1 - len(below)
     wanted_above = min(wanted_above, position)
-    # Above the user, nearest first: the tie before them, then higher scores.
-    above = query.rows(conn, score == mine, user < user_id, order=(user.desc(),), limit=wanted_above)
-    above += query.rows(conn, score > mine, order=(score, user.desc()), limit=wanted_above - len(above))
+    above = run.rows(conn, query.tied_above, wanted_above, **near)
+    above += run.rows(conn, query.higher_rows, wanted_above - len(above), **near)
     rows = [*reversed(above), (me.user_id, me.badges, me.points), *below][:limit]
-    start = position - len(above)
-    first_rank = me.rank if query.value(rows[0]) == mine else query.count(conn, score > query.value(rows[0])) + 1
-    return _placed(query, rows, first_rank, start)
+    first = query.value(rows[0])
+    first_rank = me.rank if first == mine else run.count(conn, query.higher, score=first) + 1
+    return _placed(query, rows, first_rank, position - len(above))
