@@ -167,6 +167,20 @@ badge_holders = sa.Table(
 )
 """Distinct users holding each (badge, tier), and each badge under ``ANY_TIER``; rows only where holders > 0."""
 
+score_counts = sa.Table(
+    "score_counts",
+    metadata,
+    sa.Column("board", sa.String(8), primary_key=True),
+    sa.Column("board_key", _Id, primary_key=True),
+    sa.Column("ranked_by", sa.String(8), primary_key=True),
+    sa.Column("score", sa.BigInteger, primary_key=True),
+    sa.Column("users", sa.Integer, nullable=False),
+)
+"""How many users have each score on each board: a rank is one plus the users above, summed over a few hundred
+rows instead of counted over every user. ``board`` is ``all`` (``board_key`` ``''``), ``day``/``week``/``month``
+(``board_key`` the period's first day, ISO) or ``badge`` (the badge id); ``ranked_by`` is ``badges`` or ``points``.
+Rows only where users > 0, scores > 0."""
+
 read_counters = sa.Table(
     "read_counters",
     metadata,

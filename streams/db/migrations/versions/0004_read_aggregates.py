@@ -9,6 +9,8 @@ Create Date: 2026-12-02
 - ``period_scores``: held awards and points per user per UTC day, ISO week (Monday) and month;
 - ``user_holdings``: held awards per (user, badge, tier), and per (user, badge) under tier ``''``;
 - ``badge_holders``: distinct holders per (badge, tier), and per badge under tier ``''``;
+- ``score_counts``: users per score on every board (all time, each period, each badge; by awards and
+  by points), so that a rank is a sum over a few hundred rows rather than a count over every user;
 - ``read_counters``: ``known_users``.
 
 From here on ``streams.db.aggregates`` keeps them in the transaction that writes the awards. Rows
@@ -74,6 +76,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("badge_id", "tier", name="pk_badge_holders"),
     )
     op.create_table(
+        "score_counts",
+        sa.Column("board", sa.String(8), nullable=False),
+        sa.Column("board_key", ID, nullable=False),
+        sa.Column("ranked_by", sa.String(8), nullable=False),
+        sa.Column("score", sa.BigInteger(), nullable=False),
+        sa.Column("users", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("board", "board_key", "ranked_by", "score", name="pk_score_counts"),
+    )
+    op.create_table(
         "read_counters",
         sa.Column("name", sa.String(64), nullable=False),
         sa.Column("value", sa.BigInteger(), nullable=False),
@@ -107,6 +118,15 @@ def upgrade() -> None:
         INSERT INTO badge_holders (badge_id, tier, holders)
         SELECT badge_id, tier, COUNT(*) FROM user_holdings GROUP BY badge_id, tier""")
     execute("INSERT INTO read_counters (name, value) SELECT 'known_users', COUNT(*) FROM user_totals")
+    # (board, its key, extra condition, what to group by besides the score): constants cannot be grouped by.
+    boards = {"user_totals": ("'all'", "''", "", ""), "period_scores": ("period", "starts", "", "period, starts, "),
+              "user_holdings": ("'badge'", "badge_id", "AND tier = ''", "badge_id, ")}
+    for table, (board, key, only, group) in boards.items():
+        for by, score in (("badges", "awards"), ("points", "points")):
+            execute(f"""
+                INSERT INTO score_counts (board, board_key, ranked_by, score, users)
+                SELECT {board}, CAST({key} AS TEXT), '{by}', {score}, COUNT(*) FROM {table} WHERE {score} > 0 {only}
+                GROUP BY {group}{score}""")
 
     op.create_index("ix_user_totals_awards", "user_totals", [sa.text("awards DESC"), "user_id"])
     op.create_index("ix_user_totals_points", "user_totals", [sa.text("points DESC"), "user_id"])
@@ -117,5 +137,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("read_counters", "badge_holders", "user_holdings", "period_scores", "user_totals"):
+    for table in ("read_counters", "score_counts", "badge_holders", "user_holdings", "period_scores", "user_totals"):
         op.drop_table(table)
