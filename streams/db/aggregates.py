@@ -7,8 +7,8 @@ each table holds is in ``streams.db.tables``; migration 0004 built them from the
 
 - ``note_users``: every user of a batch is known from now on (``user_totals`` row, ``known_users``);
 - ``apply_changes``: awards that became held (``gained``) or stopped being held (``lost``) move
-  ``user_totals``, ``period_scores``, ``user_holdings`` and, when a user's holding of a (badge, tier)
-  starts or ends, ``badge_holders``.
+  ``user_totals``, ``period_scores``, ``user_holdings``; when a user's holding of a (badge, tier)
+  starts or ends, ``badge_holders``; when a user's score on a board changes, ``score_counts``.
 
 Keys are sorted before every upsert, so two writers lock rows in the same order.
 """
@@ -31,6 +31,7 @@ from streams.db.tables import (
     badge_holders,
     period_scores,
     read_counters,
+    score_counts,
     user_holdings,
     user_totals,
 )
@@ -102,9 +103,41 @@ def apply_changes(conn: Connection, gained: Sequence[HeldChange], lost: Sequence
                             if change.tier != NO_TIER else ())):
                 delta[0] += sign
                 delta[1] += points
-    _add_totals(conn, {key: value for key, value in totals.items() if value != [0, 0]})
-    _add_periods(conn, {key: value for key, value in periods.items() if value != [0, 0]})
-    _add_holdings(conn, {key: value for key, value in holdings.items() if value != [0, 0]})
+    scores: Scores = defaultdict(int)
+    _add_totals(conn, {key: value for key, value in totals.items() if value != [0, 0]}, scores)
+    _add_periods(conn, {key: value for key, value in periods.items() if value != [0, 0]}, scores)
+    _add_holdings(conn, {key: value for key, value in holdings.items() if value != [0, 0]}, scores)
+    _add_score_counts(conn, scores)
+
+
+Scores = dict[tuple[str, str, str, int], int]
+"""Users gained (+) or lost (-) per (board, board key, ranked by, score) of ``score_counts``."""
+
+
+def _moved(scores: Scores, board: str, key: str, awards: int, points: int, delta: list[int]) -> None:
+    """One user's scores on a board went from (awards - delta, points - delta) to (awards, points)."""
+    for by, after, change in (("badges", awards, delta[0]), ("points", points, delta[1])):
+        before = after - change
+        if before == after:
+            continue
+        if before > 0:
+            scores[(board, key, by, before)] -= 1
+        if after > 0:
+            scores[(board, key, by, after)] += 1
+
+
+def _add_score_counts(conn: Connection, scores: Scores) -> None:
+    moved = [{"board": board, "board_key": key, "ranked_by": by, "score": score, "users": n}
+             for (board, key, by, score), n in sorted(scores.items()) if n]
+    if not moved:
+        return
+    c = score_counts.c
+    upsert(conn, score_counts, moved, lambda insert: insert.on_conflict_do_update(
+        index_elements=[c.board, c.board_key, c.ranked_by, c.score], set_={"users": c.users + insert.excluded.users}))
+    emptied = [{"b": m["board"], "k": m["board_key"], "r": m["ranked_by"], "s": m["score"]} for m in moved]
+    conn.execute(score_counts.delete().where(c.board == sa.bindparam("b"), c.board_key == sa.bindparam("k"),
+                                             c.ranked_by == sa.bindparam("r"), c.score == sa.bindparam("s"),
+                                             c.users <= 0), emptied)
 
 
 def _adding(table: sa.Table, keys: Sequence[str]) -> OnConflict:
@@ -116,26 +149,31 @@ def _adding(table: sa.Table, keys: Sequence[str]) -> OnConflict:
     return on_conflict
 
 
-def _add_totals(conn: Connection, deltas: dict[str, list[int]]) -> None:
+def _add_totals(conn: Connection, deltas: dict[str, list[int]], scores: Scores) -> None:
     rows = [{"user_id": user, "awards": d[0], "points": d[1]} for user, d in sorted(deltas.items())]
-    upsert(conn, user_totals, rows, _adding(user_totals, ["user_id"]))
+    c = user_totals.c
+    for row in upsert_returning(conn, user_totals, rows, _adding(user_totals, ["user_id"]),
+                                [c.user_id, c.awards, c.points]):
+        _moved(scores, "all", "", row.awards, row.points, deltas[row.user_id])
 
 
-def _add_periods(conn: Connection, deltas: dict[tuple[str, date, str], list[int]]) -> None:
+def _add_periods(conn: Connection, deltas: dict[tuple[str, date, str], list[int]], scores: Scores) -> None:
     rows = [{"period": period, "starts": starts, "user_id": user, "awards": d[0], "points": d[1]}
             for (period, starts, user), d in sorted(deltas.items())]
     c = period_scores.c
-    emptied = [{"period": r.period, "starts": r.starts, "user_id": r.user_id}
-               for r in upsert_returning(conn, period_scores, rows,
-                                         _adding(period_scores, ["period", "starts", "user_id"]),
-                                         [c.period, c.starts, c.user_id, c.awards]) if r.awards <= 0]
+    emptied = []
+    for r in upsert_returning(conn, period_scores, rows, _adding(period_scores, ["period", "starts", "user_id"]),
+                              [c.period, c.starts, c.user_id, c.awards, c.points]):
+        _moved(scores, r.period, r.starts.isoformat(), r.awards, r.points, deltas[(r.period, r.starts, r.user_id)])
+        if r.awards <= 0:
+            emptied.append({"period": r.period, "starts": r.starts, "user_id": r.user_id})
     if emptied:
         conn.execute(period_scores.delete().where(c.period == sa.bindparam("p"), c.starts == sa.bindparam("s"),
                                                   c.user_id == sa.bindparam("u")),
                      [{"p": e["period"], "s": e["starts"], "u": e["user_id"]} for e in emptied])
 
 
-def _add_holdings(conn: Connection, deltas: dict[tuple[str, str, str], list[int]]) -> None:
+def _add_holdings(conn: Connection, deltas: dict[tuple[str, str, str], list[int]], scores: Scores) -> None:
     """Held awards per (user, badge, tier); a holding that starts or ends moves ``badge_holders`` by one."""
     rows = [{"user_id": user, "badge_id": badge, "tier": tier, "awards": d[0], "points": d[1]}
             for (user, badge, tier), d in sorted(deltas.items())]
@@ -143,8 +181,11 @@ def _add_holdings(conn: Connection, deltas: dict[tuple[str, str, str], list[int]
     holders: dict[tuple[str, str], int] = defaultdict(int)
     emptied = []
     for row in upsert_returning(conn, user_holdings, rows, _adding(user_holdings, ["user_id", "badge_id", "tier"]),
-                                [c.user_id, c.badge_id, c.tier, c.awards]):
-        before = row.awards - deltas[(row.user_id, row.badge_id, row.tier)][0]
+                                [c.user_id, c.badge_id, c.tier, c.awards, c.points]):
+        delta = deltas[(row.user_id, row.badge_id, row.tier)]
+        if row.tier == ANY_TIER:
+            _moved(scores, "badge", row.badge_id, row.awards, row.points, delta)
+        before = row.awards - delta[0]
         if before <= 0 < row.awards:
             holders[(row.badge_id, row.tier)] += 1
         elif row.awards <= 0 < before:

@@ -54,8 +54,14 @@ def recount(conn: Connection) -> dict[str, Any]:
         if row.tier:
             add(holdings, (row.user_id, row.badge_id, ""), row.points)
     holders = Counter((badge, tier) for _user, badge, tier in holdings)
+    # Users per score on every board, by awards and by points (scores of 0 are on no board).
+    boards = [(("all", ""), value) for value in totals.values()]
+    boards += [((period, starts.isoformat()), value) for (period, starts, _user), value in periods.items()]
+    boards += [(("badge", badge), value) for (_user, badge, tier), value in holdings.items() if tier == ""]
+    scores = Counter((board, key, by, score) for (board, key), (awards, points) in boards
+                     for by, score in (("badges", awards), ("points", points)) if score > 0)
     return {"user_totals": totals, "period_scores": dict(periods), "user_holdings": dict(holdings),
-            "badge_holders": dict(holders), "known_users": len(known)}
+            "badge_holders": dict(holders), "score_counts": dict(scores), "known_users": len(known)}
 
 
 def stored(conn: Connection) -> dict[str, Any]:
@@ -72,6 +78,7 @@ def stored(conn: Connection) -> dict[str, Any]:
         "period_scores": table(db.period_scores, ["period", "starts", "user_id"], ["awards", "points"]),
         "user_holdings": table(db.user_holdings, ["user_id", "badge_id", "tier"], ["awards", "points"]),
         "badge_holders": table(db.badge_holders, ["badge_id", "tier"], ["holders"]),
+        "score_counts": table(db.score_counts, ["board", "board_key", "ranked_by", "score"], ["users"]),
         "known_users": int(conn.execute(sa.select(db.read_counters.c.value)
                                         .where(db.read_counters.c.name == "known_users")).scalar_one()),
     }
@@ -165,7 +172,8 @@ class TestAggregatesEqualARecount:
             fresh.dispose()
         with engine.begin() as conn:
             # Rows as a sink before 0004 wrote them: straight into the tables, no aggregates.
-            for table in ("read_counters", "badge_holders", "user_holdings", "period_scores", "user_totals"):
+            for table in ("read_counters", "score_counts", "badge_holders", "user_holdings", "period_scores",
+                          "user_totals"):
                 conn.execute(sa.text(f"DROP TABLE {table}"))
             conn.execute(sa.text("UPDATE alembic_version SET version_num = '0003'"))
             rows = [record(user, slot, hours=17 * (slot + 1) + 5 * index, points=5 * slot)

@@ -54,7 +54,8 @@ def fill(engine: Engine, rng: random.Random, users: int) -> None:
 @given(data_seed=st.integers(0, 2**32), users=st.integers(6, 20), limit=st.integers(1, 7))
 def test_every_board_matches_ranking_everyone(engine: Engine, data_seed: int, users: int, limit: int) -> None:
     with engine.begin() as conn:  # one database for the examples: start each from no awards
-        for table in (db.user_badges, db.user_totals, db.period_scores, db.user_holdings, db.badge_holders):
+        for table in (db.user_badges, db.user_totals, db.period_scores, db.user_holdings, db.badge_holders,
+                      db.score_counts):
             conn.execute(table.delete())
     fill(engine, random.Random(data_seed), users)
     at = T0 + timedelta(days=1)
