@@ -3,9 +3,10 @@
 A board is one aggregate table narrowed to one ranking: all time (``user_totals``), one day, ISO
 week or month (``period_scores``), or one badge all time (``user_holdings``, any tier), by held
 awards or by points. Every query is a range scan of a (score descending, user id) index with a
-small limit, or a count over it; nobody is ranked in Python. Ranks are competition style (1, 1, 3):
-a user's rank is one more than the number of users with a higher score; equal scores are ordered
-by user id. Users with a score of 0 are not on a board.
+small limit; nobody is ranked in Python. Ranks are competition style (1, 1, 3): a user's rank is one
+more than the number of users with a higher score, summed from ``score_counts`` (users per score);
+equal scores are ordered by user id, so a place within a tie is a count over that tie's index range.
+Users with a score of 0 are not on a board.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from streams.db.aggregates import Period
-from streams.db.tables import ANY_TIER, period_scores, user_holdings, user_totals
+from streams.db.tables import ANY_TIER, period_scores, score_counts, user_holdings, user_totals
 
 RankBy = Literal["badges", "points"]
 
@@ -80,7 +81,10 @@ class _Query:
 
         self.top = rows(order=(score.desc(), user))
         self.mine = rows(user == them)
-        self.higher = count(score > mine)
+        counts = score_counts.c
+        self.higher = sa.select(sa.func.coalesce(sa.func.sum(counts.users), 0)).where(
+            counts.board == sa.bindparam("board"), counts.board_key == sa.bindparam("board_key"),
+            counts.ranked_by == by, counts.score > mine)
         self.tied_before = count(score == mine, user < them)
         # Below a user in board order: the rest of the tie, then lower scores; above, nearest first.
         self.tied_after = rows(score == mine, user > them, order=(user,))
@@ -101,7 +105,10 @@ class _Run:
     def __init__(self, board: Board) -> None:
         source = "badge" if board.badge_id is not None else "period" if board.period is not None else "all"
         self.query = _QUERIES[(source, board.by)]
-        self.params: dict[str, Any] = {"period": board.period, "starts": board.starts, "badge_id": board.badge_id}
+        key = board.badge_id if board.badge_id is not None else board.starts.isoformat() if board.starts else ""
+        self.params: dict[str, Any] = {"period": board.period, "starts": board.starts, "badge_id": board.badge_id,
+                                       "board": "badge" if source == "badge" else board.period or "all",
+                                       "board_key": key}
 
     def rows(self, conn: Connection, stmt: sa.Select[Any], limit: int, **params: Any) -> list[tuple[str, int, int]]:
         if limit <= 0:
