@@ -136,7 +136,7 @@ def time_queries(url: str, repeats: int = 5) -> list[tuple[str, float, float]]:
     week = db.Board(period="week", starts=period_start("week", AT))
     queries = {
         "holders + known users (rarity)": lambda c: db.holders(c),
-        "one user's awards + progress": lambda c: db.held_awards_and_progress(c, "u-4242"),
+        "one user's awards + progress + holders": lambda c: db.user_with_holders(c, "u-4242"),
         "top 10, all time": lambda c: db.top(c, db.Board(), 10),
         "top 10, all time by points": lambda c: db.top(c, db.Board(by="points"), 10),
         "top 10, one day": lambda c: db.top(c, db.Board(period="day", starts=period_start("day", AT)), 10),

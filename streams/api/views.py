@@ -111,8 +111,7 @@ class Views:
         """``GET /v1/users/{user_id}``: held badges with rarity, visible progress with ``remaining``, locked badges."""
         with self.engine.connect() as conn:
             catalog = self.catalog(conn)
-            holders = db.holders(conn)
-            awards, progress_rows = db.held_awards_and_progress(conn, user_id)
+            awards, progress_rows, holders = db.user_with_holders(conn, user_id)
         held = {(a.badge_id, a.tier) for a in awards}
         badges = []
         for award in awards:

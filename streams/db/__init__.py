@@ -17,7 +17,6 @@ from streams.db.reads import (
     UserProgress,
     award_evidence,
     count_rows,
-    held_awards_and_progress,
     holders,
     leaderboard,
     level_standing,
@@ -25,6 +24,7 @@ from streams.db.reads import (
     standings,
     user_awards,
     user_progress,
+    user_with_holders,
     visible_progress,
 )
 from streams.db.tables import (
@@ -71,7 +71,6 @@ __all__ = [
     "catalog_rows",
     "count_rows",
     "current_revision",
-    "held_awards_and_progress",
     "holders",
     "latest_progress",
     "leaderboard",
@@ -95,6 +94,7 @@ __all__ = [
     "user_holdings",
     "user_progress",
     "user_totals",
+    "user_with_holders",
     "visible_progress",
     "write_catalog",
     "write_records",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -200,49 +201,6 @@ def award_evidence(conn: Connection, award_id: str) -> AwardEvidence | None:
     )
 
 
-def _user_rows_query() -> sa.CompoundSelect[Any]:
-    """The user's held awards (kind 0, oldest first) then their progress rows (kind 1, by badge and tier), in one
-    statement: one round trip for the user endpoint. Columns a kind does not have are NULL."""
-    c, p = user_badges.c, user_badge_progress.c
-    user: sa.BindParameter[str] = sa.bindparam("user_id")
-
-    def none(type_: Any) -> sa.ColumnElement[Any]:
-        return sa.type_coerce(sa.null(), type_)
-
-    awards = sa.select(sa.literal(0).label("kind"), c.awarded_at, c.badge_id, c.tier, c.occurrence, c.award_id,
-                       c.event_id, c.points, none(sa.Float).label("progress"), none(sa.Float).label("target"),
-                       none(UTCDateTime()).label("updated_at")).where(c.user_id == user, c.revoked_at.is_(None))
-    progress = sa.select(sa.literal(1), none(UTCDateTime()), p.badge_id, p.tier, none(sa.Integer), none(sa.String),
-                         none(sa.String), none(sa.Integer), p.progress, p.target, p.updated_at).where(p.user_id == user)
-    # Positions, not expressions: SQLite orders a compound select by its result columns only.
-    return sa.union_all(awards, progress).order_by(sa.literal_column("1"), sa.literal_column("2"),
-                                                   sa.literal_column("3"), sa.literal_column("4"),
-                                                   sa.literal_column("5"))
-
-
-# Built once: constructing a statement costs more than running it does for one user's rows (bench/api).
-_USER_ROWS = _user_rows_query()
-_USER_PROGRESS = (
-    sa.select(user_badge_progress)
-    .where(user_badge_progress.c.user_id == sa.bindparam("user_id"))
-    .order_by(user_badge_progress.c.badge_id, user_badge_progress.c.tier)
-)
-
-
-def held_awards_and_progress(conn: Connection, user_id: str) -> tuple[list[HeldAward], list[UserProgress]]:
-    """The user's awards that are not revoked, oldest first, and their progress rows: one query, only the
-    columns the read API shows."""
-    awards: list[HeldAward] = []
-    progress: list[UserProgress] = []
-    for kind, at, badge_id, tier, occurrence, award_id, event_id, points, value, target, updated_at in conn.execute(
-            _USER_ROWS, {"user_id": user_id}):
-        if kind == 0:
-            awards.append(HeldAward(award_id, badge_id, tier or None, occurrence, at, event_id, points))
-        else:
-            progress.append(UserProgress(badge_id, tier or None, value, target, updated_at))
-    return awards, progress
-
-
 @dataclass(frozen=True)
 class Holders:
     """How many distinct users hold each badge and each (badge, tier), among how many known users.
@@ -274,14 +232,68 @@ def holders(conn: Connection) -> Holders:
     One read of ``badge_holders`` (a row per badge and tier held by anyone, and per badge under
     ``ANY_TIER``) with the ``known_users`` counter: no scan of the awards.
     """
-    rows = conn.execute(_HOLDERS).all()
+    return _holders_from(conn.execute(_HOLDERS).all())
+
+
+def _holders_from(rows: Iterable[tuple[Any, ...]]) -> Holders:
+    """``Holders`` from (badge_id, tier, holders, known users) rows."""
+    known = 0
     by_tier: dict[tuple[str, str | None], int] = {}
     by_badge: dict[str, int] = {}
-    for badge_id, tier, count, _known in rows:
+    for badge_id, tier, count, known in rows:  # noqa: B007 - every row carries the same known users
         by_tier[(badge_id, tier or None)] = count
         if tier == ANY_TIER:
             by_badge[badge_id] = count
-    return Holders(known_users=int(rows[0].known or 0) if rows else 0, by_badge=by_badge, by_tier=by_tier)
+    return Holders(known_users=int(known or 0), by_badge=by_badge, by_tier=by_tier)
+
+
+def _user_rows_query() -> sa.CompoundSelect[Any]:
+    """The user's held awards (kind 0, oldest first), their progress rows (kind 1, by badge and tier) and the holder
+    counts (kind 2) in one statement: one round trip for the user endpoint. Columns a kind does not have are NULL."""
+    c, p = user_badges.c, user_badge_progress.c
+    user: sa.BindParameter[str] = sa.bindparam("user_id")
+
+    def none(type_: Any) -> sa.ColumnElement[Any]:
+        return sa.type_coerce(sa.null(), type_)
+
+    awards = sa.select(sa.literal(0).label("kind"), c.awarded_at, c.badge_id, c.tier, c.occurrence, c.award_id,
+                       c.event_id, c.points, none(sa.Float).label("progress"), none(sa.Float).label("target"),
+                       none(UTCDateTime()).label("updated_at")).where(c.user_id == user, c.revoked_at.is_(None))
+    progress = sa.select(sa.literal(1), none(UTCDateTime()), p.badge_id, p.tier, none(sa.Integer), none(sa.String),
+                         none(sa.String), none(sa.Integer), p.progress, p.target, p.updated_at).where(p.user_id == user)
+    h = _HOLDERS.subquery()
+    holders = sa.select(sa.literal(2), none(UTCDateTime()), h.c.badge_id, h.c.tier, none(sa.Integer),
+                        none(sa.String), none(sa.String), h.c.holders, none(sa.Float), h.c.known, none(UTCDateTime()))
+    # Positions, not expressions: SQLite orders a compound select by its result columns only.
+    return sa.union_all(awards, progress, holders).order_by(sa.literal_column("1"), sa.literal_column("2"),
+                                                   sa.literal_column("3"), sa.literal_column("4"),
+                                                   sa.literal_column("5"))
+
+
+# Built once: constructing a statement costs more than running it does for one user's rows (bench/api).
+_USER_ROWS = _user_rows_query()
+_USER_PROGRESS = (
+    sa.select(user_badge_progress)
+    .where(user_badge_progress.c.user_id == sa.bindparam("user_id"))
+    .order_by(user_badge_progress.c.badge_id, user_badge_progress.c.tier)
+)
+
+
+def user_with_holders(conn: Connection, user_id: str) -> tuple[list[HeldAward], list[UserProgress], Holders]:
+    """The user's awards that are not revoked (oldest first), their progress rows and every holder count: one
+    query, only the columns the read API shows."""
+    awards: list[HeldAward] = []
+    progress: list[UserProgress] = []
+    counts = []
+    for kind, at, badge_id, tier, occurrence, award_id, event_id, points, value, target, updated_at in conn.execute(
+            _USER_ROWS, {"user_id": user_id}):
+        if kind == 0:
+            awards.append(HeldAward(award_id, badge_id, tier or None, occurrence, at, event_id, points))
+        elif kind == 1:
+            progress.append(UserProgress(badge_id, tier or None, value, target, updated_at))
+        else:  # a holder count; ``target`` carries the known users
+            counts.append((badge_id, tier, points, target))
+    return awards, progress, _holders_from(counts)
 
 
 @dataclass(frozen=True)
