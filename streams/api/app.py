@@ -128,7 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return token is not None and scheme.lower() == "bearer" and hmac.compare_digest(
             presented.strip().encode(), token.encode())
 
-    def require_token(request: Request) -> None:
+    async def require_token(request: Request) -> None:
+        # async: FastAPI runs a sync dependency on the thread pool, one more thread hop per request.
         if token is not None and not authorised(request):
             raise HTTPException(401, "a bearer token is required: Authorization: Bearer <BADGESTREAM_API_TOKEN>",
                                 headers={"WWW-Authenticate": "Bearer"})
