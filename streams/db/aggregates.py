@@ -92,17 +92,20 @@ def apply_changes(conn: Connection, gained: Sequence[HeldChange], lost: Sequence
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     periods: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0])
     holdings: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    starts: dict[date, tuple[tuple[Period, date], ...]] = {}  # a batch's awards fall on few days
     for sign, changes in ((1, gained), (-1, lost)):
         for change in changes:
-            points = sign * change.points
-            for delta in (totals[change.user_id],
-                          *(periods[(period, period_start(period, change.awarded_at), change.user_id)]
-                            for period in PERIODS),
-                          holdings[(change.user_id, change.badge_id, change.tier)],
-                          *((holdings[(change.user_id, change.badge_id, ANY_TIER)],)
-                            if change.tier != NO_TIER else ())):
+            day = change.awarded_at.astimezone(UTC).date()
+            if day not in starts:
+                starts[day] = tuple((period, period_start(period, change.awarded_at)) for period in PERIODS)
+            user = change.user_id
+            deltas = [totals[user], *(periods[(period, first, user)] for period, first in starts[day]),
+                      holdings[(user, change.badge_id, change.tier)]]
+            if change.tier != NO_TIER:
+                deltas.append(holdings[(user, change.badge_id, ANY_TIER)])
+            for delta in deltas:
                 delta[0] += sign
-                delta[1] += points
+                delta[1] += sign * change.points
     scores: Scores = defaultdict(int)
     _add_totals(conn, {key: value for key, value in totals.items() if value != [0, 0]}, scores)
     _add_periods(conn, {key: value for key, value in periods.items() if value != [0, 0]}, scores)
