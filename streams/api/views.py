@@ -20,8 +20,8 @@ from sqlalchemy.engine import Connection, Engine
 from streams import db
 from streams.api.cache import TTLCache
 from streams.db.aggregates import period_bounds, period_start
+from streams.db.boards import RankBy
 
-RankBy = Literal["badges", "points"]
 PeriodName = Literal["day", "week", "month", "all"]
 
 
@@ -196,7 +196,7 @@ class Views:
         """
         starts = None if period == "all" else period_start(period, at or datetime.now(UTC))
         if since is not None or until is not None or (badge_id is not None and starts is not None):
-            if starts is not None and period != "all":
+            if period != "all" and starts is not None:  # one badge within a period: the period's bounds
                 since, until = period_bounds(period, starts)
             with self.engine.connect() as conn:
                 ranking = self.ranking(conn, by, badge_id, since, until)
