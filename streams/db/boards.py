@@ -5,8 +5,7 @@ week or month (``period_scores``), or one badge all time (``user_holdings``, any
 awards or by points. Every query is a range scan of a (score descending, user id) index with a
 small limit; nobody is ranked in Python. Ranks are competition style (1, 1, 3): a user's rank is one
 more than the number of users with a higher score, summed from ``score_counts`` (users per score);
-equal scores are ordered by user id, so a place within a tie is a count over that tie's index range.
-Users with a score of 0 are not on a board.
+equal scores are ordered by user id. Users with a score of 0 are not on a board.
 """
 
 from __future__ import annotations
@@ -76,16 +75,16 @@ class _Query:
             return sa.select(user, table.c.awards, table.c.points).where(*where, *conditions).order_by(*order) \
                 .limit(limit)
 
-        def count(*conditions: sa.ColumnElement[bool]) -> sa.Select[Any]:
-            return sa.select(sa.func.count()).select_from(table).where(*where, *conditions)
-
         self.top = rows(order=(score.desc(), user))
         self.mine = rows(user == them)
         counts = score_counts.c
         self.higher = sa.select(sa.func.coalesce(sa.func.sum(counts.users), 0)).where(
             counts.board == sa.bindparam("board"), counts.board_key == sa.bindparam("board_key"),
             counts.ranked_by == by, counts.score > mine)
-        self.tied_before = count(score == mine, user < them)
+        # Users per score above a score, highest first: the ranks of every score in a window in one read.
+        self.scores_above = sa.select(counts.score, counts.users).where(
+            counts.board == sa.bindparam("board"), counts.board_key == sa.bindparam("board_key"),
+            counts.ranked_by == by, counts.score > mine).order_by(counts.score.desc())
         # Below a user in board order: the rest of the tie, then lower scores; above, nearest first.
         self.tied_after = rows(score == mine, user > them, order=(user,))
         self.lower = rows(score < mine, order=(score.desc(), user))
@@ -116,26 +115,18 @@ class _Run:
         return [(row[0], int(row[1]), int(row[2]))
                 for row in conn.execute(stmt, {**self.params, **params, "limit": limit})]
 
-    def count(self, conn: Connection, stmt: sa.Select[Any], **params: Any) -> int:
+    def scalar(self, conn: Connection, stmt: sa.Select[Any], **params: Any) -> int:
         return int(conn.execute(stmt, {**self.params, **params}).scalar_one())
-
-
-def _placed(query: _Query, rows: list[tuple[str, int, int]], first_rank: int, first_index: int) -> list[Placed]:
-    """Rows in board order from absolute position ``first_index``, the first one ranked ``first_rank``."""
-    out: list[Placed] = []
-    for offset, row in enumerate(rows):
-        if offset and query.value(row) == query.value(rows[offset - 1]):
-            rank = out[-1].rank
-        else:
-            rank = first_rank if offset == 0 else first_index + offset + 1
-        out.append(Placed(rank, row[0], row[1], row[2]))
-    return out
 
 
 def top(conn: Connection, board: Board, limit: int) -> list[Placed]:
     """The first ``limit`` users of the board: one index range scan."""
     run = _Run(board)
-    return _placed(run.query, run.rows(conn, run.query.top, limit), 1, 0)
+    out: list[Placed] = []
+    for index, row in enumerate(run.rows(conn, run.query.top, limit)):
+        tied = out and run.query.value(row) == run.query.value((out[-1].user_id, out[-1].badges, out[-1].points))
+        out.append(Placed(out[-1].rank if tied else index + 1, *row))
+    return out
 
 
 def standing(conn: Connection, board: Board, user_id: str) -> Placed | None:
@@ -144,29 +135,33 @@ def standing(conn: Connection, board: Board, user_id: str) -> Placed | None:
     mine = run.rows(conn, run.query.mine, 1, user_id=user_id)
     if not mine:
         return None
-    return Placed(run.count(conn, run.query.higher, score=run.query.value(mine[0])) + 1, *mine[0])
+    return Placed(run.scalar(conn, run.query.higher, score=run.query.value(mine[0])) + 1, *mine[0])
 
 
 def around(conn: Connection, board: Board, user_id: str, limit: int) -> list[Placed] | None:
     """``limit`` lines with the user about the middle (fewer above near the top, more near the bottom),
-    or None when the user is not on the board: two counts and four short range scans."""
+    or None when the user is not on the board: four short range scans, and the ranks of the window's
+    scores from ``score_counts``; no count over a tie, however many users share a score."""
     run = _Run(board)
     query = run.query
-    me = standing(conn, board, user_id)
-    if me is None:
+    me = run.rows(conn, query.mine, 1, user_id=user_id)
+    if not me:
         return None
-    mine = query.value((me.user_id, me.badges, me.points))
+    mine = query.value(me[0])
     near = {"score": mine, "user_id": user_id}
-    position = me.rank - 1 + run.count(conn, query.tied_before, **near)
     below = run.rows(conn, query.tied_after, limit, **near)
     below += run.rows(conn, query.lower, limit - len(below), **near)
     wanted_above = limit // 2
     if len(below) < limit - wanted_above - 1:  # near the bottom: the window ends with the board
         wanted_above = limit - 1 - len(below)
-    wanted_above = min(wanted_above, position)
-    above = run.rows(conn, query.tied_above, wanted_above, **near)
+    above = run.rows(conn, query.tied_above, wanted_above, **near)  # near the top there are fewer
     above += run.rows(conn, query.higher_rows, wanted_above - len(above), **near)
-    rows = [*reversed(above), (me.user_id, me.badges, me.points), *below][:limit]
-    first = query.value(rows[0])
-    first_rank = me.rank if first == mine else run.count(conn, query.higher, score=first) + 1
-    return _placed(query, rows, first_rank, position - len(above))
+    rows = [*reversed(above), me[0], *below][:limit]
+    # A score's rank is one more than the users with a higher score.
+    lowest = min(query.value(row) for row in rows)
+    higher: dict[int, int] = {}
+    users_above = 0
+    for score, users in conn.execute(query.scores_above, {**run.params, "score": lowest}):
+        higher[int(score)] = users_above
+        users_above += int(users)
+    return [Placed(higher.get(query.value(row), users_above) + 1, *row) for row in rows]
