@@ -101,7 +101,8 @@ class Settings(BaseSettings):
         None, description="bearer token every /v1 call must carry; unset: none needed, include_hidden refused"
     )
     api_cache_ttl_s: float = Field(
-        30.0, ge=0, description="seconds the API may serve holder counts, rankings and the catalog before re-reading"
+        30.0, ge=0, description="seconds the API may serve the catalog and since/until window rankings before "
+        "re-reading (rarity and period ranks are read from the sink's aggregates, never cached)"
     )
     api_workers: int = Field(1, ge=1, description="uvicorn worker processes of the read API")
     worker_url: str | None = Field(

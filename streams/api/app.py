@@ -32,7 +32,8 @@ from streams.api.emblems import emblem_svg
 from streams.api.explain import Explainer
 from streams.api.explain_routes import register_explain_routes
 from streams.api.profile import profile
-from streams.api.views import RankBy, Views
+from streams.api.views import PeriodName, RankBy, Views
+from streams.db.aggregates import period_bounds, period_start
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return token is not None and scheme.lower() == "bearer" and hmac.compare_digest(
             presented.strip().encode(), token.encode())
 
-    def require_token(request: Request) -> None:
+    async def require_token(request: Request) -> None:
+        # async: FastAPI runs a sync dependency on the thread pool, one more thread hop per request.
         if token is not None and not authorised(request):
             raise HTTPException(401, "a bearer token is required: Authorization: Bearer <BADGESTREAM_API_TOKEN>",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -181,7 +183,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(403, "include_hidden needs an authorised caller: set BADGESTREAM_API_TOKEN")
         return _json(views.badges(include_hidden))
 
-    @v1.get("/leaderboard", summary="users by awards held (or points), competition ranks")
+    @v1.get("/leaderboard", summary="users by awards held (or points) all time, per day, week or month; "
+                                     "competition ranks")
     def get_leaderboard(
         badge_id: OptionalId = None,
         since: Instant = None,
@@ -189,11 +192,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit: Limit = 10,
         around: OptionalId = None,
         by: RankBy = "badges",
+        period: PeriodName = "all",
+        at: Instant = None,
     ) -> Response:
-        start, end = _instant("since", since), _instant("until", until)
+        start, end, moment = _instant("since", since), _instant("until", until), _instant("at", at)
         if start is not None and end is not None and end <= start:
             raise _param_error("query", "until", "must be later than since")
-        rows = views.leaderboard(by=by, badge_id=badge_id, since=start, until=end, limit=limit, around=around)
+        if period != "all" and (start is not None or end is not None):
+            raise _param_error("query", "period", "a period and a since/until window exclude each other")
+        if moment is not None:
+            if period == "all":
+                raise _param_error("query", "at", "picks a past day, week or month: give period too")
+            try:
+                period_bounds(period, period_start(period, moment))
+            except (OverflowError, ValueError):
+                raise _param_error("query", "at", "the period is out of range") from None
+        rows = views.leaderboard(by=by, period=period, at=moment, badge_id=badge_id, since=start, until=end,
+                                 limit=limit, around=around)
         if rows is None:
             raise HTTPException(404, f"user {around!r} (around) holds no award on this leaderboard")
         return _json(rows)
@@ -211,11 +226,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # --- pages ----------------------------------------------------------------------------------
 
-    @app.get("/", response_class=HTMLResponse, tags=["pages"], summary="leaderboard and badge list")
-    def index_page(request: Request) -> Response:
+    @app.get("/", response_class=HTMLResponse, tags=["pages"],
+             summary="leaderboards (all time, today, this week, this month) and the badge list")
+    def index_page(request: Request, period: PeriodName = "all") -> Response:
         page: Response = templates.TemplateResponse(request, "index.html", {
-            "leaderboard": views.leaderboard(limit=10) or [],
-            "points_board": views.leaderboard(by="points", limit=10) or [],
+            "period": period,
+            "leaderboard": views.leaderboard(period=period, limit=10) or [],
+            "points_board": views.leaderboard(by="points", period=period, limit=10) or [],
             "badges": views.badges(include_hidden=False),
         })
         return page

@@ -1,7 +1,9 @@
-"""A small time-bounded cache for the read API's expensive aggregates, refreshed without a stampede.
+"""A small time-bounded cache for what the read API still computes over many rows, refreshed without a stampede.
 
-Holder counts, rankings and the catalog are each one aggregate over the whole award table: fine
-once every few seconds, too slow for every request at scale (bench/api measures both). A value is
+Rankings over arbitrary ``since``/``until`` windows are aggregates over the award table: fine once
+every few seconds, too slow for every request at scale (bench/api measures them); the catalog changes
+only when a sink deploys a new one. (Rarity and the recurring leaderboards come from the sink's
+aggregates and are not cached.) A value is
 served for ``ttl`` seconds; after that, the first request to see it stale recomputes it while the
 others keep getting the stale value, so a refresh never makes 64 concurrent callers wait. Only a
 key never computed before makes callers wait (one computes, the rest wait on its lock).

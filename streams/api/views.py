@@ -3,22 +3,26 @@
 Each view is plain data (dicts and lists, times as RFC 3339 strings) in the field names of
 DESIGN.md "Read API", so the JSON endpoints and the templates show the same thing. Hidden badges
 appear nowhere until the user holds them; revoked awards are not held anywhere (not in a user's
-badges, not in holder counts, not on a leaderboard). The aggregates over every user (holders,
-rankings, the catalog) come through ``TTLCache``; a user's own rows are read on every request.
+badges, not in holder counts, not on a leaderboard). Holder counts and the day/week/month/all-time
+leaderboards are read on every request from the aggregates the sink keeps (exact as of its last
+commit); only the catalog and rankings over arbitrary ``since``/``until`` windows (an aggregate over
+the awards) come through ``TTLCache``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy.engine import Connection, Engine
 
 from streams import db
 from streams.api.cache import TTLCache
+from streams.db.aggregates import period_bounds, period_start
+from streams.db.boards import RankBy
 
-RankBy = Literal["badges", "points"]
+PeriodName = Literal["day", "week", "month", "all"]
 
 
 def _when(value: datetime | None) -> str | None:
@@ -94,10 +98,6 @@ class Views:
         result: dict[str, db.BadgeInfo] = self.cache.get("catalog", lambda: db.load_badges(conn))
         return result
 
-    def holders(self, conn: Connection) -> db.Holders:
-        result: db.Holders = self.cache.get("holders", lambda: db.holders(conn))
-        return result
-
     def ranking(self, conn: Connection, by: RankBy = "badges", badge_id: str | None = None,
                 since: datetime | None = None, until: datetime | None = None) -> Ranking:
         key = ("ranking", by, badge_id, since, until)
@@ -111,9 +111,7 @@ class Views:
         """``GET /v1/users/{user_id}``: held badges with rarity, visible progress with ``remaining``, locked badges."""
         with self.engine.connect() as conn:
             catalog = self.catalog(conn)
-            holders = self.holders(conn)
-            awards = db.held_awards(conn, user_id)
-            progress_rows = db.user_progress(conn, user_id)
+            awards, progress_rows, holders = db.user_with_holders(conn, user_id)
         held = {(a.badge_id, a.tier) for a in awards}
         badges = []
         for award in awards:
@@ -164,7 +162,7 @@ class Views:
         """``GET /v1/badges``: every badge with holders and rarity; hidden ones without name and description."""
         with self.engine.connect() as conn:
             catalog = self.catalog(conn)
-            holders = self.holders(conn)
+            holders = db.holders(conn)
         out = []
         for info in catalog.values():
             withheld = info.hidden and not include_hidden
@@ -187,13 +185,26 @@ class Views:
             })
         return out
 
-    def leaderboard(self, *, by: RankBy = "badges", badge_id: str | None = None, since: datetime | None = None,
-                    until: datetime | None = None, limit: int = 10, around: str | None = None,
-                    ) -> list[dict[str, Any]] | None:
-        """``GET /v1/leaderboard``: None when ``around`` names a user who is not on this leaderboard."""
+    def leaderboard(self, *, by: RankBy = "badges", period: PeriodName = "all", at: datetime | None = None,
+                    badge_id: str | None = None, since: datetime | None = None, until: datetime | None = None,
+                    limit: int = 10, around: str | None = None) -> list[dict[str, Any]] | None:
+        """``GET /v1/leaderboard``: None when ``around`` names a user who is not on this leaderboard.
+
+        All time, or the day, ISO week or month (UTC) containing ``at`` (default: now), optionally one
+        badge all time: ranked by the database from the sink's aggregates. A ``since``/``until`` window,
+        or one badge within a period, is ranked from the awards themselves (``Ranking``, cached).
+        """
+        starts = None if period == "all" else period_start(period, at or datetime.now(UTC))
+        if since is not None or until is not None or (badge_id is not None and starts is not None):
+            if period != "all" and starts is not None:  # one badge within a period: the period's bounds
+                since, until = period_bounds(period, starts)
+            with self.engine.connect() as conn:
+                ranking = self.ranking(conn, by, badge_id, since, until)
+            return ranking.rows(limit, around)
+        board = db.Board(by=by, period=None if period == "all" else period, starts=starts, badge_id=badge_id)
         with self.engine.connect() as conn:
-            ranking = self.ranking(conn, by, badge_id, since, until)
-        return ranking.rows(limit, around)
+            placed = db.top(conn, board, limit) if around is None else db.around(conn, board, around, limit)
+        return None if placed is None else [p.as_dict() for p in placed]
 
     def award(self, award_id: str) -> dict[str, Any] | None:
         """``GET /v1/awards/{award_id}``: the award and its evidence, revoked or not; None when unknown."""
@@ -223,4 +234,4 @@ class Views:
         }
 
 
-__all__ = ["RankBy", "Ranking", "Views"]
+__all__ = ["PeriodName", "RankBy", "Ranking", "Views"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -9,7 +10,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from streams.db.tables import badges, user_badge_progress, user_badges
+from streams.db.boards import Board, top
+from streams.db.tables import (
+    ANY_TIER,
+    KNOWN_USERS,
+    UTCDateTime,
+    badge_holders,
+    badges,
+    read_counters,
+    user_badge_progress,
+    user_badges,
+)
 
 
 @dataclass(frozen=True)
@@ -141,16 +152,8 @@ def user_progress(conn: Connection, user_id: str) -> list[UserProgress]:
 
 
 def leaderboard(conn: Connection, limit: int = 10) -> list[tuple[str, int]]:
-    """Users by number of awards held (revoked ones not counted), ties by user id."""
-    count = sa.func.count().label("badges")
-    result = conn.execute(
-        sa.select(user_badges.c.user_id, count)
-        .where(user_badges.c.revoked_at.is_(None))
-        .group_by(user_badges.c.user_id)
-        .order_by(count.desc(), user_badges.c.user_id)
-        .limit(limit)
-    )
-    return [(row.user_id, int(row.badges)) for row in result]
+    """Users by number of awards held (revoked ones not counted), ties by user id: the all-time board's top."""
+    return [(placed.user_id, placed.badges) for placed in top(conn, Board(), limit)]
 
 
 def count_rows(conn: Connection) -> dict[str, int]:
@@ -198,30 +201,6 @@ def award_evidence(conn: Connection, award_id: str) -> AwardEvidence | None:
     )
 
 
-def _held_awards_query() -> sa.Select[Any]:
-    c = user_badges.c
-    return (
-        sa.select(c.award_id, c.badge_id, c.tier, c.occurrence, c.awarded_at, c.event_id, c.points)
-        .where(c.user_id == sa.bindparam("user_id"), c.revoked_at.is_(None))
-        .order_by(c.awarded_at, c.badge_id, c.tier, c.occurrence)
-    )
-
-
-# Built once: constructing a statement costs more than running it does for one user's rows (bench/api).
-_HELD_AWARDS = _held_awards_query()
-_USER_PROGRESS = (
-    sa.select(user_badge_progress)
-    .where(user_badge_progress.c.user_id == sa.bindparam("user_id"))
-    .order_by(user_badge_progress.c.badge_id, user_badge_progress.c.tier)
-)
-
-
-def held_awards(conn: Connection, user_id: str) -> list[HeldAward]:
-    """The user's awards that are not revoked, oldest first: only the columns the read API shows."""
-    return [HeldAward(row.award_id, row.badge_id, row.tier or None, row.occurrence, row.awarded_at, row.event_id,
-                      row.points) for row in conn.execute(_HELD_AWARDS, {"user_id": user_id})]
-
-
 @dataclass(frozen=True)
 class Holders:
     """How many distinct users hold each badge and each (badge, tier), among how many known users.
@@ -241,30 +220,80 @@ class Holders:
         return held / self.known_users
 
 
-def holders(conn: Connection) -> Holders:
-    """Holder counts for every badge and tier, and the number of known users: three index-only aggregates.
+_HOLDERS = sa.select(
+    badge_holders.c.badge_id, badge_holders.c.tier, badge_holders.c.holders,
+    sa.select(read_counters.c.value).where(read_counters.c.name == KNOWN_USERS).scalar_subquery().label("known"),
+)
 
-    Migration 0003's partial index on (badge_id, tier, user_id) WHERE revoked_at IS NULL serves the
-    first two; the unique key of ``user_badges`` and the primary key of progress serve the third.
+
+def holders(conn: Connection) -> Holders:
+    """Holder counts for every badge and tier, and the number of known users, as the sink last committed them.
+
+    One read of ``badge_holders`` (a row per badge and tier held by anyone, and per badge under
+    ``ANY_TIER``) with the ``known_users`` counter: no scan of the awards.
     """
-    c = user_badges.c
-    held = c.revoked_at.is_(None)
-    by_tier = {
-        (row.badge_id, row.tier or None): int(row.n)
-        for row in conn.execute(
-            sa.select(c.badge_id, c.tier, sa.func.count(sa.distinct(c.user_id)).label("n"))
-            .where(held).group_by(c.badge_id, c.tier)
-        )
-    }
-    by_badge = {
-        row.badge_id: int(row.n)
-        for row in conn.execute(
-            sa.select(c.badge_id, sa.func.count(sa.distinct(c.user_id)).label("n")).where(held).group_by(c.badge_id)
-        )
-    }
-    users = sa.union(sa.select(c.user_id), sa.select(user_badge_progress.c.user_id)).subquery()
-    known = int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one())
-    return Holders(known_users=known, by_badge=by_badge, by_tier=by_tier)
+    return _holders_from(conn.execute(_HOLDERS).all())
+
+
+def _holders_from(rows: Iterable[tuple[Any, ...]]) -> Holders:
+    """``Holders`` from (badge_id, tier, holders, known users) rows."""
+    known = 0
+    by_tier: dict[tuple[str, str | None], int] = {}
+    by_badge: dict[str, int] = {}
+    for badge_id, tier, count, known in rows:  # noqa: B007 - every row carries the same known users
+        by_tier[(badge_id, tier or None)] = count
+        if tier == ANY_TIER:
+            by_badge[badge_id] = count
+    return Holders(known_users=int(known or 0), by_badge=by_badge, by_tier=by_tier)
+
+
+def _user_rows_query() -> sa.CompoundSelect[Any]:
+    """The user's held awards (kind 0, oldest first), their progress rows (kind 1, by badge and tier) and the holder
+    counts (kind 2) in one statement: one round trip for the user endpoint. Columns a kind does not have are NULL."""
+    c, p = user_badges.c, user_badge_progress.c
+    user: sa.BindParameter[str] = sa.bindparam("user_id")
+
+    def none(type_: Any) -> sa.ColumnElement[Any]:
+        return sa.type_coerce(sa.null(), type_)
+
+    awards = sa.select(sa.literal(0).label("kind"), c.awarded_at, c.badge_id, c.tier, c.occurrence, c.award_id,
+                       c.event_id, c.points, none(sa.Float).label("progress"), none(sa.Float).label("target"),
+                       none(UTCDateTime()).label("updated_at")).where(c.user_id == user, c.revoked_at.is_(None))
+    progress = sa.select(sa.literal(1), none(UTCDateTime()), p.badge_id, p.tier, none(sa.Integer), none(sa.String),
+                         none(sa.String), none(sa.Integer), p.progress, p.target, p.updated_at).where(p.user_id == user)
+    h = _HOLDERS.subquery()
+    holders = sa.select(sa.literal(2), none(UTCDateTime()), h.c.badge_id, h.c.tier, none(sa.Integer),
+                        none(sa.String), none(sa.String), h.c.holders, none(sa.Float), h.c.known, none(UTCDateTime()))
+    # Positions, not expressions: SQLite orders a compound select by its result columns only.
+    return sa.union_all(awards, progress, holders).order_by(sa.literal_column("1"), sa.literal_column("2"),
+                                                   sa.literal_column("3"), sa.literal_column("4"),
+                                                   sa.literal_column("5"))
+
+
+# Built once: constructing a statement costs more than running it does for one user's rows (bench/api).
+_USER_ROWS = _user_rows_query()
+_USER_PROGRESS = (
+    sa.select(user_badge_progress)
+    .where(user_badge_progress.c.user_id == sa.bindparam("user_id"))
+    .order_by(user_badge_progress.c.badge_id, user_badge_progress.c.tier)
+)
+
+
+def user_with_holders(conn: Connection, user_id: str) -> tuple[list[HeldAward], list[UserProgress], Holders]:
+    """The user's awards that are not revoked (oldest first), their progress rows and every holder count: one
+    query, only the columns the read API shows."""
+    awards: list[HeldAward] = []
+    progress: list[UserProgress] = []
+    counts = []
+    for kind, at, badge_id, tier, occurrence, award_id, event_id, points, value, target, updated_at in conn.execute(
+            _USER_ROWS, {"user_id": user_id}):
+        if kind == 0:
+            awards.append(HeldAward(award_id, badge_id, tier or None, occurrence, at, event_id, points))
+        elif kind == 1:
+            progress.append(UserProgress(badge_id, tier or None, value, target, updated_at))
+        else:  # a holder count; ``target`` carries the known users
+            counts.append((badge_id, tier, points, target))
+    return awards, progress, _holders_from(counts)
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ user_badges = sa.Table(
     sa.Column("source_offset", sa.BigInteger, nullable=True),
     sa.Column("points", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("user_id", "badge_id", "tier", "occurrence"),
-    # Read API (migration 0003): partial indexes over held awards, see that migration.
+    # Read API (migration 0003): partial indexes over held awards, see that migration (window leaderboards).
     sa.Index("ix_user_badges_held_badge", "badge_id", "tier", "user_id",
              postgresql_where=sa.text("revoked_at IS NULL"), sqlite_where=sa.text("revoked_at IS NULL")),
     sa.Index("ix_user_badges_held_user", "user_id", "awarded_at", "points",
@@ -117,3 +117,82 @@ user_badge_progress = sa.Table(
     sa.Column("target", sa.Float, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# --- aggregates kept by the sink (migration 0004; streams.db.aggregates keeps them) -------------
+# Each is a function of user_badges and user_badge_progress, updated in the transaction that changes
+# those rows, so rarity and ranks are exact as of the last sink commit without scanning the awards.
+
+ANY_TIER = NO_TIER
+"""In ``user_holdings`` and ``badge_holders``, tier ``''`` counts the badge whatever the tier: an untiered
+award counts there once, a tiered one under its tier and there (so ``''`` holders are distinct users
+holding the badge at all)."""
+
+user_totals = sa.Table(
+    "user_totals",
+    metadata,
+    sa.Column("user_id", _Id, primary_key=True),
+    sa.Column("awards", sa.Integer, nullable=False),
+    sa.Column("points", sa.BigInteger, nullable=False),
+)
+"""One row per known user (an award, revoked or not, or a progress row): held awards and their points."""
+
+period_scores = sa.Table(
+    "period_scores",
+    metadata,
+    sa.Column("period", sa.String(8), primary_key=True),
+    sa.Column("starts", sa.Date, primary_key=True),
+    sa.Column("user_id", _Id, primary_key=True),
+    sa.Column("awards", sa.Integer, nullable=False),
+    sa.Column("points", sa.BigInteger, nullable=False),
+)
+"""Held awards and points per user awarded in each day, ISO week and month (UTC); rows only where awards > 0."""
+
+user_holdings = sa.Table(
+    "user_holdings",
+    metadata,
+    sa.Column("user_id", _Id, primary_key=True),
+    sa.Column("badge_id", _Id, primary_key=True),
+    sa.Column("tier", _Id, primary_key=True),
+    sa.Column("awards", sa.Integer, nullable=False),
+    sa.Column("points", sa.BigInteger, nullable=False),
+)
+"""Held awards per (user, badge, tier) and per (user, badge) under ``ANY_TIER``; rows only where awards > 0."""
+
+badge_holders = sa.Table(
+    "badge_holders",
+    metadata,
+    sa.Column("badge_id", _Id, primary_key=True),
+    sa.Column("tier", _Id, primary_key=True),
+    sa.Column("holders", sa.Integer, nullable=False),
+)
+"""Distinct users holding each (badge, tier), and each badge under ``ANY_TIER``; rows only where holders > 0."""
+
+score_counts = sa.Table(
+    "score_counts",
+    metadata,
+    sa.Column("board", sa.String(8), primary_key=True),
+    sa.Column("board_key", _Id, primary_key=True),
+    sa.Column("ranked_by", sa.String(8), primary_key=True),
+    sa.Column("score", sa.BigInteger, primary_key=True),
+    sa.Column("users", sa.Integer, nullable=False),
+)
+"""How many users have each score on each board: a rank is one plus the users above, summed over a few hundred
+rows instead of counted over every user. ``board`` is ``all`` (``board_key`` ``''``), ``day``/``week``/``month``
+(``board_key`` the period's first day, ISO) or ``badge`` (the badge id); ``ranked_by`` is ``badges`` or ``points``.
+Rows only where users > 0, scores > 0."""
+
+read_counters = sa.Table(
+    "read_counters",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+"""Single numbers the read API needs: ``known_users`` (the rows of ``user_totals``), counted without a scan."""
+
+# Rankings: top N, a user's neighbours and ranks are index range scans (score descending, then user id).
+for _table, _keys in ((user_totals, ()), (period_scores, ("period", "starts")), (user_holdings, ("badge_id", "tier"))):
+    for _score in ("awards", "points"):
+        sa.Index(f"ix_{_table.name}_{_score}", *(_table.c[key] for key in _keys), _table.c[_score].desc(),
+                 _table.c.user_id)
+
+KNOWN_USERS = "known_users"

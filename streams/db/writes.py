@@ -6,76 +6,21 @@ Awards are inserted once per ``award_id`` (a duplicate is success), revocations 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 
 from schemas.catalog import Badge, Catalog, Level
-from schemas.errors import ConfigurationError
 from schemas.records import AwardRecord, ProgressRecord, newest_progress
+from streams.db.aggregates import HeldChange, apply_changes, note_users
 from streams.db.tables import NO_TIER, badges, user_badge_progress, user_badges
+from streams.db.upsert import dialect_insert, upsert, upsert_returning
 
 log = logging.getLogger(__name__)
-
-
-def _dialect_insert(conn: Connection, table: sa.Table) -> Any:
-    name = conn.dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    raise ConfigurationError(f"unsupported database dialect {name!r}: badgestream supports sqlite and postgresql")
-
-
-def _json_rows(rows: Sequence[Mapping[str, Any]]) -> str:
-    # Timestamps are sent as RFC 3339 with their offset (naive ones as UTC), JSON columns nested.
-    try:
-        return orjson.dumps(list(rows), option=orjson.OPT_NAIVE_UTC).decode()
-    except TypeError:  # integers wider than 64 bits in metadata: the stdlib can write those
-        return json.dumps([{k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
-                           for row in rows], default=str)
-
-
-def _recordset(table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> sa.Select[Any]:
-    """``SELECT ... FROM json_to_recordset(:rows) AS incoming(col type, ...)``: a whole batch as one parameter.
-
-    PostgreSQL only. One short statement and one JSON document (serialised by orjson), instead of
-    a multi-row VALUES with thousands of placeholders that the driver must parse and adapt for
-    every batch: several times faster, and the reason the sink reaches its throughput goal.
-    """
-    document = sa.cast(sa.bindparam("rows", _json_rows(rows), type_=sa.Text), postgresql.JSON)
-    incoming = (
-        sa.func.json_to_recordset(document)
-        .table_valued(*[sa.column(name, table.c[name].type) for name in columns])
-        .render_derived(name="incoming", with_types=True)
-    )
-    return sa.select(*[incoming.c[name] for name in columns])
-
-
-def _upsert(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], on_conflict: Any) -> int:
-    """Insert ``rows`` with the dialect's ``INSERT ... ON CONFLICT`` clause from ``on_conflict(insert)``.
-
-    Returns the number of rows inserted or updated. PostgreSQL gets the whole batch as one JSON
-    document (see ``_recordset``); SQLite gets an executemany of one prepared statement, which is its fast path.
-    """
-    if not rows:
-        return 0
-    if conn.dialect.name == "postgresql":
-        columns = list(rows[0])
-        insert = postgresql.insert(table).from_select(columns, _recordset(table, columns, rows))
-        stmt = on_conflict(insert).returning(sa.literal(1))
-        return len(conn.execute(stmt).all())
-    result = conn.execute(on_conflict(_dialect_insert(conn, table)), list(rows))
-    # sqlite3 sums the changes of an executemany; rows skipped by ON CONFLICT do not count.
-    return max(result.rowcount, 0)
 
 
 def _award_row(record: AwardRecord, revoked_at: datetime | None) -> dict[str, Any]:
@@ -107,8 +52,30 @@ class WriteResult:
     progress_written: int = 0
 
 
+_HELD_CHANGE = (user_badges.c.user_id, user_badges.c.badge_id, user_badges.c.tier, user_badges.c.awarded_at,
+                user_badges.c.points)
+
+
+def _held_changes(rows: Iterable[Row[Any]]) -> list[HeldChange]:
+    return [HeldChange(row.user_id, row.badge_id, row.tier, row.awarded_at, row.points) for row in rows]
+
+
+def _revoke_held(conn: Connection, award_ids: Sequence[str], revoked_at: datetime) -> dict[str, HeldChange]:
+    """Set ``revoked_at`` on those of ``award_ids`` still held; returns what they held, by award id."""
+    changed: dict[str, HeldChange] = {}
+    for start in range(0, len(award_ids), 1000):  # bounded IN lists
+        chunk = award_ids[start:start + 1000]
+        for row in conn.execute(user_badges.update()
+                                .where(user_badges.c.award_id.in_(chunk), user_badges.c.revoked_at.is_(None))
+                                .values(revoked_at=revoked_at)
+                                .returning(user_badges.c.award_id, *_HELD_CHANGE)):
+            changed[row.award_id] = HeldChange(row.user_id, row.badge_id, row.tier, row.awarded_at, row.points)
+    return changed
+
+
 def upsert_awards(conn: Connection, awards: Iterable[AwardRecord], *, now: datetime | None = None) -> WriteResult:
-    """Insert grants once (a duplicate award is success) and apply revocations, inside the caller's transaction.
+    """Insert grants once (a duplicate award is success) and apply revocations, inside the caller's transaction,
+    moving the read aggregates (``streams.db.aggregates``) by exactly the rows that changed.
 
     The result does not depend on the order of the records: a grant never clears ``revoked_at``,
     and a revocation sets it only when it is still unset (the first revocation's time is kept).
@@ -121,19 +88,33 @@ def upsert_awards(conn: Connection, awards: Iterable[AwardRecord], *, now: datet
     for record in awards:
         target = revocations if record.kind == "revocation" else grants
         target.setdefault(record.award_id, record)
+    if not (grants or revocations):
+        return WriteResult()
+    note_users(conn, [record.user_id for record in (*grants.values(), *revocations.values())])
+    gained: list[HeldChange] = []
+    lost: list[HeldChange] = []
     inserted = revoked = 0
     if grants:
         # Sorted keys give concurrent writers the same lock order, so two sinks cannot deadlock.
         rows = [_award_row(grants[key], None) for key in sorted(grants)]
-        inserted = _upsert(conn, user_badges, rows, lambda insert: insert.on_conflict_do_nothing())
+        gained = _held_changes(upsert_returning(conn, user_badges, rows, lambda insert: insert.on_conflict_do_nothing(),
+                                                _HELD_CHANGE))
+        inserted = len(gained)
     if revocations:
         revoked_at = now or datetime.now(UTC)
-        rows = [_award_row(revocations[key], revoked_at) for key in sorted(revocations)]
-        revoked = _upsert(conn, user_badges, rows, lambda insert: insert.on_conflict_do_update(
-            index_elements=[user_badges.c.award_id],
-            set_={"revoked_at": insert.excluded.revoked_at},
-            where=user_badges.c.revoked_at.is_(None),
-        ))
+        keys = sorted(revocations)
+        # 1. held awards become revoked; 2. awards never seen are inserted revoked; 3. an award another
+        # writer inserted between 1 and 2 (its insert made ours skip) is revoked now that it is visible.
+        reached = _revoke_held(conn, keys, revoked_at)
+        rows = [_award_row(revocations[key], revoked_at) for key in keys if key not in reached]
+        inserted_revoked = {row.award_id for row in upsert_returning(
+            conn, user_badges, rows, lambda insert: insert.on_conflict_do_nothing(), [user_badges.c.award_id])}
+        late = [row["award_id"] for row in rows if row["award_id"] not in inserted_revoked]
+        if late:
+            reached |= _revoke_held(conn, late, revoked_at)
+        lost = list(reached.values())
+        revoked = len(lost) + len(inserted_revoked)
+    apply_changes(conn, gained, lost)
     return WriteResult(awards_inserted=inserted, revocations_applied=revoked)
 
 
@@ -148,7 +129,9 @@ def latest_progress(records: Iterable[ProgressRecord]) -> list[ProgressRecord]:
 
 
 def upsert_progress(conn: Connection, records: Iterable[ProgressRecord]) -> WriteResult:
-    """Keep the latest progress per (user, badge, tier): a row only ever moves to a newer-or-equal ``updated_at``."""
+    """Keep the latest progress per (user, badge, tier): a row only ever moves to a newer-or-equal ``updated_at``.
+
+    Its users become known users (``streams.db.aggregates.note_users``)."""
     rows = [
         {
             "user_id": record.user_id,
@@ -160,7 +143,8 @@ def upsert_progress(conn: Connection, records: Iterable[ProgressRecord]) -> Writ
         }
         for record in latest_progress(records)
     ]
-    written = _upsert(conn, user_badge_progress, rows, lambda insert: insert.on_conflict_do_update(
+    note_users(conn, [str(row["user_id"]) for row in rows])  # a progress row makes a user known (rarity's denominator)
+    written = upsert(conn, user_badge_progress, rows, lambda insert: insert.on_conflict_do_update(
         index_elements=[user_badge_progress.c.user_id, user_badge_progress.c.badge_id, user_badge_progress.c.tier],
         set_={
             "progress": insert.excluded.progress,
@@ -222,7 +206,7 @@ def write_catalog(engine: Engine | Connection, catalog: Catalog | Mapping[str, A
         return 0
 
     def write(conn: Connection) -> None:
-        insert = _dialect_insert(conn, badges)
+        insert = dialect_insert(conn, badges)
         stmt = insert.on_conflict_do_update(
             index_elements=[badges.c.id],
             set_={column: insert.excluded[column] for column in rows[0] if column != "id"},

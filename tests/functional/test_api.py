@@ -144,6 +144,40 @@ class TestReadAPI:
         assert [r["user_id"] for r in rows] == ["u-2", "u-3"]
         assert client.get("/v1/leaderboard?around=u-4").status_code == 404  # holds nothing
 
+    def test_recurring_periods_rank_the_awards_of_that_day_week_or_month(self, client: TestClient) -> None:
+        # T0 is Saturday 2026-11-21: u-1 on days 0-2 (Sat, Sun, Mon), u-2 on days 3-4, u-3 on day 5.
+        def board(**params: str) -> list[tuple[int, str, int, int]]:
+            response = client.get("/v1/leaderboard", params=params)
+            assert response.status_code == 200, response.text
+            return [(r["rank"], r["user_id"], r["badges"], r["points"]) for r in response.json()]
+
+        assert board(period="day", at="2026-11-21T23:59:59Z") == [(1, "u-1", 1, 10)]
+        assert board(period="day", at="2026-11-22T01:00:00+03:00") == [(1, "u-1", 1, 10)]  # still the 21st in UTC
+        assert board(period="week", at="2026-11-16") == [(1, "u-1", 2, 30)]  # Monday 16th to Sunday 22nd
+        assert board(period="week", at="2026-11-24T12:00:00") == [(1, "u-2", 2, 60), (2, "u-1", 1, 5),
+                                                                  (2, "u-3", 1, 10)]
+        assert board(period="week", at="2026-11-24", by="points") == [(1, "u-2", 2, 60), (2, "u-3", 1, 10),
+                                                                      (3, "u-1", 1, 5)]
+        assert board(period="week", at="2026-11-24", around="u-3", limit="2") == [(2, "u-1", 1, 5),
+                                                                                 (2, "u-3", 1, 10)]
+        assert board(period="month", at="2026-11-30") == board(period="all") == board() == [
+            (1, "u-1", 3, 35), (2, "u-2", 2, 60), (3, "u-3", 1, 10)]
+        assert board(period="month", at="2026-10-31") == []
+        # One badge within a period: ranked from the awards in the period's bounds.
+        assert board(period="week", at="2026-11-24", badge_id="first_quiz") == [(1, "u-2", 1, 10), (1, "u-3", 1, 10)]
+        assert client.get("/v1/leaderboard?period=week&at=2026-11-24&around=u-4").status_code == 404
+
+    def test_front_page_has_period_tabs_over_the_same_boards(self, client: TestClient) -> None:
+        page = client.get("/").text
+        assert '<a href="/?period=all" aria-current="page">All time</a>' in page
+        assert page.index(">u-1</a>") < page.index(">u-2</a>") < page.index(">u-3</a>")
+        week = client.get("/?period=week")
+        assert week.status_code == 200 and '<a href="/?period=week" aria-current="page">This week</a>' in week.text
+        # The page's week is this week (the clock's): it shows what the API's board for now shows.
+        shown = "No awards yet." if not client.get("/v1/leaderboard?period=week").json() else ">u-"
+        assert shown in week.text.split('id="all-badges"')[0]
+        assert client.get("/?period=year").status_code == 422
+
     def test_award_has_its_evidence(self, client: TestClient) -> None:
         award_id = make_award_id("u-1", "first_quiz", None, 1)
         body = client.get(f"/v1/awards/{award_id}").json()
@@ -204,6 +238,12 @@ class TestReadAPI:
         ("/v1/leaderboard?badge_id=" + "b" * 256, "badge_id"),
         ("/v1/leaderboard?around=" + "u" * 256, "around"),
         ("/v1/leaderboard?by=karma", "by"),
+        ("/v1/leaderboard?period=year", "period"),
+        ("/v1/leaderboard?period=week&since=2026-01-01", "period"),
+        ("/v1/leaderboard?at=2026-01-01", "at"),
+        ("/v1/leaderboard?period=day&at=tuesday", "at"),
+        ("/v1/leaderboard?period=month&at=9999-12-31", "at"),
+        ("/v1/leaderboard?period=month&at=9999-12-31&badge_id=first_quiz", "at"),
         ("/v1/users/u%00-1", "user_id"),
         ("/v1/badges?include_hidden=perhaps", "include_hidden"),
     ])
@@ -220,7 +260,7 @@ class TestReadAPI:
             assert client.get("/users/" + user_id.replace("%", "%25").replace("/", "%2F")).status_code < 500
 
     def test_health_metrics_and_openapi(self, client: TestClient) -> None:
-        assert client.get("/healthz").json() == {"status": "ok", "schema_revision": "0003"}
+        assert client.get("/healthz").json() == {"status": "ok", "schema_revision": "0004"}
         client.get("/v1/users/u-1")
         metrics = client.get("/metrics").text
         assert 'badgestream_api_requests_total{route="/v1/users/{user_id}",status="200"}' in metrics

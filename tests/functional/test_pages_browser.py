@@ -163,6 +163,14 @@ def test_the_front_page_shows_the_leaderboard_and_the_visible_badges(api_url: st
     assert badges == ["Explorer", "First Quiz", "Quiz Master"]
     assert "Recruiter" not in page.locator("body").inner_text()
     assert page.get_by_text("3 holders · 75% of users").is_visible()
+    assert page.get_by_role("link", name="All time").get_attribute("aria-current") == "page"
+    page.get_by_role("link", name="This month").click()
+    page.wait_for_url(f"{api_url}/?period=month")
+    assert page.get_by_role("link", name="This month").get_attribute("aria-current") == "page"
+    assert page.get_by_role("link", name="All time").get_attribute("aria-current") is None
+    shoot(page, "front-page-this-month")
+    page.get_by_role("link", name="All time").click()
+    page.wait_for_url(f"{api_url}/?period=all")
     page.get_by_role("link", name="u-2").first.click()
     page.wait_for_url(f"{api_url}/users/u-2")
     assert page.locator("h1").inner_text() == "u-2"
