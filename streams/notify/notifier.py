@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,6 +37,7 @@ from streams.notify.metrics import NotifyMetrics, endpoint_label
 from streams.notify.outbox import Outbox, Pending
 from streams.notify.policy import Attempt, RetryPolicy, parse_retry_after
 from streams.settings import Settings
+from streams.shutdown import STOP_SIGNALS, StopDeadline, stop_handler
 
 log = logging.getLogger("badgestream.notify")
 
@@ -289,7 +289,7 @@ class Notifier:
 
 
 def notify_command(args: argparse.Namespace) -> int:
-    """``badgestream notify``: run until SIGTERM/SIGINT."""
+    """``badgestream notify``: run until SIGTERM/SIGINT/SIGHUP, then stop within ``shutdown_grace_s``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
@@ -297,10 +297,14 @@ def notify_command(args: argparse.Namespace) -> int:
     if settings.notify_metrics_port:
         start_http_server(settings.notify_metrics_port, addr=settings.web_host, registry=notifier.metrics.registry)
 
+    # With the broker gone, closing the consumer or flushing a dead letter can wait without end:
+    # the deadline bounds the stop, and the offsets not committed are read again (at least once).
+    handle = stop_handler(notifier.stop, StopDeadline(settings.shutdown_grace_s))
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, notifier.stop)
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, handle, sig)
         await notifier.run()
 
     asyncio.run(main())
