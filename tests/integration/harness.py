@@ -265,3 +265,21 @@ def offline_awards(events_file: Path, catalog: Path = DEMO_CATALOG) -> list[dict
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=True,
     )
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of the live processes whose command line or environment contains ``text`` (this one
+    excluded): what is left of a run whose state directory is ``text``."""
+    from deploy.kafka.broker import _pid_alive
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if text.encode() in seen and _pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

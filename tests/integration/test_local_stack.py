@@ -31,21 +31,6 @@ def up_env() -> dict[str, str]:
     return env
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """Pids of the live processes whose command line or environment contains ``text`` (ours excluded)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if text.encode() in seen and _pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
 def test_up_shows_awards_and_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
     env = up_env()
     state = tmp_path / "state"
@@ -124,11 +109,11 @@ def test_ctrl_c_stops_everything_after_the_reader_of_ups_output_died(tmp_path: P
         assert len(pids) == 4 and broker_pid, output[-3000:]
         pids.append(int(broker_pid.group(1)))
         assert [p for p in pids if _pid_alive(p)] == [], "a process of the stack is still running"
-        assert processes_mentioning(str(state)) == []
+        assert harness.processes_mentioning(str(state)) == []
         assert "stopping" not in output  # it was said into the broken pipe, after tee was gone
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
-        for pid in processes_mentioning(str(state)):  # what a failed run left behind
+        for pid in harness.processes_mentioning(str(state)):  # what a failed run left behind
             os.kill(pid, signal.SIGKILL)
         up.wait()
