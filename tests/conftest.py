@@ -134,7 +134,9 @@ def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     """Create uniquely named topics (deleted afterwards): ``topic_factory("events", partitions=2)``."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    from streams.kafka import LIBRDKAFKA_LOG
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap, "logger": LIBRDKAFKA_LOG})
     created: list[str] = []
 
     def create(base: str = "t", partitions: int = 1, config: dict[str, str] | None = None) -> str:

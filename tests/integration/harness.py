@@ -19,6 +19,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streams.kafka import LIBRDKAFKA_LOG
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CATALOG = REPO / "deploy" / "demo" / "catalog.yaml"
 DEMO_EVENTS = REPO / "deploy" / "demo" / "events.jsonl"
@@ -166,7 +168,8 @@ def worker(stack: StackConfig, name: str = "worker", **env: str) -> Process:
 
 def producer(bootstrap: str) -> Producer:
     # murmur2_random: the Java client's partitioner, which Faust's producer uses too.
-    return Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5,
+    return Producer({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, "partitioner": "murmur2_random",
+                     "linger.ms": 5,
                      "enable.idempotence": True})
 
 
@@ -201,7 +204,8 @@ def consume(bootstrap: str, topic: str, *, expected: int | None = None, timeout:
     """Read a topic from the beginning until ``expected`` messages arrived (then ``idle`` seconds more
     to catch extras), or, without ``expected``, until ``idle`` seconds pass with nothing new.
     With ``watch``, fail at once when that process dies instead of waiting out the timeout."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.monotonic_ns()}",
+    consumer = Consumer({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG,
+                         "group.id": f"reader-{time.monotonic_ns()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     messages: list[Any] = []
@@ -226,7 +230,7 @@ def consume(bootstrap: str, topic: str, *, expected: int | None = None, timeout:
 
 
 def end_offsets(bootstrap: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "offsets-probe"})
+    consumer = Consumer({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, "group.id": "offsets-probe"})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         total = 0
