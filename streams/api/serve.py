@@ -26,7 +26,11 @@ class BoundedServer(uvicorn.Server):
         self.deadline = deadline
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.deadline.arm(f"{signal.Signals(sig).name} was received")
+        name = signal.Signals(sig).name
+        if self.deadline.armed:  # a second signal: as in every other badgestream process
+            self.deadline.exit_now(f"{name} received while stopping")
+            return
+        self.deadline.arm(f"{name} was received")
         super().handle_exit(sig, frame)
 
 

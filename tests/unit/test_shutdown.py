@@ -74,8 +74,11 @@ def test_the_worker_arms_its_deadline_as_its_stop_begins() -> None:
     assert deadline.armed and exit.codes == []
 
 
-def test_the_read_api_arms_its_deadline_on_the_signal_uvicorn_captures() -> None:
-    deadline = StopDeadline(60, exit=FakeExit())
+def test_the_read_api_arms_its_deadline_on_the_signal_uvicorn_captures_and_exits_on_the_second() -> None:
+    exit = FakeExit()
+    deadline = StopDeadline(60, exit=exit)
     server = BoundedServer(uvicorn.Config("streams.api.app:create_app", factory=True), deadline)
     server.handle_exit(signal.SIGTERM, None)
-    assert deadline.armed and server.should_exit
+    assert deadline.armed and server.should_exit and exit.codes == []
+    server.handle_exit(signal.SIGTERM, None)
+    assert exit.codes == [EXIT_CUT_SHORT]
