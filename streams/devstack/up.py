@@ -182,8 +182,8 @@ def local_broker(settings: Settings, data_dir: Path) -> Iterator[str]:
         broker.port = free_port()
         say(f"port {DEFAULT_PORT} is taken by something else; the local broker uses {broker.port}")
     started_here = broker.running_pid() is None
-    broker.start()
     try:
+        broker.start()  # a Ctrl-C while it starts up stops it too
         yield broker.bootstrap
     finally:
         if started_here:
