@@ -9,7 +9,8 @@ import pytest
 
 from schemas.catalog import load_catalog
 from streams.devstack.receiver import Received, describe
-from streams.devstack.up import SurvivingStream, display_names
+from streams.devstack.terminal import SurvivingStream
+from streams.devstack.up import display_names
 from streams.settings import DEMO_CATALOG
 
 
