@@ -70,7 +70,7 @@ def stop_on_signals() -> None:
 
 def log_to_file(path: Path) -> None:
     """Every log record of ``up``'s own process (its Kafka clients' librdkafka lines included) goes to
-    ``path``; the console shows only warnings and errors of badgestream's own code."""
+    ``path``; the console shows warnings and errors, librdkafka's excepted."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
