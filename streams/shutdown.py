@@ -71,10 +71,12 @@ def _flush_output() -> None:
 
 def stop_handler(stop: Callable[[], object], deadline: StopDeadline) -> Callable[[int], None]:
     """What a stop signal does: the first calls ``stop`` and arms ``deadline``, a second exits at once."""
+    received: list[str] = []
 
     def handle(signum: int) -> None:
         name = signal.Signals(signum).name
-        if deadline.armed:
+        received.append(name)
+        if len(received) > 1:
             deadline.exit_now(f"{name} received while stopping")
             return
         log.info("%s received: stopping (at most %gs)", name, deadline.grace)
@@ -86,11 +88,30 @@ def stop_handler(stop: Callable[[], object], deadline: StopDeadline) -> Callable
 
 def on_stop_signals(stop: Callable[[], object], deadline: StopDeadline) -> Callable[[], None]:
     """Route SIGTERM, SIGINT and SIGHUP to :func:`stop_handler` (Python signal handlers, for a
-    process without an event loop); returns what puts the previous handlers back."""
+    process without an event loop); returns what puts the previous handlers back.
+
+    Python runs a signal handler only once the main thread is back in Python code, and a blocking
+    librdkafka call (``list_topics`` waiting out its timeout for a broker that is gone) may hold it
+    for longer than the grace period. So the deadline is also armed from a thread that reads the
+    signal numbers Python's C-level handler writes to the wakeup descriptor at once."""
     handle = stop_handler(stop, deadline)
     previous = {sig: signal.signal(sig, lambda signum, _frame: handle(signum)) for sig in STOP_SIGNALS}
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while data := os.read(read_end, 64):
+            for signum in data:
+                if signum in STOP_SIGNALS:
+                    deadline.arm(f"{signal.Signals(signum).name} was received")
+        os.close(read_end)
+
+    threading.Thread(target=watch, name="stop-signals", daemon=True).start()
 
     def restore() -> None:
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(write_end)  # the watcher reads the end of the pipe and stops
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -183,9 +183,12 @@ class Notifier:
 
     async def run(self) -> None:
         settings = self.settings
-        ensure_topics(settings, [t for t in required_topics(settings)
-                                 if t.name in (settings.awards_topic, settings.nudges_topic,
-                                               settings.notify_dlq_topic)])
+        loop = asyncio.get_running_loop()
+        # In a thread: with the broker gone it waits out its timeout, and a stop signal must be heard meanwhile.
+        await loop.run_in_executor(None, functools.partial(
+            ensure_topics, settings, [t for t in required_topics(settings)
+                                      if t.name in (settings.awards_topic, settings.nudges_topic,
+                                                    settings.notify_dlq_topic)]))
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="notify-kafka")
         outbox = Outbox(settings.notify_outbox)
         dead_letters = DeadLetters(settings, pool)
@@ -204,7 +207,6 @@ class Notifier:
         tasks.append(asyncio.create_task(self._report_backlog(outbox), name="backlog metrics"))
         log.info("notifying %d endpoint(s) of %s and %s (group %s, outbox %s)", len(dispatchers),
                  settings.awards_topic, settings.nudges_topic, settings.notify_group_id, settings.notify_outbox)
-        loop = asyncio.get_running_loop()
         try:
             while not self._stopping.is_set():
                 messages = await loop.run_in_executor(pool, consumer.consume, POLL_BATCH, 0.2)

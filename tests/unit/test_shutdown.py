@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 import time
@@ -11,7 +12,7 @@ import mode
 import uvicorn
 
 from streams.api.serve import BoundedServer
-from streams.shutdown import EXIT_CUT_SHORT, StopDeadline, stop_handler
+from streams.shutdown import EXIT_CUT_SHORT, StopDeadline, on_stop_signals, stop_handler
 from streams.worker.shutdown import bounded_stop
 
 
@@ -53,6 +54,21 @@ def test_the_first_stop_signal_stops_and_arms_the_second_exits_at_once() -> None
     assert stops == [1] and deadline.armed and exit.codes == []
     handle(signal.SIGINT)
     assert stops == [1] and exit.codes == [EXIT_CUT_SHORT]
+
+
+def test_a_real_signal_stops_arms_the_deadline_and_the_handlers_are_restored_after() -> None:
+    exit = FakeExit()
+    deadline = StopDeadline(60, exit=exit)
+    stopped = threading.Event()
+    before = signal.getsignal(signal.SIGTERM)
+    restore = on_stop_signals(stopped.set, deadline)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopped.wait(5)
+        assert deadline.armed and exit.codes == []
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_the_worker_arms_its_deadline_as_its_stop_begins() -> None:
