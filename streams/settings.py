@@ -131,6 +131,12 @@ class Settings(BaseSettings):
                                                                     "failed probe, up to 60 s)")
     notify_metrics_port: int = Field(9108, ge=0, description="notifier /metrics port (0: none)")
 
+    # Every long-running process (streams/shutdown.py)
+    shutdown_grace_s: float = Field(
+        8.0, gt=0, description="seconds a stopping worker, sink, notifier or read API may spend finishing, "
+        "flushing and committing before it exits anyway (what was not committed is delivered again)"
+    )
+
     @field_validator("webhook_urls", mode="before")
     @classmethod
     def _split_urls(cls, value: Any) -> Any:

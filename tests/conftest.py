@@ -3,14 +3,17 @@
 Broker, in order: ``BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS`` if set; testcontainers' Kafka when a
 Docker engine answers; else the local JVM broker from deploy/kafka, started for the session and
 stopped afterwards. PostgreSQL: ``BADGESTREAM_TEST_POSTGRES_URL`` if set, else a throwaway cluster
-from deploy/postgres. With ``CI`` set, every skip is turned into a failure: a test that could not
-run in CI did not pass.
+from deploy/postgres. Those services are stopped however the run ends: SIGTERM (a CI timeout) and
+SIGHUP end it as Ctrl-C does, through pytest's teardown, and the broker dies with the test process
+even if it is killed outright. With ``CI`` set, every skip is turned into a failure: a test that
+could not run in CI did not pass.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +26,23 @@ IN_CI = bool(os.environ.get("CI"))
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--long", action="store_true", default=False,
                      help="run the long variants of the reliability tests")
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    """The first stop signal ends the run as Ctrl-C does (pytest tears the session fixtures down,
+    stopping the broker and PostgreSQL they started); later ones are ignored, so that the teardown
+    itself is not cut short."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda _signum, _frame: None)
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -114,7 +134,9 @@ def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     """Create uniquely named topics (deleted afterwards): ``topic_factory("events", partitions=2)``."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    from streams.kafka import LIBRDKAFKA_LOG
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap, "logger": LIBRDKAFKA_LOG})
     created: list[str] = []
 
     def create(base: str = "t", partitions: int = 1, config: dict[str, str] | None = None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -23,7 +24,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from deploy.lifetime import die_with_parent
 from schemas.errors import ConfigurationError
 
 HERE = Path(__file__).resolve().parent
@@ -112,7 +115,11 @@ def metadata_ready(bootstrap: str, timeout: float = 2.0) -> bool:
     """True once the broker answers a metadata request (not merely accepts TCP connections)."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000)})
+    # Its log lines (e.g. "Connect ... failed" while a broker starts) go through Python logging, as
+    # every client's do (streams/kafka.py), not raw onto stderr.
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000),
+                              "logger": logging.getLogger("badgestream.librdkafka")}
+    admin = AdminClient(config)
     try:
         meta = admin.list_topics(timeout=timeout)
     except Exception:
@@ -129,6 +136,9 @@ class LocalBroker:
     controller_port: int | None = None
     heap: str = DEFAULT_HEAP
     lib_dir: Path = DEFAULT_LIB_DIR
+    tied_to_parent: bool = False
+    """Stop (SIGTERM) when the process that started it dies, however it dies (deploy/lifetime.py):
+    for a broker of ``badgestream up`` or of a test run, not for ``badgestream kafka start``."""
 
     @property
     def bootstrap(self) -> str:
@@ -245,7 +255,7 @@ class LocalBroker:
              f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", f"-Dkafka.logs.dir={self.data_dir}",
              "-cp", classpath, "kafka.Kafka", str(self.config_file)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent() if self.tied_to_parent else None,
         )
         log.close()
         self.pid_file.write_text(f"{proc.pid}\n")
@@ -299,9 +309,10 @@ def _reap(pid: int) -> None:
 
 @contextlib.contextmanager
 def throwaway_broker(prefix: str = "badgestream-kafka-") -> Iterator[str]:
-    """A local broker in a temporary directory on a free port for the block; stopped and removed after."""
+    """A local broker in a temporary directory on a free port for the block; stopped and removed after,
+    and stopped by the kernel should this process be killed before."""
     data_dir = Path(tempfile.mkdtemp(prefix=prefix))
-    broker = LocalBroker(data_dir=data_dir, port=free_port())
+    broker = LocalBroker(data_dir=data_dir, port=free_port(), tied_to_parent=True)
     try:
         broker.start()
         yield broker.bootstrap

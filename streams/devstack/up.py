@@ -4,8 +4,10 @@ Starts (or reuses) a local Kafka broker, creates the topics, starts the worker, 
 notifier as child processes (the notifier posts to a built-in receiver that prints each
 notification), streams the demo events through the producer SDK, waits until the sink has
 written every award, shows a leaderboard and a few users' badges, and keeps running until Ctrl-C,
-then stops everything it started. With ``BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS`` /
-``BADGESTREAM_DATABASE_URL`` set, the existing cluster and database are used instead.
+SIGTERM or SIGHUP, then stops everything it started, whatever became of its stdout (``| tee`` dies
+with the Ctrl-C). Children also end when ``up`` is killed outright (deploy/lifetime.py). With
+``BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS`` / ``BADGESTREAM_DATABASE_URL`` set, the existing cluster and
+database are used instead.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from deploy.lifetime import die_with_parent
 from schemas.catalog import Catalog, load_catalog
 from schemas.errors import ConfigurationError
 from streams.devstack.receiver import WebhookReceiver, describe
+from streams.devstack.terminal import keep_console_optional, log_to_file, stop_on_signals
 from streams.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -35,8 +39,12 @@ def say(message: str) -> None:
     print(f"[up] {message}", flush=True)
 
 
+CHILD_STOP_MARGIN_S = 5.0
+"""How much longer than a child's own grace period ``up`` waits before it kills the child."""
+
+
 class Child:
-    """A badgestream sub-command in its own process group, logging to a file."""
+    """A badgestream sub-command in its own process group, logging to a file, ending with ``up``."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
@@ -45,6 +53,7 @@ class Child:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", *args], env=env, cwd=REPO_ROOT, stdout=self._log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         say(f"{name} started (pid {self.proc.pid}, log {self.log_path})")
 
@@ -53,18 +62,32 @@ class Child:
             tail = self.log_path.read_text(errors="replace")[-2500:]
             raise ConfigurationError(f"the {self.name} exited with {self.proc.returncode}; log tail:\n{tail}")
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def terminate(self) -> None:
+        """SIGTERM to the child's whole process group (e.g. the read API's uvicorn workers)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                say(f"{self.name} did not stop in {timeout:.0f}s; killing it")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def finish(self, deadline: float) -> None:
+        """Wait until ``deadline`` (time.monotonic) for the child to exit, then kill its process group."""
+        try:
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            say(f"{self.name} did not stop in time; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
         self._log.close()
         say(f"{self.name} stopped")
+
+
+def stop_children(children: list[Child], grace: float) -> None:
+    """Ask every child to stop at once, then wait for each (each stops within its grace period)."""
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + grace + CHILD_STOP_MARGIN_S
+    for child in reversed(children):
+        child.finish(deadline)
 
 
 @contextlib.contextmanager
@@ -80,14 +103,14 @@ def local_broker(settings: Settings, data_dir: Path) -> Iterator[str]:
         return
     from deploy.kafka.broker import DEFAULT_PORT, LocalBroker, _port_open, free_port
 
-    broker = LocalBroker(data_dir=data_dir / "kafka",
+    broker = LocalBroker(data_dir=data_dir / "kafka", tied_to_parent=True,
                          port=int(os.environ.get("BADGESTREAM_LOCAL_KAFKA_PORT", DEFAULT_PORT)))
     if broker.running_pid() is None and _port_open(broker.port) and not broker.config_file.exists():
         broker.port = free_port()
         say(f"port {DEFAULT_PORT} is taken by something else; the local broker uses {broker.port}")
     started_here = broker.running_pid() is None
-    broker.start()
     try:
+        broker.start()  # a Ctrl-C while it starts up stops it too
         yield broker.bootstrap
     finally:
         if started_here:
@@ -122,9 +145,12 @@ def wait_for_awards(database_url: str, expected: int, children: list[Child], tim
 
 
 def up_command(args: argparse.Namespace) -> int:
+    keep_console_optional()
+    stop_on_signals()
     settings = Settings()
     var = Path(args.state_dir).resolve()
     (var / "logs").mkdir(parents=True, exist_ok=True)
+    log_to_file(var / "logs" / "up.log")
     catalog_path = Path(args.catalog) if args.catalog else settings.catalog_path
     events_path = Path(args.events) if args.events else DEMO_EVENTS
     catalog = load_catalog(catalog_path)  # refuse a bad catalog before starting anything
@@ -133,47 +159,46 @@ def up_command(args: argparse.Namespace) -> int:
     database_url = settings.database_url_value
     if not os.environ.get("BADGESTREAM_DATABASE_URL"):
         database_url = f"sqlite:///{var / 'badgestream.db'}"
-    with local_broker(settings, var) as bootstrap:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "BADGESTREAM_CATALOG_PATH": str(catalog_path),
-            "BADGESTREAM_DATABASE_URL": database_url,
-            "BADGESTREAM_DATA_DIR": str(var / "worker"),
-        }
-        settings = Settings(kafka_bootstrap_servers=bootstrap, catalog_path=catalog_path)
-        from streams.kafka import ensure_topics
+    children: list[Child] = []
+    receiver: WebhookReceiver | None = None
+    try:
+        with local_broker(settings, var) as bootstrap:
+            try:
+                env = {
+                    **os.environ,
+                    "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                    "BADGESTREAM_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                    "BADGESTREAM_CATALOG_PATH": str(catalog_path),
+                    "BADGESTREAM_DATABASE_URL": database_url,
+                    "BADGESTREAM_DATA_DIR": str(var / "worker"),
+                }
+                settings = Settings(kafka_bootstrap_servers=bootstrap, catalog_path=catalog_path)
+                from streams.kafka import ensure_topics
 
-        ensure_topics(settings)
-        children = [
-            Child("worker", ["worker", "-l", "info"], env, var / "logs"),
-            Child("sink", ["sink"], env, var / "logs"),
-        ]
-        receiver = console_notifications(catalog, env, var, children)
-        api_url = start_api(settings, env, var / "logs", children)
-        try:
-            expected = stream_events(settings, events_path, catalog_path)
-            wait_for_awards(database_url, expected, children, timeout=args.timeout)
-            shown = show_results(database_url, args.show_users)
-            say(f"worker metrics: http://{settings.web_host}:{settings.web_port}/metrics")
-            show_api(api_url, shown)
-            if args.once:
-                return 0
-            say("running; press Ctrl-C to stop everything")
-            while True:
-                for child in children:
-                    child.check()
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            say("stopping ...")
-            return 0
-        finally:
-            with contextlib.suppress(KeyboardInterrupt):
-                for child in reversed(children):
-                    child.stop()
-            if receiver is not None:
-                receiver.stop()
+                ensure_topics(settings)
+                children.append(Child("worker", ["worker", "-l", "info"], env, var / "logs"))
+                children.append(Child("sink", ["sink"], env, var / "logs"))
+                receiver = console_notifications(catalog, env, var, children)
+                api_url = start_api(settings, env, var / "logs", children)
+                expected = stream_events(settings, events_path, catalog_path)
+                wait_for_awards(database_url, expected, children, timeout=args.timeout)
+                shown = show_results(database_url, args.show_users)
+                say(f"worker metrics: http://{settings.web_host}:{settings.web_port}/metrics")
+                show_api(api_url, shown)
+                if args.once:
+                    return 0
+                say("running; press Ctrl-C to stop everything")
+                while True:
+                    for child in children:
+                        child.check()
+                    time.sleep(1.0)
+            finally:
+                say("stopping ...")
+                stop_children(children, settings.shutdown_grace_s)
+                if receiver is not None:
+                    receiver.stop()
+    except KeyboardInterrupt:
+        return 0  # everything started has been stopped on the way out
 
 
 def console_notifications(catalog: Catalog, env: dict[str, str], var: Path,
@@ -181,7 +206,7 @@ def console_notifications(catalog: Catalog, env: dict[str, str], var: Path,
     """Start the notifier; without configured endpoints, aimed at a receiver printing "ana earned ..." lines."""
     receiver = None
     if not (os.environ.get("BADGESTREAM_WEBHOOK_URLS") or os.environ.get("BADGESTREAM_WEBHOOK_CONFIG")):
-        names = {badge.id: badge.display_name for badge in catalog.badges}
+        names = display_names(catalog)
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         receiver = WebhookReceiver(secret, on_received=lambda item: say(f"webhook: {describe(item, names)}")).start()
         env.update({"BADGESTREAM_WEBHOOK_URLS": receiver.url("/console"), "BADGESTREAM_WEBHOOK_SECRET": secret})
@@ -189,6 +214,14 @@ def console_notifications(catalog: Catalog, env: dict[str, str], var: Path,
     env.setdefault("BADGESTREAM_NOTIFY_METRICS_PORT", "0")  # a second local stack must not clash on a port
     children.append(Child("notifier", ["notify"], env, var / "logs"))
     return receiver
+
+
+def display_names(catalog: Catalog) -> dict[str, str]:
+    """What people read for each award's badge id: levels are awarded like badges, and "fay earned
+    Rookie" says more than the level's id."""
+    names = {badge.id: badge.display_name for badge in catalog.badges}
+    names.update((level.id, level.display_name) for level in catalog.levels)
+    return names
 
 
 def stream_events(settings: Settings, events_path: Path, catalog_path: Path) -> int:

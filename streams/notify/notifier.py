@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import functools
 import logging
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,6 +36,7 @@ from streams.notify.metrics import NotifyMetrics, endpoint_label
 from streams.notify.outbox import Outbox, OutboxStore, Outcomes
 from streams.notify.policy import RetryPolicy
 from streams.settings import Settings
+from streams.shutdown import STOP_SIGNALS, StopDeadline, stop_handler
 
 log = logging.getLogger("badgestream.notify")
 
@@ -72,9 +72,12 @@ class Notifier:
 
     async def run(self) -> None:
         settings = self.settings
-        ensure_topics(settings, [t for t in required_topics(settings)
-                                 if t.name in (settings.awards_topic, settings.nudges_topic,
-                                               settings.notify_dlq_topic)])
+        loop = asyncio.get_running_loop()
+        # In a thread: with the broker gone it waits out its timeout, and a stop signal must be heard meanwhile.
+        await loop.run_in_executor(None, functools.partial(
+            ensure_topics, settings, [t for t in required_topics(settings)
+                                      if t.name in (settings.awards_topic, settings.nudges_topic,
+                                                    settings.notify_dlq_topic)]))
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notify-consumer")
         outbox = open_outbox(settings)
         settler = Settler(outbox)
@@ -95,7 +98,6 @@ class Notifier:
         tasks.append(asyncio.create_task(self._report_backlog(outbox), name="backlog metrics"))
         log.info("notifying %d endpoint(s) of %s and %s (group %s, outbox %s)", len(dispatchers),
                  settings.awards_topic, settings.nudges_topic, settings.notify_group_id, settings.notify_outbox)
-        loop = asyncio.get_running_loop()
         try:
             while not self._stopping.is_set():
                 for task in tasks:
@@ -191,17 +193,21 @@ class Notifier:
 
 
 def notify_command(args: argparse.Namespace) -> int:
-    """``badgestream notify``: run until SIGTERM/SIGINT."""
+    """``badgestream notify``: run until SIGTERM/SIGINT/SIGHUP, then stop within ``shutdown_grace_s``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     notifier = Notifier(settings)
     if settings.notify_metrics_port:
         start_http_server(settings.notify_metrics_port, addr=settings.web_host, registry=notifier.metrics.registry)
 
+    # With the broker gone, closing the consumer or flushing a dead letter can wait without end:
+    # the deadline bounds the stop, and the offsets not committed are read again (at least once).
+    handle = stop_handler(notifier.stop, StopDeadline(settings.shutdown_grace_s))
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, notifier.stop)
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, handle, sig)
         await notifier.run()
 
     asyncio.run(main())

@@ -16,7 +16,6 @@ A crash anywhere before step 3 redelivers the batch, which step 2 absorbs. Used 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,7 @@ from schemas.records import DeadLetterRecord, TierLadders, expand_tiers
 from streams import db
 from streams.kafka import client_config, produce
 from streams.settings import Settings, settings_for
+from streams.shutdown import StopDeadline, on_stop_signals
 from streams.sink.decode import DecodedBatch, decode, where
 
 if TYPE_CHECKING:
@@ -396,16 +396,14 @@ class AwardSink:
 
 
 def run_sink(args: argparse.Namespace) -> int:
-    """``badgestream sink``: run until SIGTERM/SIGINT, then finish the current batch, commit and close."""
+    """``badgestream sink``: run until SIGTERM/SIGINT/SIGHUP, then finish the current batch, commit and close
+    (within ``shutdown_grace_s``)."""
     settings = settings_for(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sink = AwardSink(settings)
-
-    def request_stop(signum: int, _frame: object) -> None:
-        log.info("%s received: finishing the current batch", signal.Signals(signum).name)
-        sink.stop()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # A stop finishes the current batch; with the broker or the database gone, the deadline ends
+    # the wait and the uncommitted batch is redelivered to the next sink.
+    restore_signals = on_stop_signals(sink.stop, StopDeadline(settings.shutdown_grace_s))
     try:
         stats = sink.run(max_batches=getattr(args, "max_batches", None))
     except SinkStopped:
@@ -413,8 +411,7 @@ def run_sink(args: argparse.Namespace) -> int:
         return 0
     finally:
         sink.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_signals()
     log.info("sink stopped after %d batches, %d messages, %d dead letters",
              stats.batches, stats.messages, stats.dead_letters)
     return 0

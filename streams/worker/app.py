@@ -273,6 +273,12 @@ def worker_command(args: Any) -> int:
     counts = ensure_topics(settings, required_topics(settings))
     app = create_app(settings, catalog, input_partitions={t: counts[t] for t in settings.input_topics})
     logging.getLogger("aiokafka").addFilter(RepeatFilter())  # aiokafka/client.py logs as "aiokafka"
-    worker = _quiet_worker_class()(app, loglevel=getattr(args, "loglevel", "info"), redirect_stdouts=False)
+    # Stopping with the broker gone would wait for it without end: past the grace period the worker
+    # exits as at a crash, and what it had not committed is redelivered.
+    from streams.shutdown import StopDeadline
+    from streams.worker.shutdown import bounded_stop
+
+    worker_class = bounded_stop(_quiet_worker_class(), StopDeadline(settings.shutdown_grace_s))
+    worker = worker_class(app, loglevel=getattr(args, "loglevel", "info"), redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0

@@ -19,6 +19,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streams.kafka import LIBRDKAFKA_LOG
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CATALOG = REPO / "deploy" / "demo" / "catalog.yaml"
 DEMO_EVENTS = REPO / "deploy" / "demo" / "events.jsonl"
@@ -166,7 +168,8 @@ def worker(stack: StackConfig, name: str = "worker", **env: str) -> Process:
 
 def producer(bootstrap: str, partitioner: str = "murmur2_random") -> Producer:
     # murmur2_random: the Java client's partitioner, which Faust's producer uses too.
-    return Producer({"bootstrap.servers": bootstrap, "partitioner": partitioner, "linger.ms": 5,
+    return Producer({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, "partitioner": partitioner,
+                     "linger.ms": 5,
                      "enable.idempotence": True})
 
 
@@ -201,7 +204,8 @@ def consume(bootstrap: str, topic: str, *, expected: int | None = None, timeout:
     """Read a topic from the beginning until ``expected`` messages arrived (then ``idle`` seconds more
     to catch extras), or, without ``expected``, until ``idle`` seconds pass with nothing new.
     With ``watch``, fail at once when that process dies instead of waiting out the timeout."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.monotonic_ns()}",
+    consumer = Consumer({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG,
+                         "group.id": f"reader-{time.monotonic_ns()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     messages: list[Any] = []
@@ -226,7 +230,7 @@ def consume(bootstrap: str, topic: str, *, expected: int | None = None, timeout:
 
 
 def end_offsets(bootstrap: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "offsets-probe"})
+    consumer = Consumer({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG, "group.id": "offsets-probe"})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         total = 0
@@ -265,3 +269,21 @@ def offline_awards(events_file: Path, catalog: Path = DEMO_CATALOG) -> list[dict
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=True,
     )
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of the live processes whose command line or environment contains ``text`` (this one
+    excluded): what is left of a run whose state directory is ``text``."""
+    from deploy.kafka.broker import _pid_alive
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if text.encode() in seen and _pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

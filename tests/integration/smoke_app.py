@@ -14,7 +14,8 @@ app = faust.App(
     datadir=os.environ["SMOKE_DATADIR"],
     topic_partitions=1,
     topic_replication_factor=1,
-    web_enabled=False,
+    web_enabled=False,  # (``faust worker`` enables it anyway: the test gives it a free loopback port)
+    web_bind="127.0.0.1",
 )
 topic = app.topic(os.environ["SMOKE_TOPIC"], key_serializer="raw", value_serializer="raw")
 counts = app.Table("counts", default=int, partitions=1)

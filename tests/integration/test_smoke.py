@@ -15,6 +15,8 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer
 
+from deploy.kafka.broker import free_port
+
 pytestmark = pytest.mark.kafka
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +103,10 @@ def test_faust_worker_keeps_rocksdb_state_across_restart(
         "SMOKE_OUT": str(out),
         "PYTHONPATH": str(REPO),
     }
-    cmd = [sys.executable, "-m", "faust", "-A", "tests.integration.smoke_app", "worker", "-l", "warn"]
+    # Faust's worker command serves its web views whatever the app says, on 0.0.0.0:6066 unless
+    # told otherwise: a dev stack's worker holds that port.
+    cmd = [sys.executable, "-m", "faust", "-A", "tests.integration.smoke_app", "worker", "-l", "warn",
+           "--web-bind", "127.0.0.1", "--web-host", "127.0.0.1", "--web-port", str(free_port())]
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
 
     with (tmp_path / "w1.log").open("wb") as log:

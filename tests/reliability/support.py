@@ -30,6 +30,7 @@ from schemas.catalog import load_catalog
 from schemas.errors import InvalidEventError
 from schemas.records import ProgressRecord, newest_progress
 from streams.devstack.simulate import simulate_events
+from streams.kafka import LIBRDKAFKA_LOG
 from tests.integration import harness
 from tests.integration.harness import Process, StackConfig
 
@@ -220,7 +221,8 @@ class OutputWatch:
     connect failures are not logged; otherwise a failed read raises."""
 
     def __init__(self, bootstrap: str, topic: str, through_outage: bool = False) -> None:
-        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "group.id": "watermark-probe"}
+        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG,
+                                  "group.id": "watermark-probe"}
         if through_outage:
             config["log_level"] = 2
         self.consumer = Consumer(config)
@@ -247,7 +249,7 @@ def sink(stack: StackConfig, name: str = "sink", **env: str) -> Process:
 
 
 def cleanup_topics(bootstrap: str, suffix: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG})
     with contextlib.suppress(Exception):
         topics = [t for t in admin.list_topics(timeout=10).topics if suffix in t]
         if topics:
