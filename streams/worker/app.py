@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
-import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -27,15 +24,15 @@ from evaluators.runner import plugin_engine
 from schemas.catalog import Catalog, load_catalog
 from streams.kafka import (
     ensure_topics,
-    faust_brokers,
-    faust_credentials,
     repartition_topic_name,
     required_topics,
 )
 from streams.settings import Settings, settings_for
 from streams.worker import faust_seam
+from streams.worker.faust_app import new_faust_app
 from streams.worker.handler import InputHandler, Topics
 from streams.worker.hooks import ConsumerHooks, DirectDelivery
+from streams.worker.logs import RepeatFilter
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.output import OutputProducer
 from streams.worker.processor import EventProcessor
@@ -49,20 +46,6 @@ RESEND_TABLE = "event-ids"
 """The second table: each user's remembered event ids, in buckets of record time (evaluators/resends.py)."""
 
 
-def worker_instance_id(settings: Settings) -> str | None:
-    """The static group member id: configured, or stable per host, state directory and web address.
-
-    Two workers never share a state directory (RocksDB locks it), so the id is unique among live
-    workers and the same after a restart. The web address is part of it because a static member
-    gets its previous assignment back as it was, and Faust's assignor refuses one made out to
-    another URL. A worker that dies for good keeps its partitions only until its session times
-    out, as with dynamic membership."""
-    if settings.worker_instance_id is not None:
-        return settings.worker_instance_id or None
-    where = f"{settings.data_dir.resolve()}|{settings.web_host}:{settings.web_port}"
-    return f"{settings.app_id}-{socket.gethostname()}-{hashlib.blake2b(where.encode(), digest_size=4).hexdigest()}"
-
-
 def create_app(settings: Settings, catalog: Catalog | None = None, *,
                input_partitions: dict[str, int] | None = None, store: str = "rocksdb://") -> faust.App:
     """Build the worker app. ``input_partitions``: partition count of each input topic (from
@@ -73,35 +56,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     partitions = settings.topic_partitions
     input_partitions = input_partitions or {t: partitions for t in settings.input_topics}
 
-    app = faust.App(
-        settings.app_id,
-        broker=faust_brokers(settings),
-        broker_credentials=faust_credentials(settings),
-        store=store,  # memory:// only in tests (tests/functional/test_worker_agent.py)
-        datadir=str(settings.data_dir),
-        topic_partitions=partitions,
-        topic_replication_factor=settings.topic_replication_factor,
-        topic_allow_declare=True,
-        web_enabled=True,
-        web_port=settings.web_port,
-        web_bind=settings.web_host,
-        web_host=settings.web_host,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        # Batch the state changelog Faust produces: without linger each record went out in a
-        # produce request of its own. (Awards and progress go through streams/worker/output.py.)
-        producer_linger=0.005,
-        producer_max_batch_size=262_144,
-        table_standby_replicas=0,
-        broker_commit_livelock_soft_timeout=600.0,
-        stream_wait_empty=True,
-        # Faust's 60 s default keeps a crashed worker's partitions idle for a minute.
-        broker_session_timeout=settings.session_timeout_s,
-        # Static membership: a restarted worker rejoins under the same id and the coordinator hands
-        # its partitions straight back, instead of waiting out the session of its former self.
-        consumer_group_instance_id=worker_instance_id(settings),
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-    )
+    app = new_faust_app(settings, store)
     metrics = WorkerMetrics(known_types=catalog.event_types())
     # bytes key and value types select Faust's "raw" serializers: the values are our own encoding.
     table = app.Table(STATE_TABLE, partitions=partitions, default=None, key_type=bytes, value_type=bytes)
@@ -154,7 +109,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         """The direct path: the safe consumer calls this for every input message, in offset order,
         and acknowledges it once this returns."""
         chain_output()
-        event = faust_seam.event_of(message)
+        event = faust_seam.MessageEvent(message)
         with faust_seam.current_event(event):
             handler.handle(message, event)
 
@@ -219,48 +174,6 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     return app
 
 
-class RepeatFilter(logging.Filter):
-    """Lets the same message through at most once per ``interval`` seconds, then says how many
-    repeats it held back.
-
-    While the broker is down, aiokafka's producer retries metadata without backoff and logs each
-    failed connect: thousands of ERROR lines a second (aio-libs/aiokafka#1155)."""
-
-    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self.interval = interval
-        self._clock = clock
-        self._last: dict[tuple[str, str], float] = {}
-        self._held: dict[tuple[str, str], int] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, str(record.msg))
-        now = self._clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._held[key] = self._held.get(key, 0) + 1
-            return False
-        self._last[key] = now
-        held = self._held.pop(key, 0)
-        if held:
-            record.msg = f"{record.msg} (and {held} more like it since the last one shown)"
-        return True
-
-
-def _quiet_worker_class() -> Any:
-    from faust.worker import Worker
-
-    class ServiceWorker(Worker):
-        """Faust's worker without the terminal spinner: to spin on every log record, the spinner
-        sets the root logger to DEBUG at levels >= WARN, which makes aiokafka build a debug record for
-        every message it sends and costs a large share of the worker's time."""
-
-        def _setup_spinner_handler(self, _logger: Any, _level: int) -> None:
-            self.spinner = None
-
-    return ServiceWorker
-
-
 def worker_command(args: Any) -> int:
     """``badgestream worker``: validate the catalog, create topics, run the Faust worker until stopped."""
     settings = settings_for(args)
@@ -278,7 +191,7 @@ def worker_command(args: Any) -> int:
     from streams.shutdown import StopDeadline
     from streams.worker.shutdown import bounded_stop
 
-    worker_class = bounded_stop(_quiet_worker_class(), StopDeadline(settings.shutdown_grace_s))
+    worker_class = bounded_stop(faust_seam.quiet_worker_class(), StopDeadline(settings.shutdown_grace_s))
     worker = worker_class(app, loglevel=getattr(args, "loglevel", "info"), redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0

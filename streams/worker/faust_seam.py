@@ -1,9 +1,9 @@
 """The seam to Faust: every override of a Faust method and every private Faust name lives here.
 
-The rest of the worker talks to this module's small typed interface: :func:`install_consumer` with
-one :class:`streams.worker.hooks.ConsumerHooks`, :func:`committed_offset`, :func:`current_event`, :func:`event_of`,
-:func:`chain_flush` and :func:`quiet_worker_class`. faust-streaming, aiokafka and mode-streaming
-are pinned exactly, and tests/unit/test_consumer.py hashes the upstream code all of it relies on.
+The rest of the worker uses its typed interface: :func:`install_consumer` (with the hooks of
+:mod:`streams.worker.hooks`), :func:`committed_offset`, :func:`current_event` with a
+:class:`MessageEvent`, :func:`chain_flush` and :func:`quiet_worker_class`. Faust, aiokafka and mode
+are pinned exactly; tests/unit/test_consumer.py hashes the upstream code all of it relies on.
 
 The main piece is a Faust consumer that never commits an input offset past an event nobody
 evaluated. faust-streaming 0.15.3 can skip input records around a restart or rebalance and commit
@@ -333,11 +333,9 @@ class SafeConsumer(AIOKafkaConsumer):
         self._acked_index[tp].difference_update(batch)
         return int(batch[-1]) + 1
 
-
     def committed(self, tp: tuple[str, int]) -> int | None:
         """The committed offset (the next one to read) of an input partition, or None if unknown."""
-        committed: int | None = self._committed_offset.get(TP(*tp))
-        return committed
+        return self._committed_offset.get(TP(*tp))
 
 
 def install_consumer(app: Any, hooks: ConsumerHooks) -> None:
@@ -347,8 +345,7 @@ def install_consumer(app: Any, hooks: ConsumerHooks) -> None:
 
 def hooks_of(app: Any) -> ConsumerHooks:
     """The hooks :func:`install_consumer` installed in ``app`` (tests drive the direct path with them)."""
-    hooks: ConsumerHooks = app.transport.Consumer._bs_hooks
-    return hooks
+    return app.transport.Consumer._bs_hooks  # type: ignore[no-any-return]
 
 
 def committed_offset(app: Any, topic: str, partition: int) -> int | None:
@@ -359,8 +356,7 @@ def committed_offset(app: Any, topic: str, partition: int) -> int | None:
 
 @contextmanager
 def current_event(event: Any) -> Iterator[None]:
-    """``event`` as Faust's current event for the block: a table's store and changelog take the
-    partition (and check the topic) from it."""
+    """``event`` as Faust's current event: tables take the partition (and check the topic) from it."""
     token = _current_event.set(weakref.ref(event))
     try:
         yield
@@ -369,17 +365,13 @@ def current_event(event: Any) -> Iterator[None]:
 
 
 class MessageEvent:
-    """What Faust's context needs of the current event on the direct path: its message."""
+    """An event for :func:`current_event` on the direct path, where Faust builds none: Faust's
+    context needs only its message."""
 
     __slots__ = ("__weakref__", "message")
 
     def __init__(self, message: Any) -> None:
         self.message = message
-
-
-def event_of(message: Any) -> MessageEvent:
-    """An event for :func:`current_event` on the direct path, where Faust builds none."""
-    return MessageEvent(message)
 
 
 def chain_flush(faust_producer: Any, flush: Callable[[], Awaitable[None]]) -> None:
@@ -391,3 +383,17 @@ def chain_flush(faust_producer: Any, flush: Callable[[], Awaitable[None]]) -> No
         await flush()
 
     faust_producer.flush = flushed
+
+
+def quiet_worker_class() -> Any:
+    """Faust's worker class without the terminal spinner: to spin on every log record, the spinner
+    sets the root logger to DEBUG at levels >= WARN, which makes aiokafka build a debug record for
+    every message it sends and costs a large share of the worker's time."""
+    from faust.worker import Worker
+
+    class ServiceWorker(Worker):
+
+        def _setup_spinner_handler(self, _logger: Any, _level: int) -> None:
+            self.spinner = None
+
+    return ServiceWorker
