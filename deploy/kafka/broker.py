@@ -90,7 +90,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -241,7 +241,7 @@ class LocalBroker:
                 _say(f"already running at {self.bootstrap} (pid {self.running_pid()})")
                 return time.monotonic() - began
             raise ConfigurationError(f"a broker process is running from {self.data_dir} but does not answer")
-        if _port_open(self.port) and not self.config_file.exists():
+        if port_open(self.port) and not self.config_file.exists():
             raise ConfigurationError(f"port {self.port} is taken by another process; choose another with --port")
         lib_dir = fetch_libs(self.lib_dir)
         java = _java()
@@ -265,7 +265,7 @@ class LocalBroker:
             if proc.poll() is not None:
                 tail = self.log_file.read_text(errors="replace")[-4000:]
                 raise ConfigurationError(f"the broker exited with {proc.returncode}; log tail:\n{tail}")
-            if _port_open(self.port) and metadata_ready(self.bootstrap, timeout=1.0):
+            if port_open(self.port) and metadata_ready(self.bootstrap, timeout=1.0):
                 elapsed = time.monotonic() - began
                 _say(f"ready at {self.bootstrap} after {elapsed:.1f}s")
                 return elapsed

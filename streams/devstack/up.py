@@ -22,7 +22,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+
+import orjson
 
 from deploy.lifetime import die_with_parent
 from schemas.catalog import Catalog, load_catalog
@@ -101,11 +104,11 @@ def local_broker(settings: Settings, data_dir: Path) -> Iterator[str]:
         say(f"using the broker at {settings.kafka_bootstrap_servers}")
         yield settings.kafka_bootstrap_servers
         return
-    from deploy.kafka.broker import DEFAULT_PORT, LocalBroker, _port_open, free_port
+    from deploy.kafka.broker import DEFAULT_PORT, LocalBroker, free_port, port_open
 
     broker = LocalBroker(data_dir=data_dir / "kafka", tied_to_parent=True,
                          port=int(os.environ.get("BADGESTREAM_LOCAL_KAFKA_PORT", DEFAULT_PORT)))
-    if broker.running_pid() is None and _port_open(broker.port) and not broker.config_file.exists():
+    if broker.running_pid() is None and port_open(broker.port) and not broker.config_file.exists():
         broker.port = free_port()
         say(f"port {DEFAULT_PORT} is taken by something else; the local broker uses {broker.port}")
     started_here = broker.running_pid() is None
@@ -173,6 +176,8 @@ def up_command(args: argparse.Namespace) -> int:
                     "BADGESTREAM_DATA_DIR": str(var / "worker"),
                 }
                 settings = Settings(kafka_bootstrap_servers=bootstrap, catalog_path=catalog_path)
+                # The read API's explain and what-if read the live engine state from the worker.
+                env["BADGESTREAM_WORKER_URL"] = f"http://{settings.web_host}:{settings.web_port}"
                 from streams.kafka import ensure_topics
 
                 ensure_topics(settings)
@@ -247,10 +252,10 @@ def stream_events(settings: Settings, events_path: Path, catalog_path: Path) -> 
 
 def start_api(settings: Settings, env: dict[str, str], log_dir: Path, children: list[Child]) -> str:
     """Start ``badgestream api`` (on BADGESTREAM_API_PORT, or a free port when that is taken); return its URL."""
-    from deploy.kafka.broker import _port_open, free_port
+    from deploy.kafka.broker import free_port, port_open
 
     port = settings.api_port
-    if _port_open(port):
+    if port_open(port):
         port = free_port()
         say(f"port {settings.api_port} is taken; the read API uses {port}")
     children.append(Child("api", ["api", "--host", settings.api_host, "--port", str(port)], env, log_dir))
@@ -272,7 +277,14 @@ def show_api(api_url: str, users: list[str]) -> None:
     else:
         say(f"the read API at {api_url} does not answer yet; see var/logs/api.log")
     if users:
-        say(f"profile page of {users[0]}: {api_url}/users/{quote(users[0], safe='')}")
+        user = quote(users[0], safe="")
+        say(f"profile page of {users[0]}: {api_url}/users/{user}")
+        say(f"why {users[0]} holds quiz_master or not: {api_url}/v1/users/{user}/badges/quiz_master/explain")
+        event = orjson.dumps({"event_id": "what-if-1", "type": "quiz_completed", "user_id": users[0],
+                              "occurred_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                              "data": {"quiz_id": "q-new", "score": 9, "total_questions": 10}}).decode()
+        say(f"what one more quiz would do: curl -s -X POST {api_url}/v1/users/{user}/what-if "
+            f"-H 'content-type: application/json' -d '{event}'")
     say(f"leaderboard and badges: {api_url}/  (JSON: {api_url}/v1/leaderboard, API docs: {api_url}/docs)")
 
 

@@ -81,7 +81,7 @@ def test_a_test_run_stopped_half_way_stops_its_broker_and_postgres(stop: signal.
         assert run.poll() is None, log_path.read_text()[-4000:]
         services = json.loads(where.read_text())
         kafka_port = int(services["kafka"].rsplit(":", 1)[1])
-        assert broker._port_open(kafka_port)
+        assert broker.port_open(kafka_port)
         engine = sa.create_engine(services["postgres"])
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
@@ -91,7 +91,7 @@ def test_a_test_run_stopped_half_way_stops_its_broker_and_postgres(stop: signal.
         os.kill(run.pid, stop)
         assert run.wait(timeout=90) == pytest.ExitCode.INTERRUPTED, log_path.read_text()[-4000:]
         assert harness.processes_mentioning(str(own_tmp)) == [], "a service of the run is still running"
-        assert not broker._port_open(kafka_port) and not broker._port_open(postgres_port)
+        assert not broker.port_open(kafka_port) and not broker.port_open(postgres_port)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
