@@ -1,4 +1,4 @@
-"""Why, why not and what if: one badge explained for one user, and one event dry-run, from engine state.
+"""Why and why not: one badge explained for one user, from engine state and what is known of the awards.
 
 Pure like the rest of ``evaluators/``: the caller hands in the user's state, what it knows of the
 awards (the award database's rows, or an offline run's records) and the user's local date; nothing
@@ -8,8 +8,8 @@ here reads a clock, a database or the network. The answers are plain JSON-able d
 - :func:`explain_badge`: per tier and occurrence, held (with the award's evidence) or not, and for
   what is not held every requirement and where it stands. Without the engine state (``state=None``)
   it explains from the awards and the published progress alone, and says what could not be known.
-- :func:`what_if`: calls :meth:`Engine.evaluate` itself on the given state and keeps nothing, so
-  what it predicts is what the engine does with that event next; the rest explains the decision.
+- the dry run of one event is :func:`evaluators.what_if.what_if`, which shares this module's names
+  for badges and numbers.
 """
 
 from __future__ import annotations
@@ -20,17 +20,11 @@ from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from evaluators.compiled import CompiledBadge
-from evaluators.engine import Engine, Evaluation
-from evaluators.expressions import Expression
-from evaluators.facts import EventFacts
-from evaluators.resends import ResendWindow, SeenIds, event_digest
+from evaluators.engine import Engine
 from evaluators.rules import CustomBadge, DistinctBadge, MetaBadge, SumBadge, TiersBadge
 from evaluators.state import BadgeState, UserState
 from evaluators.streaks import StreakBadge, streak_standing
 from schemas.catalog import Badge, Level
-from schemas.catalog.cel import top_level_operands
-from schemas.errors import EvaluatorError
-from schemas.events import EventEnvelope
 from schemas.records import AwardRecord
 
 StateSource = Literal["worker", "offline", "database", "given"]
@@ -75,7 +69,7 @@ class ReportedProgress:
     updated_at: str | None = None
 
 
-def _number(value: float) -> int | float:
+def plain_number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
 
 
@@ -198,8 +192,8 @@ def _held_part(tier: str | None, occurrence: int, evidence: Mapping[tuple[str | 
 
 def _open_part(tier: str | None, occurrence: int, progress: float, target: float, points: int) -> dict[str, Any]:
     return {"tier": tier, "occurrence": occurrence, "held": False, "points": points,
-            "progress": _number(progress), "target": _number(target),
-            "remaining": _number(max(0.0, target - progress))}
+            "progress": plain_number(progress), "target": plain_number(target),
+            "remaining": plain_number(max(0.0, target - progress))}
 
 
 def _explain_level(level: Level, state: UserState, evidence: Mapping[tuple[str | None, int], AwardEvidence],
@@ -270,7 +264,7 @@ def window_status(badge: Badge, today: date | None) -> str | None:
     return "open"
 
 
-def _names(engine: Engine, ids: Iterable[str]) -> list[dict[str, str]]:
+def badge_names(engine: Engine, ids: Iterable[str]) -> list[dict[str, str]]:
     out = []
     for badge_id in ids:
         badge = engine.catalog.badges_by_id.get(badge_id)
@@ -314,10 +308,10 @@ def _requirements(
     elif isinstance(rule, MetaBadge):
         held_ids = [b for b in rule.listed if state.held(b)]
         missing_ids = [b for b in rule.listed if not state.held(b)]
-        rule_info["components"] = {"needed": rule.needed, "held": _names(engine, held_ids),
-                                   "missing": _names(engine, missing_ids)}
+        rule_info["components"] = {"needed": rule.needed, "held": badge_names(engine, held_ids),
+                                   "missing": badge_names(engine, missing_ids)}
         if len(held_ids) < rule.needed:
-            names = ", ".join(entry["name"] for entry in _names(engine, missing_ids))
+            names = ", ".join(entry["name"] for entry in badge_names(engine, missing_ids))
             left = rule.needed - len(held_ids)
             missing.append(f"hold {left} more of: {names}" if left < len(missing_ids) else f"hold {names}")
     elif isinstance(rule, CustomBadge):
@@ -359,7 +353,7 @@ def _requirements(
     held_req = [b for b in badge.requires if state.held(b)]
     missing_req = [b for b in badge.requires if not state.held(b)]
     if missing_req:
-        missing.append("first hold " + ", ".join(entry["name"] for entry in _names(engine, missing_req)))
+        missing.append("first hold " + ", ".join(entry["name"] for entry in badge_names(engine, missing_req)))
     if waiting is not None and not waiting["remaining"] and missing_req:
         rule_info["met"] = True  # the rule is met: the award waits for the prerequisites
     requirements = {
@@ -367,138 +361,9 @@ def _requirements(
         "rule": rule_info,
         "window": window,
         "when": badge.when,
-        "requires": {"held": _names(engine, held_req), "missing": _names(engine, missing_req)},
+        "requires": {"held": badge_names(engine, held_req), "missing": badge_names(engine, missing_req)},
     }
     return requirements, missing
 
 
 # --- what if: a dry run of one event -------------------------------------------------------------
-
-
-def _when_check(rule: CompiledBadge, facts: EventFacts) -> dict[str, Any]:
-    """The ``when`` decision as the engine takes it, and each top-level ``&&``/``||`` operand's own value."""
-    assert rule.when is not None
-    check: dict[str, Any] = {"check": "when", "expression": rule.when.source}
-    try:
-        check["ok"] = rule.when.matches(facts)
-    except EvaluatorError as exc:
-        check.update(ok=False, error=str(exc))
-    operator, operands = top_level_operands(rule.when.source)
-    if operator is not None:
-        values = []
-        for source in operands:
-            entry: dict[str, Any] = {"expression": source}
-            try:
-                entry["value"] = Expression.compile(source).matches(facts)
-            except (ValueError, EvaluatorError) as exc:
-                entry.update(value=None, error=str(exc))
-            values.append(entry)
-        check.update(operator=operator, operands=values)
-    return check
-
-
-def _no_change_reason(rule: CompiledBadge, facts: EventFacts) -> str:
-    if isinstance(rule, DistinctBadge):
-        return f"{rule.field} is missing, or that value was already counted"
-    if isinstance(rule, SumBadge):
-        return f"{rule.field} is missing, not a number or not above 0: nothing to add"
-    if isinstance(rule, StreakBadge):
-        unit = "week" if rule.weeks else "day"
-        return f"this local {unit} ({facts.local.date().isoformat()}) is already active in the streak"
-    if isinstance(rule, CustomBadge):
-        return f"the {rule.name!r} evaluator changed nothing"
-    return "the event changes nothing"
-
-
-def _progress_map(rule: CompiledBadge, state: BadgeState) -> list[dict[str, Any]]:
-    return [{"tier": tier, "progress": _number(value), "target": _number(target)}
-            for tier, value, target in rule.progress(state)]
-
-
-def _award_json(engine: Engine, award: AwardRecord) -> dict[str, Any]:
-    level = engine.catalog.levels_by_id.get(award.badge_id)
-    badge = engine.catalog.badges_by_id.get(award.badge_id)
-    name = level.display_name if level else badge.display_name if badge else award.badge_id
-    return {"badge_id": award.badge_id, "name": name, "kind": "level" if level else "badge", "tier": award.tier,
-            "occurrence": award.occurrence, "points": award.points, "award_id": award.award_id,
-            "metadata": award.metadata}
-
-
-def what_if(engine: Engine, state: UserState | None, event: EventEnvelope, *, seen: SeenIds | None = None,
-            record_ms: int = 0, window: ResendWindow | None = None) -> dict[str, Any]:
-    """What ``event`` would do to the user in ``state`` if it arrived next; nothing is kept.
-
-    ``seen``: the user's remembered event ids (the worker's), with the record time the event would
-    have (``record_ms``): a resend within ``window`` of one of them changes nothing, as in the worker.
-
-    ``badges``: per badge listening to the type, whether it qualifies and why (each check: the
-    type, the window, ``when`` with its top-level operands, a CEL error; or "already complete"),
-    progress before -> after, its awards and nudges, prerequisites still missing. ``awards``,
-    ``levels``, ``nudges``, ``progress``: exactly what :meth:`Engine.evaluate` returns for it.
-    """
-    before = state if state is not None else UserState.empty(event.user_id)
-    evaluation = engine.evaluate(before, event)
-    if seen is not None and seen.resent(window or ResendWindow(), event_digest(event.event_id), record_ms):
-        evaluation = Evaluation(state=before, duplicate=True, matched=evaluation.matched)
-    answer: dict[str, Any] = {
-        "user_id": event.user_id, "event_id": event.event_id, "type": event.type,
-        "matched": evaluation.matched, "duplicate": evaluation.duplicate,
-        "points": {"before": before.points, "after": evaluation.state.points},
-        "awards": [_award_json(engine, a) for a in evaluation.awards if a.badge_id not in engine.catalog.levels_by_id],
-        "levels": [_award_json(engine, a) for a in evaluation.awards if a.badge_id in engine.catalog.levels_by_id],
-        "nudges": [n.model_dump(mode="json") for n in evaluation.nudges],
-        "progress": [p.model_dump(mode="json") for p in evaluation.progress],
-        "errors": [{"badge_id": f.badge_id, "kind": f.kind, "message": f.message} for f in evaluation.errors],
-        "badges": [],
-    }
-    if not evaluation.matched:
-        answer["reason"] = f"no badge listens to events of type {event.type!r}: nothing would change"
-        return answer
-    if evaluation.duplicate:
-        answer["reason"] = (f"event {event.event_id!r} was already evaluated for this user within the resend "
-                            f"window: a resend changes nothing")
-        return answer
-    facts = EventFacts(event)
-    after_state = evaluation.state
-    failures = {f.badge_id: f for f in evaluation.errors}
-    for rule in engine.listeners(event.type):
-        old: BadgeState | None = before.badges.get(rule.id)
-        new: BadgeState | None = after_state.badges.get(rule.id)
-        checks: list[dict[str, Any]] = [{"check": "type", "ok": True, "detail": f"listens to {event.type}"}]
-        qualifies = True
-        if old is not None and rule.complete(old):
-            checks.append({"check": "complete", "ok": False, "detail": "already complete: nothing more to earn"})
-            qualifies = False
-        else:
-            if rule.has_window:
-                inside = rule.in_window(facts)
-                checks.append({"check": "window", "ok": inside, "local_date": facts.local.date().isoformat(),
-                               "from": rule.badge.window.from_.isoformat() if rule.badge.window and
-                               rule.badge.window.from_ else None,
-                               "until": rule.badge.window.until.isoformat() if rule.badge.window and
-                               rule.badge.window.until else None})
-                qualifies = inside
-            if rule.when is not None:  # shown even outside the window (the engine stops at the window)
-                when = _when_check(rule, facts)
-                checks.append(when)
-                qualifies = qualifies and bool(when["ok"])
-        changed = new is not None and new != old
-        entry: dict[str, Any] = {
-            "badge_id": rule.id, "name": rule.badge.display_name, "hidden": rule.badge.hidden,
-            "qualifies": qualifies, "checks": checks, "changes": changed,
-            "progress_before": _progress_map(rule, old or rule.fresh()),
-            "progress_after": _progress_map(rule, new or rule.fresh()),
-            "awards": [_award_json(engine, a) for a in evaluation.awards if a.badge_id == rule.id],
-            "nudges": [{"tier": n.tier, "threshold": n.threshold, "remaining": _number(n.remaining)}
-                       for n in evaluation.nudges if n.badge_id == rule.id],
-            "requires_missing": _names(engine, [b for b in rule.requires if not after_state.held(b)]),
-        }
-        failure = failures.get(rule.id)
-        if failure is not None:
-            entry["error"] = {"kind": failure.kind, "message": failure.message}
-        if qualifies and not changed and failure is None:
-            entry["no_change"] = _no_change_reason(rule, facts)
-        answer["badges"].append(entry)
-    listening = {rule.id for rule in engine.listeners(event.type)}
-    answer["cascade"] = [a["badge_id"] for a in answer["awards"] if a["badge_id"] not in listening]
-    return answer

@@ -26,10 +26,11 @@ import httpx
 from sqlalchemy.engine import Engine as Database
 
 from evaluators.engine import Engine
-from evaluators.explain import AwardEvidence, ReportedProgress, explain_badge, state_from_awards, what_if
+from evaluators.explain import AwardEvidence, ReportedProgress, explain_badge, state_from_awards
 from evaluators.resends import ResendWindow, SeenIds
 from evaluators.runner import plugin_engine
 from evaluators.state import StateDecodeError, UserState
+from evaluators.what_if import what_if
 from schemas.catalog import load_catalog
 from schemas.errors import InvalidEventError
 from schemas.events import parse_event, zone

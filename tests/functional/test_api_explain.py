@@ -240,7 +240,7 @@ class TestWhatIf:
 
 def test_a_hidden_badge_not_yet_held_leaves_no_trace_in_a_what_if() -> None:
     """Not its verdict, its award, its progress, nor its points (demo catalog: recruiter is hidden, 20 points)."""
-    from evaluators.explain import what_if
+    from evaluators.what_if import what_if
     from streams.api.explain import _hide_unearned
     from streams.settings import DEMO_CATALOG
 

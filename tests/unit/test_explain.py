@@ -16,12 +16,12 @@ from evaluators.explain import (
     ReportedProgress,
     explain_badge,
     state_from_awards,
-    what_if,
     window_status,
 )
 from evaluators.resends import ResendWindow, SeenIds, event_digest
 from evaluators.state import BadgeState, UserState
 from evaluators.streaks import StreakBadge, streak_standing
+from evaluators.what_if import what_if
 from schemas.catalog.cel import top_level_operands
 from tests.unit.support import engine, event, run
 

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evaluators.engine import Engine
-from evaluators.explain import what_if
 from evaluators.runner import EngineRun
 from evaluators.state import UserState
+from evaluators.what_if import what_if
 from schemas.catalog import load_catalog
 from schemas.events import EventEnvelope
 from streams.settings import DEMO_CATALOG
