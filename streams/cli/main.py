@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sink = sub.add_parser("sink", help="write awards and progress from Kafka into the database")
     options.database_url(sink)
     sink.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (default: run)")
-    sink.set_defaults(func=_lazy("streams.sink.award_sink:run_sink"))
+    sink.set_defaults(func=_lazy("streams.sink.command:run_sink"))
 
     db = sub.add_parser("db", help="database schema: migrate with Alembic")
     db.add_argument("action", choices=["upgrade"], help="upgrade: bring the schema to the latest migration")

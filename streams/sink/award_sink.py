@@ -10,7 +10,7 @@ Every batch goes through three numbered steps and nothing else:
 3. commit — the batch's Kafka offsets, synchronously, only after the transaction committed.
 
 A crash anywhere before step 3 redelivers the batch, which step 2 absorbs. Used by
-``badgestream sink`` (``run_sink``), by the tests and by ``bench/sink``.
+``badgestream sink`` (:mod:`streams.sink.command`), by the tests and by ``bench/sink``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,10 @@ from schemas.errors import SinkError, SinkStopped
 from schemas.records import DeadLetterRecord, TierLadders, expand_tiers
 from streams import db
 from streams.kafka import client_config, produce
-from streams.settings import Settings, settings_for
-from streams.shutdown import StopDeadline, on_stop_signals
+from streams.settings import Settings
 from streams.sink.decode import DecodedBatch, decode, where
 
 if TYPE_CHECKING:
-    import argparse
 
     from sqlalchemy.engine import Engine
 
@@ -393,25 +391,3 @@ class AwardSink:
             if attempt:
                 log.info("database %s is back after %d failed attempts", self._url, attempt)
             return result
-
-
-def run_sink(args: argparse.Namespace) -> int:
-    """``badgestream sink``: run until SIGTERM/SIGINT/SIGHUP, then finish the current batch, commit and close
-    (within ``shutdown_grace_s``)."""
-    settings = settings_for(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sink = AwardSink(settings)
-    # A stop finishes the current batch; with the broker or the database gone, the deadline ends
-    # the wait and the uncommitted batch is redelivered to the next sink.
-    restore_signals = on_stop_signals(sink.stop, StopDeadline(settings.shutdown_grace_s))
-    try:
-        stats = sink.run(max_batches=getattr(args, "max_batches", None))
-    except SinkStopped:
-        log.warning("stopped before the database became available")
-        return 0
-    finally:
-        sink.close()
-        restore_signals()
-    log.info("sink stopped after %d batches, %d messages, %d dead letters",
-             stats.batches, stats.messages, stats.dead_letters)
-    return 0
