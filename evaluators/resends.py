@@ -8,11 +8,13 @@ Such a copy changes nothing when the user already had an event with that id whos
 the copy's, in either direction. An older resend is counted again.
 
 The ids are kept apart from the engine state, so a user's stored value does not grow with traffic:
-one user's ids are grouped into buckets of ``window_ms / 4`` of record time, each bucket a packed
-byte string (:data:`ENTRY` per id). Only the bucket an event falls in changes with it, so a worker
-writes about one small value per active user per commit, and buckets older than the retention
-(twice the window before the user's newest bucket, so timestamps that drift between partitions by
-up to a window still meet their twin) are dropped whole.
+one user's ids are grouped into buckets of ``window_ms / 4`` of record time, and a bucket into
+chunks of at most :data:`CHUNK_IDS` ids, each chunk a packed byte string (:data:`ENTRY` per id)
+under its own key (``bucket * CHUNKS + n``). Only the newest chunk of the bucket an event falls in
+changes with it, so a worker writes one small value (at most about 1.3 KB) per active user per
+commit however busy the user, and buckets older than the retention (twice the window before the
+user's newest bucket, so timestamps that drift between partitions by up to a window still meet
+their twin) are dropped whole.
 
 Each entry also carries a *tag* of the input position the id was read at. An entry with the very
 same tag is the same message, not a resend: a redelivered message whose id was stored before a
@@ -32,6 +34,12 @@ DEFAULT_WINDOW_MS = 24 * 3600 * 1000
 
 ENTRY = struct.Struct(">8sqI")
 """One remembered id: 8-byte BLAKE2b digest of the event id, record time (ms), position tag."""
+
+CHUNK_IDS = 64
+"""Ids per chunk: a chunk is written again at every commit until it is full."""
+
+CHUNKS = 1024
+"""Chunk keys per bucket (``bucket * CHUNKS + n``); past the last, that chunk keeps growing."""
 
 DIGEST_BYTES = 8
 """Event ids are remembered as 64-bit digests: ~1e-16 chance per event that a new id looks seen."""
@@ -80,8 +88,13 @@ class ResendWindow:
         return f"ResendWindow(window_ms={self.window_ms})"
 
 
+def bucket_of(key: int) -> int:
+    """The bucket a chunk key belongs to."""
+    return key // CHUNKS
+
+
 class SeenIds:
-    """One user's remembered event ids: bucket number -> packed :data:`ENTRY` records.
+    """One user's remembered event ids: chunk key (``bucket * CHUNKS + n``) -> packed :data:`ENTRY` records.
 
     Immutable: :meth:`with_id` returns a new value sharing the untouched buckets."""
 
@@ -95,8 +108,9 @@ class SeenIds:
         the same digest within the window, read at another position (``tag`` None: any position)."""
         size = ENTRY.size
         first, last = window.nearby(at_ms)
-        for bucket, packed in self.buckets.items():
-            if bucket < first or bucket > last:
+        first, last = first * CHUNKS, last * CHUNKS + CHUNKS - 1
+        for key, packed in self.buckets.items():
+            if key < first or key > last:
                 continue
             at = packed.find(digest)
             while at != -1:
@@ -119,21 +133,28 @@ class SeenIds:
         return False
 
     def with_id(self, window: ResendWindow, digest: bytes, at_ms: int, tag: int = 0) -> tuple[SeenIds, Change]:
-        """These ids and one more; returns the new value and the buckets it wrote and dropped."""
-        bucket = window.bucket(at_ms)
-        buckets = dict(self.buckets)
-        packed = buckets.get(bucket)
+        """These ids and one more; returns the new value and the chunks it wrote and dropped."""
+        base = window.bucket(at_ms) * CHUNKS
+        newest = base - 1  # the bucket's newest chunk key, if it has one
+        for key in self.buckets:
+            if newest < key < base + CHUNKS:
+                newest = key
         entry = ENTRY.pack(digest, at_ms, tag)
-        if packed is not None:  # the common case: no new bucket, so none to drop
-            buckets[bucket] = packed + entry
-            return SeenIds(buckets), Change((bucket,), ())
-        buckets[bucket] = entry
-        kept = window.kept_from(max(buckets))
-        dropped = tuple(b for b in buckets if b < kept)
+        buckets = dict(self.buckets)
+        if newest >= base:  # the common case: the bucket exists, so nothing to drop
+            packed = buckets[newest]
+            if len(packed) < CHUNK_IDS * ENTRY.size or newest == base + CHUNKS - 1:
+                buckets[newest] = packed + entry
+                return SeenIds(buckets), Change((newest,), ())
+            buckets[newest + 1] = entry  # the newest chunk is full: start the next one
+            return SeenIds(buckets), Change((newest + 1,), ())
+        buckets[base] = entry
+        kept = window.kept_from(bucket_of(max(buckets))) * CHUNKS
+        dropped = tuple(key for key in buckets if key < kept)
         for old in dropped:
             del buckets[old]
-        written = (bucket,) if bucket >= kept else ()
-        return SeenIds(buckets), Change(written, tuple(b for b in dropped if b in self.buckets))
+        written = (base,) if base >= kept else ()
+        return SeenIds(buckets), Change(written, tuple(key for key in dropped if key in self.buckets))
 
     def __len__(self) -> int:
         return sum(len(packed) for packed in self.buckets.values()) // ENTRY.size
@@ -144,7 +165,7 @@ class SeenIds:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"SeenIds({len(self)} ids in buckets {sorted(self.buckets)})"
+        return f"SeenIds({len(self)} ids in chunks {sorted(self.buckets)})"
 
 
 class Change(NamedTuple):

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from evaluators.resends import position_tag
+from evaluators.resends import CHUNKS, bucket_of, position_tag
 from evaluators.state import UserState
 from schemas.records import EventSource, ProgressRecord, supersedes
 
@@ -110,6 +110,7 @@ class StoredUser:
     # (original topic, partition, re-keyed) -> offset of the last message applied along that path.
     marks: dict[tuple[str, int, bool], int] = field(default_factory=dict)
     # Buckets of this user's remembered event ids in the resend table.
+    # Keys of this user's chunks of remembered ids in the resend table (evaluators/resends.py).
     id_buckets: tuple[int, ...] = ()
 
     def to_bytes(self) -> bytes:
@@ -126,7 +127,8 @@ class StoredUser:
         outbox = [[e.event_id, [orjson.Fragment(a) for a in e.awards], [orjson.Fragment(n) for n in e.nudges],
                    *where(e.position)] for e in self.outbox]
         progress = [[badge_id, tier, *value[:3], *where(value[3])] for (badge_id, tier), value in self.progress.items()]
-        tail = orjson.dumps({"t": list(topics), "a": marks, "i": list(self.id_buckets), "o": outbox, "p": progress})
+        tail = orjson.dumps({"t": list(topics), "a": marks, "i": _chunk_counts(self.id_buckets), "o": outbox,
+                             "p": progress})
         body = state + tail
         if len(body) > COMPRESS_OVER:
             # Award and progress records repeat most of their text: a mature user's value shrinks
@@ -154,7 +156,8 @@ class StoredUser:
                                    tuple(orjson.dumps(n) for n in e[2])) for e in tail["o"])
         progress = {(e[0], e[1]): [*e[2:5], where(e[5:])] for e in tail["p"]}
         marks = {(topics[t], partition, bool(rekeyed)): offset for t, partition, rekeyed, offset in tail["a"]}
-        return cls(state=state, outbox=outbox, progress=progress, marks=marks, id_buckets=tuple(tail["i"]))
+        return cls(state=state, outbox=outbox, progress=progress, marks=marks,
+                   id_buckets=tuple(bucket * CHUNKS + n for bucket, count in tail["i"] for n in range(count)))
 
     def applied(self, origin: Origin) -> bool:
         """Whether the message of ``origin`` was already applied to this state (a redelivery)."""
@@ -236,6 +239,16 @@ def _committed(position: Position | Sequence[Any] | None, committed: CommittedOf
     topic, partition, offset = position
     mark = committed(topic, partition)
     return mark is not None and offset < mark
+
+
+def _chunk_counts(keys: Sequence[int]) -> list[list[int]]:
+    """Chunk keys as ``[bucket, chunks]`` pairs: a bucket's chunks are numbered from 0 without gaps
+    (a new one starts when the last is full; buckets are dropped whole), so the stored value holds
+    one pair per bucket however busy the user."""
+    counts: dict[int, int] = {}
+    for key in keys:
+        counts[bucket_of(key)] = counts.get(bucket_of(key), 0) + 1
+    return [[bucket, count] for bucket, count in sorted(counts.items())]
 
 
 def _v1_to_v2(tail: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from evaluators.resends import SeenIds, event_digest
+from evaluators.resends import CHUNKS, SeenIds, event_digest
 from evaluators.runner import plugin_engine
 from schemas.catalog import load_catalog
 from streams.devstack.simulate import simulate_events
@@ -247,7 +247,8 @@ def test_a_small_value_is_stored_uncompressed_and_reads_back() -> None:
     from evaluators.state import UserState
     from streams.worker.stored import _HEADER
 
-    small = StoredUser(UserState.empty("u1"), marks={("in", 0, False): 7, ("in", 3, True): 9}, id_buckets=(4, 5))
+    chunks = (4 * CHUNKS, 5 * CHUNKS, 5 * CHUNKS + 1)  # bucket 4, and bucket 5 in two chunks
+    small = StoredUser(UserState.empty("u1"), marks={("in", 0, False): 7, ("in", 3, True): 9}, id_buckets=chunks)
     raw = small.to_bytes()
     assert _HEADER.unpack_from(raw)[0] == 7 and StoredUser.from_bytes(raw) == small
 
