@@ -36,6 +36,9 @@ log = logging.getLogger("badgestream.notify")
 
 LEASE_MARGIN_S = 5.0
 CLAIM_AHEAD = 100  # rows claimed beyond the free slots, so a busy endpoint needs one claim per ~100 deliveries
+IDLE_POLL_S = 1.0
+"""An idle endpoint looks at the outbox at least this often: in a shared (PostgreSQL) outbox another
+notifier adds rows, and a dead one's leases run out, without this one being told."""
 SETTLE_ROUND_S = 0.005  # outcomes decided within this long are written in one transaction
 
 
@@ -139,7 +142,8 @@ class Dispatcher:
             self.fresh = False
             rows = self.outbox.claim(self.url, now, asked, now + self.lease)
             self.buffer.extend((row, now) for row in rows)
-            self.idle_until = now if len(rows) == asked else (self.outbox.next_due(self.url) or math.inf)
+            due = self.outbox.next_due(self.url) if len(rows) < asked else now
+            self.idle_until = min(due if due is not None else math.inf, now + IDLE_POLL_S)
         before = self.breaker.state
         admitted = self.breaker.admit(min(wanted, len(self.buffer)), now)
         self._breaker_changed(before, self.breaker.state)

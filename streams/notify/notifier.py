@@ -97,7 +97,8 @@ class Notifier:
         tasks.append(asyncio.create_task(settler.run(), name="outbox outcomes"))
         tasks.append(asyncio.create_task(self._report_backlog(outbox), name="backlog metrics"))
         log.info("notifying %d endpoint(s) of %s and %s (group %s, outbox %s)", len(dispatchers),
-                 settings.awards_topic, settings.nudges_topic, settings.notify_group_id, settings.notify_outbox)
+                 settings.awards_topic, settings.nudges_topic, settings.notify_group_id,
+                 "the award database (shared)" if not isinstance(outbox, Outbox) else settings.notify_outbox)
         try:
             while not self._stopping.is_set():
                 for task in tasks:
