@@ -10,11 +10,9 @@ aggregate table is compared with a recount written here from ``user_badges`` and
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
@@ -89,14 +87,6 @@ def record(user: str, slot: int, *, hours: int, points: int, kind: str = "award"
     return AwardRecord(award_id=make_award_id(user, badge, tier, occurrence), user_id=user, badge_id=badge, tier=tier,
                        occurrence=occurrence, awarded_at=T0 + timedelta(hours=hours), event_id=f"e-{user}-{slot}",
                        catalog_version="v1", metadata={}, kind=kind, points=points)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    db.upgrade(database_url)
-    engine = db.make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 # One operation: (user, slot, revoke?) or progress for a user, which only makes that user known.

@@ -9,10 +9,8 @@ day, an ISO week, a month, one badge; by badges and by points — gives the same
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
@@ -24,14 +22,6 @@ from streams.db.aggregates import period_bounds, period_start
 
 T0 = datetime(2026, 11, 29, 20, 0, tzinfo=UTC)  # a Sunday evening near the end of a month
 BADGES = [("first_quiz", None), ("quiz_master", "bronze"), ("quiz_master", "silver"), ("explorer", None)]
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    db.upgrade(database_url)
-    engine = db.make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def fill(engine: Engine, rng: random.Random, users: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -54,14 +53,6 @@ def award(user: str = "u-1", badge: str = "first_quiz", tier: str | None = None,
 def progress(user: str = "u-1", badge: str = "quiz_master", tier: str | None = "silver", value: float = 1,
              target: float = 50, *, at: datetime = T0) -> ProgressRecord:
     return ProgressRecord(user_id=user, badge_id=badge, tier=tier, progress=value, target=target, updated_at=at)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    db.upgrade(database_url)
-    engine = db.make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def write(engine: Engine, awards: list[AwardRecord] = (), progress_records: list[ProgressRecord] = (),  # type: ignore[assignment]
