@@ -169,7 +169,7 @@ class SeenIds:
 
 
 class Change(NamedTuple):
-    """What :meth:`SeenIds.with_id` changed: buckets written (to store again) and dropped (to delete)."""
+    """What :meth:`SeenIds.with_id` changed: chunk keys written (to store again) and dropped (to delete)."""
 
     written: tuple[int, ...] = ()
     dropped: tuple[int, ...] = ()

@@ -112,9 +112,12 @@ class EventProcessor:
             entry = entry or previous.entry_for(event.event_id)
             outcome = Outcome(status="duplicate", awards=list(entry.awards) if entry else [],
                               nudges=list(entry.nudges) if entry else [], progress=previous.progress_records())
-            if previous.id_buckets and not seen.remembers(digest, origin.tag):
+            if previous.id_buckets and tag is not None and not seen.remembers(digest, tag):
                 # Written with the state but lost before its ids were (a crash inside a commit).
-                outcome.seen, outcome.ids_change = seen.with_id(self.window, digest, record_ms, origin.tag)
+                outcome.seen, outcome.ids_change = seen.with_id(self.window, digest, record_ms, tag)
+                written = set(outcome.ids_change.written) - set(previous.id_buckets)
+                if written:  # the value must list the chunk the id went to, or it is never read back
+                    outcome.new_user = replace(previous, id_buckets=tuple(sorted({*previous.id_buckets, *written})))
             return outcome
         if seen.resent(self.window, digest, record_ms, tag):
             # The same event id again in another message (an upstream resend): nothing changes. Its

@@ -58,8 +58,8 @@ def ids_key(user_key: bytes, bucket: int) -> bytes:
 class _Pending:
     user: StoredUser
     event: Any
-    written: dict[int, None] = field(default_factory=dict)  # resend buckets to write, in order
-    dropped: dict[int, None] = field(default_factory=dict)  # resend buckets to delete
+    written: dict[int, None] = field(default_factory=dict)  # resend chunk keys to write, in order
+    dropped: dict[int, None] = field(default_factory=dict)  # resend chunk keys to delete
 
 
 class StateCache:
@@ -98,7 +98,7 @@ class StateCache:
         return user
 
     def seen(self, key: bytes, user: StoredUser | None, read: Callable[[bytes], bytes | None]) -> SeenIds:
-        """The user's remembered ids: cached, or the buckets ``user`` lists ``read`` from the resend table."""
+        """The user's remembered ids: cached, or the chunks ``user`` lists ``read`` from the resend table."""
         seen = self._seen.get(key)
         if seen is None:
             buckets = {}

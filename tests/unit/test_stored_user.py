@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from evaluators.resends import CHUNKS, SeenIds, event_digest
+from evaluators.resends import CHUNK_IDS, CHUNKS, SeenIds, event_digest
 from evaluators.runner import plugin_engine
 from schemas.catalog import load_catalog
 from streams.devstack.simulate import simulate_events
@@ -105,6 +105,18 @@ def test_a_redelivery_whose_ids_were_lost_remembers_them_again() -> None:
     assert again.seen is not None and again.seen.remembers(event_digest("e2"), Origin("in", 0, 2).tag)
     resend = PROCESSOR.evaluate(PROCESSOR.decode(quiz(2)), stored, ("in", 0, 3), seen=again.seen)
     assert resend.status == "duplicate"  # so a later resend of it is still recognised
+
+
+def test_an_id_remembered_again_into_a_new_chunk_is_listed_in_the_value() -> None:
+    """The chunk the re-remembered id goes to must be one the value lists, or it is never read back."""
+    stored, _ = fed_with_ids(1)
+    full = SeenIds()
+    for n in range(CHUNK_IDS):  # the user's first chunk, full of other ids
+        full = full.with_id(PROCESSOR.window, event_digest(f"other{n}"), 0, tag=n)[0]
+    again = PROCESSOR.evaluate(PROCESSOR.decode(quiz(0)), stored, ("in", 0, 0), seen=full)
+    assert again.status == "duplicate" and again.seen is not None and again.new_user is not None
+    assert again.new_user.id_buckets == tuple(sorted(again.seen.buckets)) == (0, 1)
+    assert again.new_user.state == StoredUser.from_bytes(stored or b"").state  # nothing else changes
 
 
 def test_a_rekeyed_copy_forwarded_again_is_recognised_by_its_origin() -> None:
