@@ -83,12 +83,15 @@ def faust_credentials(settings: Settings) -> Any:
     )
 
 
-def produce(producer: Producer, topic: str, key: bytes | None, value: bytes | str,
+def produce(producer: Producer, topic: str, key: bytes | None, value: bytes | str | None,
             on_delivery: DeliveryCallback | None = None, *, drain: float = 0.05,
-            headers: list[tuple[str, bytes]] | None = None) -> None:
-    """Queue one record; while librdkafka's local queue is full, serve deliveries for ``drain``
-    seconds and try again (``BufferError`` is back-pressure, not a failure)."""
+            headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
+    """Queue one record (into ``partition``, or where the producer's partitioner puts it); while
+    librdkafka's local queue is full, serve deliveries for ``drain`` seconds and try again
+    (``BufferError`` is back-pressure, not a failure)."""
     extra: dict[str, Any] = {}
+    if partition is not None:
+        extra["partition"] = partition
     if on_delivery is not None:
         extra["on_delivery"] = on_delivery
     if headers:

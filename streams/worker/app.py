@@ -29,7 +29,9 @@ from streams.kafka import (
 )
 from streams.settings import Settings, settings_for
 from streams.worker import faust_seam
+from streams.worker.crash_points import CrashPoints
 from streams.worker.faust_app import new_faust_app
+from streams.worker.faust_store import TableTarget
 from streams.worker.handler import InputHandler, Topics
 from streams.worker.hooks import ConsumerHooks, DirectDelivery
 from streams.worker.logs import RepeatFilter
@@ -37,6 +39,7 @@ from streams.worker.metrics import WorkerMetrics
 from streams.worker.output import OutputProducer
 from streams.worker.processor import EventProcessor
 from streams.worker.state_cache import StateCache
+from streams.worker.state_writer import StateWriter
 from streams.worker.views import register_views
 
 log = logging.getLogger("badgestream.worker")
@@ -62,16 +65,19 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     table = app.Table(STATE_TABLE, partitions=partitions, default=None, key_type=bytes, value_type=bytes)
     ids_table = app.Table(RESEND_TABLE, partitions=partitions, default=None, key_type=bytes, value_type=bytes)
 
+    output = OutputProducer(settings)
+    # Table values are written at each commit: one changelog record per changed key through the
+    # output producer, then one RocksDB write batch per partition (streams/worker/state_writer.py).
+    writer = StateWriter({RESEND_TABLE: TableTarget(ids_table), STATE_TABLE: TableTarget(table)}, output.send_to)
+
     def write_state(key: bytes, value: bytes, event: Any) -> None:
-        with faust_seam.current_event(event):  # the store and changelog take the partition from it
-            table[key] = value
+        writer.stage(STATE_TABLE, event.message.partition, key, value)  # one table partition per input partition
 
     def write_ids(key: bytes, value: bytes | None, event: Any) -> None:
-        with faust_seam.current_event(event):
-            if value is not None:
-                ids_table[key] = value
-            elif key in ids_table:
-                del ids_table[key]
+        writer.stage(RESEND_TABLE, event.message.partition, key, value)
+
+    read_state = writer.reader(STATE_TABLE, table.get)
+    read_ids = writer.reader(RESEND_TABLE, ids_table.get)
 
     def committed(topic: str, partition: int) -> int | None:
         return faust_seam.committed_offset(app, topic, partition)
@@ -80,12 +86,29 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
                         write_ids=write_ids)
     written = [0]
 
+    crash = CrashPoints.from_env()  # the reliability tests' kill -9 at each step of a commit
+
     def write_pending() -> None:
+        """Before every commit: the pending values staged, and their changelog records sent."""
         began = time.perf_counter()
-        if states.write_all():
+        if states.write_all() or writer.staged:
+            writer.send()
             metrics.state_flush_seconds.observe(time.perf_counter() - began)
+            crash.reach("commit.sent")
         metrics.state_writes.inc(states.writes - written[0])  # with those written past the limit
         written[0] = states.writes
+
+    async def flush_and_apply() -> None:
+        """After the outputs and changelog records are acknowledged (before every commit): RocksDB."""
+        await output.flush()
+        if writer.in_flight:
+            crash.reach("commit.flushed")
+            writer.apply()
+            crash.reach("commit.applied")
+
+    def drop_pending() -> None:
+        states.suspend()
+        writer.drop_staged()
 
     aligned = [t for t in settings.input_topics if input_partitions.get(t, partitions) == partitions]
     misaligned = [t for t in settings.input_topics if t not in aligned]
@@ -93,16 +116,16 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
                         key_serializer="raw", value_serializer="raw")
     evaluated = app.topic(*aligned, by_user.get_topic_name(), key_serializer="raw", value_serializer="raw",
                           partitions=partitions)
-    output = OutputProducer(settings)
     output_ready = asyncio.Event()
     handler = InputHandler(processor, states, output, metrics, Topics(
         awards=settings.awards_topic, progress=settings.progress_topic, nudges=settings.nudges_topic,
-        dead_letters=settings.dlq_topic, rekey=by_user.get_topic_name()), partitions, table.get, ids_table.get)
+        dead_letters=settings.dlq_topic, rekey=by_user.get_topic_name()), partitions, read_state, read_ids)
     app.badgestream_states = states  # type: ignore[attr-defined]  # for tests
+    app.badgestream_writer = writer  # type: ignore[attr-defined]
 
     def chain_output() -> None:
         if not output_ready.is_set():  # nothing is produced before commits flush the output producer
-            faust_seam.chain_flush(app.producer, output.flush)
+            faust_seam.chain_flush(app.producer, flush_and_apply)
             output_ready.set()
 
     def handle_direct(message: Any) -> None:
@@ -120,7 +143,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     # Faust's own consumer can commit past input events nobody evaluated (streams/worker/faust_seam.py);
     # ours also writes the pending user states before each commit, and evaluates input directly.
     faust_seam.install_consumer(app, ConsumerHooks(
-        on_rewind=metrics.input_rewind, before_commit=write_pending, on_revoke=states.suspend,
+        on_rewind=metrics.input_rewind, before_commit=write_pending, on_revoke=drop_pending,
         on_assign=states.resume, on_commit=metrics.commit_seconds.observe, direct=direct))
 
     @app.task
@@ -169,8 +192,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
             if highwater is not None:
                 metrics.lag(tp.topic, tp.partition, max(0, highwater - (done or 0)))
 
-    register_views(app, table, lambda user_id: states.get(user_id.encode("utf-8"), table.get), metrics,
-                   lambda user_id, user: states.seen(user_id.encode("utf-8"), user, ids_table.get))
+    register_views(app, table, lambda user_id: states.get(user_id.encode("utf-8"), read_state), metrics,
+                   lambda user_id, user: states.seen(user_id.encode("utf-8"), user, read_ids))
     return app
 
 

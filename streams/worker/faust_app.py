@@ -29,8 +29,8 @@ def new_faust_app(settings: Settings, store: str) -> faust.App:
         web_host=settings.web_host,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        # Batch the state changelog Faust produces: without linger each record went out in a
-        # produce request of its own. (Awards and progress go through streams/worker/output.py.)
+        # Faust's own producer sends little: the tables' changelog records, awards and progress go
+        # through streams/worker/output.py (streams/worker/state_writer.py).
         producer_linger=0.005,
         producer_max_batch_size=262_144,
         table_standby_replicas=0,

@@ -62,6 +62,12 @@ class OutputProducer:
     def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
         produce(self._producer, topic, key, value, self._on_delivery, headers=headers)
 
+    def send_to(self, topic: str, partition: int, key: bytes, value: bytes | None,
+                on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
+        """One record into ``partition`` (a table's changelog record: streams/worker/state_writer.py);
+        ``on_delivery`` is told its outcome, and a failure is the caller's to raise."""
+        produce(self._producer, topic, key, value, on_delivery, partition=partition)
+
     def send_progress(self, topic: str, key: bytes | None, value: bytes, badge_id: str, tier: str | None,
                       updated_at: datetime) -> None:
         """Hold a progress record, or replace the held one of the same (user, badge, tier) if newer."""

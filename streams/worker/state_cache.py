@@ -10,6 +10,8 @@ only when
 * more than ``limit`` users are waiting, the oldest first (:meth:`put`), so memory and the work left
   for a commit stay bounded.
 
+What "written" means is :class:`streams.worker.state_writer.StateWriter`'s: staged for the commit,
+whose changelog records are sent before the producer flush and whose RocksDB write batch follows it.
 Why no event is lost: an input offset is committed only after ``write_all`` wrote every pending
 value and the producer flush made the changelog records (and the outputs) durable. A crash loses
 pending values only of events whose offsets were not committed yet; they are read again and
@@ -21,8 +23,8 @@ and must meet the state as it was written, not a newer value from here. Events F
 agent in between are evaluated as usual (against pending values, so consistently), but nothing is
 written: their acknowledgements do not count and they are read again too.
 
-Each value is written under the context of the last event that changed it: Faust's RocksDB store
-and changelog take the partition from the current event (one table partition per input partition).
+Each value is written with the last event that changed it: its partition is the table partition
+(one table partition per input partition).
 
 The user's remembered event ids (:mod:`evaluators.resends`) are cached and written the same way, to
 the worker's second table: only the buckets an event changed, under the same event, just before

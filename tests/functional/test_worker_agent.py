@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
-from faust.types import Message
+from faust.types import TP, Message
 
 from schemas.records import AwardRecord, DeadLetterRecord
 from streams.kafka import partition_for
@@ -36,17 +36,49 @@ CATALOG = catalog("""
 """)
 
 
+class Delivered:
+    """What librdkafka's delivery callback is told of a record."""
+
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._where = (topic, partition, offset)
+
+    def topic(self) -> str:
+        return self._where[0]
+
+    def partition(self) -> int:
+        return self._where[1]
+
+    def offset(self) -> int:
+        return self._where[2]
+
+
+def commit(app: Any) -> None:
+    """What the consumer does around every commit: the pending states staged and their changelog
+    records sent (before), then, once the producer flushed, written to the tables."""
+    app.badgestream_states.write_all()
+    app.badgestream_writer.send()
+    app.badgestream_writer.apply()
+
+
 class RecordingOutput:
     """Stands in for the librdkafka output producer: remembers what the agent sends."""
 
     sent: list[tuple[str, bytes | None, bytes]]
+    changelog: list[tuple[str, int, bytes, bytes | None]]
 
     def __init__(self, settings: Settings) -> None:
         self.sent = []
+        self.changelog = []
         RecordingOutput.last = self
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         self.sent.append((topic, key, value))
+
+    def send_to(self, topic: str, partition: int, key: bytes, value: bytes | None, on_delivery: Any) -> None:
+        """A table's changelog record: acknowledged at once, at the partition's next offset."""
+        self.changelog.append((topic, partition, key, value))
+        offset = sum(1 for t, p, _, _ in self.changelog if (t, p) == (topic, partition)) - 1
+        on_delivery(None, Delivered(topic, partition, offset))
 
     def send_progress(self, topic: str, key: bytes | None, value: bytes, *_key: Any) -> None:
         self.sent.append((topic, key, value))  # no coalescing here: tests/unit/test_output.py has it
@@ -108,7 +140,7 @@ async def test_the_agent_evaluates_stores_state_and_produces_keyed_by_user(app: 
     async with delivery(app, path) as ctx:
         await ctx.put(quiz("e1"), key=b"u1", partition=partition)
         assert table.get(b"u1") is None and len(app.badgestream_states) == 1  # pending until a commit
-        app.badgestream_states.write_all()  # what the consumer does before every commit
+        commit(app)
         stored = table.get(b"u1")
         assert stored is not None  # the new state is stored
         # and the event's id, in the second table, under the user's key and the bucket the value lists
@@ -156,24 +188,22 @@ async def test_states_written_at_commit_go_to_each_users_own_partition(app: Any)
     for n in range(40):  # users on every partition
         users.setdefault(partition_for(f"u{n}".encode(), partitions), f"u{n}")
     assert len(users) == partitions
-    changelog: list[tuple[int | None, bytes]] = []
-    send_changelog = table.send_changelog
-
-    def record(partition: int | None, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
-        changelog.append((partition, key))
-        return send_changelog(partition, key, value, *args, **kwargs)
-
-    table.send_changelog = record
+    changelog = RecordingOutput.last.changelog
+    state_changelog = table.changelog_topic.get_topic_name()
     async with agent.test_context() as ctx:
         for round_ in range(3):  # interleaved: the last event put is of the last partition's user
             for partition, user_id in sorted(users.items()):
                 await ctx.put(quiz_of(user_id, f"{user_id}-{round_}"), key=user_id.encode(), partition=partition)
         assert changelog == []  # nothing written per event
-        app.badgestream_states.write_all()
+        commit(app)
         # one write per user, each under its own partition (not that of the last event handed over)
-        assert sorted(changelog) == sorted((p, u.encode()) for p, u in users.items())
+        assert sorted((p, k) for t, p, k, _ in changelog if t == state_changelog) == sorted(
+            (p, u.encode()) for p, u in users.items())
         if hasattr(table.data, "_dbs"):  # rocksdb://: each value sits in its partition's database
             for partition, user_id in users.items():
                 assert table.data._dbs[partition].get(user_id.encode()) is not None
                 others = [db for p, db in table.data._dbs.items() if p != partition]
                 assert all(db.get(user_id.encode()) is None for db in others)
+                # with the changelog offset Faust's recovery starts from, in the same write batch
+                sent = [k for t, p, k, _ in changelog if (t, p) == (state_changelog, partition)]
+                assert table.data.persisted_offset(TP(state_changelog, partition)) == len(sent) - 1
