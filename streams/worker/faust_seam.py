@@ -1,4 +1,5 @@
-"""The seam to Faust: every override of a Faust method and every private Faust name lives here.
+"""The seam to Faust: every override of a Faust method and every private Faust name lives here (and,
+for the table stores, in :mod:`streams.worker.faust_store`).
 
 The rest of the worker uses its typed interface: :func:`install_consumer` (with the hooks of
 :mod:`streams.worker.hooks`), :func:`committed_offset`, :func:`current_event` with a
