@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         2000, ge=0, description="users whose new state the worker keeps in memory until the next commit (one "
         "table write per user per commit); past it the oldest are written at once; 0: every event writes"
     )
+    worker_state_idle_s: float = Field(
+        0.25, ge=0, description="a user's pending state unchanged this long is written between events, ahead of "
+        "the commit, a slice at a time, so a commit does not hold up reading for all of them at once; 0: only "
+        "at commits (and past worker_state_cache)"
+    )
     resend_window_s: float = Field(
         86400.0, ge=0, description="an upstream resend (the same event_id in a new message) changes nothing when "
         "the user had that id within this many seconds of record time (Kafka record timestamps); older resends "

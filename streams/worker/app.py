@@ -180,6 +180,12 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
         if output_ready.is_set():
             output.release_due()
 
+    if settings.worker_state_idle_s > 0:
+        @app.timer(0.05)
+        async def write_idle_states() -> None:
+            """Pending states unchanged for a while go to the writer between events, a slice at a time."""
+            states.write_idle(settings.worker_state_idle_s, most=200)
+
     @app.timer(5.0)
     async def report_lag() -> None:
         consumer = app.consumer

@@ -8,7 +8,9 @@ only when
 * a commit is about to be made (:meth:`write_all`, called by the consumer before it flushes the
   producers and commits input offsets: streams/worker/faust_seam.py), or
 * more than ``limit`` users are waiting, the oldest first (:meth:`put`), so memory and the work left
-  for a commit stay bounded.
+  for a commit stay bounded, or
+* its value has not changed for a while (:meth:`write_idle`, called between events), so a commit,
+  which holds up reading while it runs, has only the values that changed just before it to write.
 
 What "written" means is :class:`streams.worker.state_writer.StateWriter`'s: staged for the commit,
 whose changelog records are sent before the producer flush and whose RocksDB write batch follows it.
@@ -34,6 +36,7 @@ the user's value; buckets past the retention are deleted.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,14 +63,16 @@ def ids_key(user_key: bytes, bucket: int) -> bytes:
 class _Pending:
     user: StoredUser
     event: Any
+    since: float  # when it was put (the clock's time)
     written: dict[int, None] = field(default_factory=dict)  # resend chunk keys to write, in order
     dropped: dict[int, None] = field(default_factory=dict)  # resend chunk keys to delete
 
 
 class StateCache:
     def __init__(self, write: Write, limit: int, prune: Callable[[StoredUser], StoredUser] | None = None,
-                 write_ids: WriteIds | None = None) -> None:
+                 write_ids: WriteIds | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._write = write
+        self._clock = clock
         self._write_ids = write_ids
         self._prune = prune  # applied to a value when it is written (drops what is committed)
         self.limit = limit
@@ -119,7 +124,7 @@ class StateCache:
         written at once when ``limit`` is 0."""
         previous = self._pending.pop(key, None)
         self._clean.pop(key, None)
-        pending = _Pending(user, event)
+        pending = _Pending(user, event, self._clock())
         if previous is not None:
             pending.written, pending.dropped = previous.written, previous.dropped
         if seen is not None:
@@ -142,6 +147,24 @@ class StateCache:
         written = 0
         while self._pending:
             self._flush_one(next(iter(self._pending)))
+            written += 1
+        return written
+
+    def write_idle(self, idle_s: float, most: int) -> int:
+        """Write the pending values unchanged for ``idle_s`` seconds, oldest first, at most ``most``;
+        returns how many. Between commits, a slice at a time: what a commit writes (while reading
+        waits) is then only what changed just before it. A value written early and changed again is
+        written again at the commit, as past the limit."""
+        if self._suspended:
+            return 0
+        before = self._clock() - idle_s
+        written = 0
+        pending = self._pending
+        while pending and written < most:
+            key = next(iter(pending))
+            if pending[key].since > before:
+                break
+            self._flush_one(key)
             written += 1
         return written
 

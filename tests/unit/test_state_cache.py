@@ -94,3 +94,24 @@ def test_a_rebalance_discards_pending_values_and_writes_nothing_until_assignment
     assert cache.write_all() == 0 and table.writes == []
     cache.resume()
     assert len(cache) == 0 and cache.get(b"a", table.read) == user("a", 1)  # as written, read again
+
+
+def test_values_unchanged_for_a_while_are_written_between_commits_a_slice_at_a_time() -> None:
+    table, now = Table(), [100.0]
+    cache = StateCache(table.write, limit=100, clock=lambda: now[0])
+    cache.put(b"a", user("a", 1), 1)
+    cache.put(b"b", user("b", 2), 2)
+    now[0] = 100.2
+    cache.put(b"c", user("c", 3), 3)
+    cache.put(b"a", user("a", 4), 4)  # changed again: no longer idle, now the newest
+    now[0] = 100.3
+    assert cache.write_idle(0.25, most=10) == 1 and [key for key, _ in table.writes] == [b"b"]
+    now[0] = 100.6
+    assert cache.write_idle(0.25, most=1) == 1  # at most a slice
+    assert cache.write_idle(0.25, most=10) == 1
+    assert [key for key, _ in table.writes] == [b"b", b"c", b"a"] and len(cache) == 0
+    assert cache.get(b"a", table.read) == user("a", 4) and table.reads == 0  # still decoded in memory
+    cache.suspend()
+    cache.put(b"d", user("d", 5), 5)
+    now[0] = 200.0
+    assert cache.write_idle(0.25, most=10) == 0  # nothing while a rebalance is on
