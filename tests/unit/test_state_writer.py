@@ -162,7 +162,7 @@ def test_crash_points_are_named_or_refused() -> None:
     points.reach("commit.sent")  # another point: not counted
     points.reach("commit.flushed")
     assert points.reached == 1
-    with pytest.raises(ValueError, match="BADGESTREAM_CRASH_AT='commit.later:1'"):
+    with pytest.raises(ValueError, match=r"BADGESTREAM_CRASH_AT='commit\.later:1'"):
         CrashPoints("commit.later:1")
     with pytest.raises(ValueError, match="n >= 1"):
         CrashPoints("commit.sent:0")
