@@ -23,7 +23,7 @@ from streams.kafka import partition_for
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.processor import EventProcessor, Outcome, dead_letter
 from streams.worker.state_cache import StateCache
-from streams.worker.stored import Origin
+from streams.worker.stored import Origin, ProgressChange
 
 log = logging.getLogger("badgestream.worker")
 
@@ -63,8 +63,7 @@ class Output(Protocol):
     def send(self, topic: str, key: bytes | None, value: bytes,
              headers: list[tuple[str, bytes]] | None = None) -> None: ...
 
-    def send_progress(self, topic: str, key: bytes | None, value: bytes, badge_id: str, tier: str | None,
-                      updated_at: datetime) -> None: ...
+    def send_progress(self, topic: str, key: bytes | None, change: ProgressChange) -> None: ...
 
     def poll(self) -> None: ...
 
@@ -185,9 +184,8 @@ class InputHandler:
         output, topics = self.output, self.topics
         for value in outcome.awards:
             output.send(topics.awards, user_key, value)
-        for progress in outcome.progress:
-            output.send_progress(topics.progress, user_key, progress.value, progress.badge_id, progress.tier,
-                                 progress.updated_at)
+        if outcome.progress is not None:
+            output.send_progress(topics.progress, user_key, outcome.progress)
         for value in outcome.nudges:
             output.send(topics.nudges, user_key, value)
         output.poll()
