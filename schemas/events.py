@@ -233,13 +233,8 @@ def _plain_envelope(obj: dict[str, Any]) -> EventEnvelope | None:
         if "data" in obj:
             return None  # null is refused by the model
         data = {}
-    elif type(data) is not dict:
+    elif type(data) is not dict or not _plainly_bounded(data, 1):
         return None
-    else:
-        try:
-            _check_data(data, 1, "data")
-        except (ValueError, RecursionError):
-            return None
     try:
         moment = datetime.fromisoformat(when)
     except ValueError:
@@ -251,8 +246,41 @@ def _plain_envelope(obj: dict[str, Any]) -> EventEnvelope | None:
     if offset is None:
         seconds = moment.utcoffset()
         offset = _OFFSETS.setdefault(suffix, TzInfo(int(seconds.total_seconds()) if seconds is not None else 0))
+    # The constructor, not ``replace(tzinfo=...)``: a sixth of the cost.
+    moment = datetime(moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second,
+                      moment.microsecond, offset)
     event = trusted_record(EventEnvelope, {
         "event_id": obj["event_id"], "type": obj["type"], "user_id": obj["user_id"],
-        "occurred_at": moment.replace(tzinfo=offset), "tz": tz, "data": data})
+        "occurred_at": moment, "tz": tz, "data": data})
     object.__setattr__(event, "__pydantic_fields_set__", set(obj))  # as validation records what was given
     return event
+
+
+def _plainly_bounded(value: dict[str, Any] | list[Any], depth: int) -> bool:
+    """Whether ``data`` is surely within :func:`_check_data`'s limits, walked without naming paths
+    (False also for what only the full check can judge; the model then decides)."""
+    if depth > MAX_DATA_DEPTH:
+        return False
+    items: Any
+    if isinstance(value, list):
+        if len(value) > MAX_LIST_ITEMS:
+            return False
+        items = value
+    else:
+        items = value.values()
+    for item in items:
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                return False
+        elif kind is float:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:  # False for NaN too
+                return False
+        elif kind is dict or kind is list:
+            if not _plainly_bounded(item, depth + 1):
+                return False
+        else:
+            return False
+    return True

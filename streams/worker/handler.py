@@ -27,6 +27,9 @@ from streams.worker.stored import Origin, ProgressChange
 
 log = logging.getLogger("badgestream.worker")
 
+PARTITIONS_REMEMBERED = 1 << 16
+"""Users whose table partition the handler remembers (murmur2 in Python costs microseconds per event)."""
+
 SOURCE_HEADER = "badgestream-source"
 """Header of a re-keyed event: ``[topic, partition, offset, record time ms]`` of its original input
 record (JSON; the time is absent in headers written before it was carried)."""
@@ -115,6 +118,7 @@ class InputHandler:
         self.partitions = partitions
         self._read_state = read_state
         self._read_ids = read_ids
+        self._partition_of: dict[bytes, int] = {}
 
     def handle(self, message: Message, event: Any) -> None:
         """Decode ``message``; re-key it, or evaluate it and store and publish what it did. ``event``
@@ -126,7 +130,7 @@ class InputHandler:
             return
         user_key = envelope.user_id.encode("utf-8")
         if message.topic != self.topics.rekey and (
-            message.key != user_key or partition_for(user_key, self.partitions) != message.partition
+            message.key != user_key or self.partition_of(user_key) != message.partition
         ):
             # Keyed by something else, or placed by another partitioner: re-key so that this
             # user's events all meet the one table partition holding their state.
@@ -142,6 +146,15 @@ class InputHandler:
             return
         self.publish(user_key, envelope, outcome)
         self.metrics.observe(envelope.type, outcome.status, time.perf_counter() - began)
+
+    def partition_of(self, user_key: bytes) -> int:
+        """The state table's partition of this user."""
+        partition = self._partition_of.get(user_key)
+        if partition is None:
+            if len(self._partition_of) >= PARTITIONS_REMEMBERED:
+                self._partition_of.clear()
+            partition = self._partition_of[user_key] = partition_for(user_key, self.partitions)
+        return partition
 
     def decode(self, message: Message) -> EventEnvelope | None:
         """The event, or None when it was dead-lettered."""
