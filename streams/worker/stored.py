@@ -192,13 +192,13 @@ class StoredUser:
         if not records:
             return self.progress, ()
         latest = dict(self.progress)
-        changed: dict[ProgressKey, None] = {}
+        changed = []  # the engine makes one record per (badge, tier) and event
         for record in records:
             key = (record.badge_id, record.tier)
             current = latest.get(key)
             if current is None or supersedes(record.updated_at, current[2]):
                 latest[key] = [record.progress, record.target, record.updated_at, position]
-                changed[key] = None
+                changed.append(key)
         return latest, tuple(changed)
 
     def pruned(self, committed: CommittedOffset) -> StoredUser:
@@ -311,9 +311,7 @@ def _upgrade_tail(version: int, tail: Any) -> dict[str, Any]:
 
 def progress_bytes(user_id: str, key: ProgressKey, entry: Sequence[Any]) -> bytes:
     """The progress record (``schemas.records.ProgressRecord``, as pydantic writes it: numbers as
-    floats, UTC as ``Z``) of one entry of a latest-progress map, without building the model."""
-    at = entry[2].isoformat()
-    if at.endswith("+00:00"):
-        at = at[:-6] + "Z"
+    floats, UTC as ``Z``) of one entry of a latest-progress map, without building the model. (Offsets
+    are whole minutes, all that :func:`schemas.events.parse_event` reads: orjson writes no seconds.)"""
     return orjson.dumps({"user_id": user_id, "badge_id": key[0], "tier": key[1], "progress": float(entry[0]),
-                         "target": float(entry[1]), "updated_at": at})
+                         "target": float(entry[1]), "updated_at": entry[2]}, option=orjson.OPT_UTC_Z)
