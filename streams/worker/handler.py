@@ -23,9 +23,12 @@ from streams.kafka import partition_for
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.processor import EventProcessor, Outcome, dead_letter
 from streams.worker.state_cache import StateCache
-from streams.worker.stored import Origin
+from streams.worker.stored import Origin, ProgressChange
 
 log = logging.getLogger("badgestream.worker")
+
+PARTITIONS_REMEMBERED = 1 << 16
+"""Users whose table partition the handler remembers (murmur2 in Python costs microseconds per event)."""
 
 SOURCE_HEADER = "badgestream-source"
 """Header of a re-keyed event: ``[topic, partition, offset, record time ms]`` of its original input
@@ -63,8 +66,7 @@ class Output(Protocol):
     def send(self, topic: str, key: bytes | None, value: bytes,
              headers: list[tuple[str, bytes]] | None = None) -> None: ...
 
-    def send_progress(self, topic: str, key: bytes | None, value: bytes, badge_id: str, tier: str | None,
-                      updated_at: datetime) -> None: ...
+    def send_progress(self, topic: str, key: bytes | None, change: ProgressChange) -> None: ...
 
     def poll(self) -> None: ...
 
@@ -116,6 +118,7 @@ class InputHandler:
         self.partitions = partitions
         self._read_state = read_state
         self._read_ids = read_ids
+        self._partition_of: dict[bytes, int] = {}
 
     def handle(self, message: Message, event: Any) -> None:
         """Decode ``message``; re-key it, or evaluate it and store and publish what it did. ``event``
@@ -127,7 +130,7 @@ class InputHandler:
             return
         user_key = envelope.user_id.encode("utf-8")
         if message.topic != self.topics.rekey and (
-            message.key != user_key or partition_for(user_key, self.partitions) != message.partition
+            message.key != user_key or self.partition_of(user_key) != message.partition
         ):
             # Keyed by something else, or placed by another partitioner: re-key so that this
             # user's events all meet the one table partition holding their state.
@@ -143,6 +146,15 @@ class InputHandler:
             return
         self.publish(user_key, envelope, outcome)
         self.metrics.observe(envelope.type, outcome.status, time.perf_counter() - began)
+
+    def partition_of(self, user_key: bytes) -> int:
+        """The state table's partition of this user."""
+        partition = self._partition_of.get(user_key)
+        if partition is None:
+            if len(self._partition_of) >= PARTITIONS_REMEMBERED:
+                self._partition_of.clear()
+            partition = self._partition_of[user_key] = partition_for(user_key, self.partitions)
+        return partition
 
     def decode(self, message: Message) -> EventEnvelope | None:
         """The event, or None when it was dead-lettered."""
@@ -185,9 +197,8 @@ class InputHandler:
         output, topics = self.output, self.topics
         for value in outcome.awards:
             output.send(topics.awards, user_key, value)
-        for progress in outcome.progress:
-            output.send_progress(topics.progress, user_key, progress.value, progress.badge_id, progress.tier,
-                                 progress.updated_at)
+        if outcome.progress is not None:
+            output.send_progress(topics.progress, user_key, outcome.progress)
         for value in outcome.nudges:
             output.send(topics.nudges, user_key, value)
         output.poll()

@@ -9,8 +9,10 @@ is committed before the records its processing produced are acknowledged by the 
 Progress is coalesced: a progress record is held for up to ``worker_progress_coalesce_s`` and
 replaced by a newer one of the same (user, badge, tier), by the sink's own rule
 (:func:`schemas.records.supersedes`), so the sink's rows end the same while most records are never
-sent. Held records are produced before every flush, hence before any commit of the events that made
-them; a crash loses only records of uncommitted events, and those events are read again.
+sent. What is held is the entry of the user's latest-progress map (streams/worker/stored.py): the
+record's bytes are built only when it is sent. Held records are produced before every flush, hence
+before any commit of the events that made them; a crash loses only records of uncommitted events,
+and those events are read again.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -27,12 +29,13 @@ from schemas.errors import DeliveryError
 from schemas.records import supersedes
 from streams.kafka import client_config, produce
 from streams.settings import Settings
+from streams.worker.stored import ProgressChange, ProgressKey, progress_bytes
 
 log = logging.getLogger("badgestream.output")
 
 
-HeldKey = tuple[str, "bytes | None", str, "str | None"]
-"""(topic, user key, badge_id, tier) of a held progress record."""
+HeldKey = tuple[str, "bytes | None"]
+"""(topic, user key) of a user's held progress."""
 
 
 class OutputProducer:
@@ -50,7 +53,8 @@ class OutputProducer:
         self._failures: list[str] = []
         self._coalesce_s = settings.worker_progress_coalesce_s
         self._clock = clock
-        self._held: dict[HeldKey, tuple[datetime, bytes]] = {}
+        #: per user, their user_id and the latest-progress entry held per (badge, tier)
+        self._held: dict[HeldKey, tuple[str, dict[ProgressKey, list[Any]]]] = {}
         self._held_since: float | None = None
         #: progress records replaced by a newer one before they were sent
         self.coalesced = 0
@@ -68,33 +72,43 @@ class OutputProducer:
         ``on_delivery`` is told its outcome, and a failure is the caller's to raise."""
         produce(self._producer, topic, key, value, on_delivery, partition=partition)
 
-    def send_progress(self, topic: str, key: bytes | None, value: bytes, badge_id: str, tier: str | None,
-                      updated_at: datetime) -> None:
-        """Hold a progress record, or replace the held one of the same (user, badge, tier) if newer."""
+    def send_progress(self, topic: str, key: bytes | None, change: ProgressChange) -> None:
+        """Hold each changed progress record of a user, or keep the held one of the same (badge, tier)
+        if that is newer."""
         if self._coalesce_s <= 0:
-            self.send(topic, key, value)
+            for _, value in change.records():
+                self.send(topic, key, value)
             return
-        slot = (topic, key, badge_id, tier)
+        slot = (topic, key)
         held = self._held.get(slot)
-        if held is not None:
-            self.coalesced += 1
-            if not supersedes(updated_at, held[0]):
-                return
-        self._held[slot] = (updated_at, value)
-        if self._held_since is None:
-            self._held_since = self._clock()
+        if held is None:
+            self._held[slot] = held = (change.user_id, {})
+            if self._held_since is None:
+                self._held_since = self._clock()
+        entries, latest = held[1], change.latest
+        for badge in change.keys:
+            entry = latest[badge]
+            current = entries.get(badge)
+            if current is not None:
+                self.coalesced += 1
+                if not supersedes(entry[2], current[2]):
+                    continue
+            entries[badge] = entry
 
     @property
     def held(self) -> int:
         """Progress records held, not yet produced."""
-        return len(self._held)
+        return sum(len(entries) for _, entries in self._held.values())
 
     def release(self) -> int:
         """Produce every held progress record now; returns how many."""
         held, self._held, self._held_since = self._held, {}, None
-        for (topic, key, _badge, _tier), (_at, value) in held.items():
-            self.send(topic, key, value)
-        return len(held)
+        sent = 0
+        for (topic, key), (user_id, entries) in held.items():
+            for badge, entry in entries.items():
+                self.send(topic, key, progress_bytes(user_id, badge, entry))
+                sent += 1
+        return sent
 
     def release_due(self) -> int:
         """:meth:`release` if the oldest held record has waited ``worker_progress_coalesce_s``."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from evaluators.engine import Engine, Evaluation
 from evaluators.resends import Change, ResendWindow, SeenIds, event_digest
 from evaluators.state import UserState
@@ -19,7 +21,7 @@ from schemas.catalog import Catalog
 from schemas.errors import InvalidEventError
 from schemas.events import EventEnvelope, parse_event
 from schemas.records import AwardRecord, DeadLetterRecord
-from streams.worker.stored import CommittedOffset, Origin, Position, ProgressOut, StoredUser
+from streams.worker.stored import CommittedOffset, Origin, Position, ProgressChange, StoredUser
 
 
 @dataclass
@@ -28,7 +30,7 @@ class Outcome:
 
     new_user: StoredUser | None = None  # None: leave the stored state alone
     awards: list[bytes] = field(default_factory=list)  # award records to publish
-    progress: list[ProgressOut] = field(default_factory=list)
+    progress: ProgressChange | None = None  # progress records to publish
     nudges: list[bytes] = field(default_factory=list)
     dead_letter: bytes | None = None
     status: str = "processed"  # processed | duplicate | unmatched | dead_letter
@@ -56,7 +58,16 @@ def dead_letter(raw_key: bytes | None, raw_value: bytes | None, topic: str, part
 
 
 def award_bytes(record: AwardRecord) -> bytes:
-    return record.model_dump_json().encode()
+    """The award record as pydantic writes it (``model_dump_json``, UTC as ``Z``), by orjson from the
+    record's fields: a third of the cost. Metadata orjson cannot write (a custom evaluator's own
+    types) goes through pydantic."""
+    fields = record.__dict__
+    source = fields["source"]
+    try:
+        return orjson.dumps({**fields, "source": source.__dict__ if source is not None else None},
+                            option=orjson.OPT_UTC_Z)
+    except TypeError:
+        return record.model_dump_json().encode()
 
 
 class EventProcessor:
@@ -136,14 +147,16 @@ class EventProcessor:
             evaluation = replace(evaluation, awards=self.engine.with_source(evaluation.awards, origin.evidence()))
         outcome = Outcome(evaluation=evaluation)
         outcome.awards = [award_bytes(a) for a in evaluation.awards]
-        outcome.progress = [ProgressOut.of(p) for p in evaluation.progress]
         outcome.nudges = [n.model_dump_json().encode() for n in evaluation.nudges]
         outcome.seen, outcome.ids_change = seen.with_id(self.window, digest, record_ms, tag or 0)
         kept = previous.pruned(committed) if committed is not None else previous
+        latest, changed = kept.with_progress(evaluation.progress, position)
+        if changed:  # their records are built when sent, from the map: most are coalesced away before
+            outcome.progress = ProgressChange(event.user_id, latest, changed)
         outcome.new_user = StoredUser(
             state=evaluation.state,
             outbox=kept.with_outputs(event.event_id, outcome.awards, outcome.nudges, position),
-            progress=kept.with_progress(evaluation.progress, position),
+            progress=latest,
             marks=kept.with_mark(origin),
             id_buckets=tuple(sorted(outcome.seen.buckets)),
         )

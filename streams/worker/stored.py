@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -72,17 +72,25 @@ class Origin(NamedTuple):
         return EventSource.model_construct(topic=self.topic, partition=self.partition, offset=self.offset)
 
 
-class ProgressOut(NamedTuple):
-    """A progress record to publish, with what coalescing needs without decoding it."""
+ProgressKey = tuple[str, "str | None"]
+"""(badge_id, tier) of a progress record."""
 
-    value: bytes
-    badge_id: str
-    tier: str | None
-    updated_at: datetime
 
-    @classmethod
-    def of(cls, record: ProgressRecord) -> ProgressOut:
-        return cls(progress_bytes(record), record.badge_id, record.tier, record.updated_at)
+@dataclass(frozen=True, slots=True)
+class ProgressChange:
+    """Progress records to publish: the ``keys`` of one user's ``latest`` progress map (the stored
+    value's) that changed. Their bytes are built only when sent (:meth:`records`): coalescing drops
+    most of them before that, and the map already holds what the sink keeps per key."""
+
+    user_id: str
+    latest: Mapping[ProgressKey, list[Any]]
+    keys: tuple[ProgressKey, ...]
+
+    def records(self) -> Iterator[tuple[ProgressKey, bytes]]:
+        latest = self.latest
+        for key in self.keys:
+            yield key, progress_bytes(self.user_id, key, latest[key])
+
 
 CommittedOffset = Callable[[str, int], "int | None"]
 """The committed offset (the next one to read) of a (topic, partition), or None if unknown."""
@@ -104,9 +112,10 @@ class StoredUser:
 
     state: UserState
     outbox: tuple[OutboxEntry, ...] = ()
-    # (badge_id, tier) -> [progress, target, updated_at ISO, position read at or None]: the
-    # newest progress record per key that is not known to be committed.
-    progress: dict[tuple[str, str | None], list[Any]] = field(default_factory=dict)
+    # (badge_id, tier) -> [progress, target, updated_at, position read at or None]: the newest
+    # progress record per key that is not known to be committed (updated_at a datetime here, ISO
+    # 8601 in the stored bytes).
+    progress: dict[ProgressKey, list[Any]] = field(default_factory=dict)
     # (original topic, partition, re-keyed) -> offset of the last message applied along that path.
     marks: dict[tuple[str, int, bool], int] = field(default_factory=dict)
     # Buckets of this user's remembered event ids in the resend table.
@@ -126,7 +135,8 @@ class StoredUser:
         marks = [[topic(t), partition, int(rekeyed), offset] for (t, partition, rekeyed), offset in self.marks.items()]
         outbox = [[e.event_id, [orjson.Fragment(a) for a in e.awards], [orjson.Fragment(n) for n in e.nudges],
                    *where(e.position)] for e in self.outbox]
-        progress = [[badge_id, tier, *value[:3], *where(value[3])] for (badge_id, tier), value in self.progress.items()]
+        progress = [[badge_id, tier, value[0], value[1], value[2].isoformat(), *where(value[3])]
+                    for (badge_id, tier), value in self.progress.items()]
         tail = orjson.dumps({"t": list(topics), "a": marks, "i": _chunk_counts(self.id_buckets), "o": outbox,
                              "p": progress})
         body = state + tail
@@ -154,7 +164,7 @@ class StoredUser:
 
         outbox = tuple(OutboxEntry(e[0], tuple(orjson.dumps(a) for a in e[1]), where(e[3:]),
                                    tuple(orjson.dumps(n) for n in e[2])) for e in tail["o"])
-        progress = {(e[0], e[1]): [*e[2:5], where(e[5:])] for e in tail["p"]}
+        progress = {(e[0], e[1]): [e[2], e[3], datetime.fromisoformat(e[4]), where(e[5:])] for e in tail["p"]}
         marks = {(topics[t], partition, bool(rekeyed)): offset for t, partition, rekeyed, offset in tail["a"]}
         return cls(state=state, outbox=outbox, progress=progress, marks=marks,
                    id_buckets=tuple(bucket * CHUNKS + n for bucket, count in tail["i"] for n in range(count)))
@@ -169,24 +179,27 @@ class StoredUser:
             return self.marks
         return {**self.marks, origin.mark: origin.offset}
 
-    def progress_records(self) -> list[ProgressOut]:
-        """The latest progress record of every (badge, tier), as first published."""
-        return [ProgressOut.of(ProgressRecord(user_id=self.state.user_id, badge_id=badge_id, tier=tier,
-                                              progress=value[0], target=value[1], updated_at=value[2]))
-                for (badge_id, tier), value in self.progress.items()]
+    def progress_records(self) -> ProgressChange | None:
+        """The latest progress record of every (badge, tier), as first published (None: there is none)."""
+        if not self.progress:
+            return None
+        return ProgressChange(self.state.user_id, self.progress, tuple(self.progress))
 
-    def with_progress(self, records: Sequence[ProgressRecord],
-                      position: Position | None = None) -> dict[tuple[str, str | None], list[Any]]:
-        """The latest-progress map after ``records``, by the sink's rule (newest updated_at, ties: later)."""
+    def with_progress(self, records: Sequence[ProgressRecord], position: Position | None = None
+                      ) -> tuple[dict[ProgressKey, list[Any]], tuple[ProgressKey, ...]]:
+        """The latest-progress map after ``records``, by the sink's rule (newest updated_at, ties: later),
+        and the keys whose record changed (those to publish: the sink would ignore the others)."""
         if not records:
-            return self.progress
+            return self.progress, ()
         latest = dict(self.progress)
+        changed = []  # the engine makes one record per (badge, tier) and event
         for record in records:
             key = (record.badge_id, record.tier)
             current = latest.get(key)
-            if supersedes(record.updated_at, datetime.fromisoformat(current[2]) if current is not None else None):
-                latest[key] = [record.progress, record.target, record.updated_at.isoformat(), position]
-        return latest
+            if current is None or supersedes(record.updated_at, current[2]):
+                latest[key] = [record.progress, record.target, record.updated_at, position]
+                changed.append(key)
+        return latest, tuple(changed)
 
     def pruned(self, committed: CommittedOffset) -> StoredUser:
         """Without the outbox and progress entries of committed events: they can never be
@@ -296,5 +309,9 @@ def _upgrade_tail(version: int, tail: Any) -> dict[str, Any]:
     return upgraded
 
 
-def progress_bytes(record: ProgressRecord) -> bytes:
-    return record.model_dump_json().encode()
+def progress_bytes(user_id: str, key: ProgressKey, entry: Sequence[Any]) -> bytes:
+    """The progress record (``schemas.records.ProgressRecord``, as pydantic writes it: numbers as
+    floats, UTC as ``Z``) of one entry of a latest-progress map, without building the model. (Offsets
+    are whole minutes, all that :func:`schemas.events.parse_event` reads: orjson writes no seconds.)"""
+    return orjson.dumps({"user_id": user_id, "badge_id": key[0], "tier": key[1], "progress": float(entry[0]),
+                         "target": float(entry[1]), "updated_at": entry[2]}, option=orjson.OPT_UTC_Z)

@@ -26,7 +26,7 @@ from streams.settings import Settings
 from streams.worker import app as worker_app
 from streams.worker import faust_seam
 from streams.worker.state_cache import ids_key
-from streams.worker.stored import StoredUser
+from streams.worker.stored import ProgressChange, StoredUser
 from tests.unit.support import catalog
 
 CATALOG = catalog("""
@@ -80,8 +80,9 @@ class RecordingOutput:
         offset = sum(1 for t, p, _, _ in self.changelog if (t, p) == (topic, partition)) - 1
         on_delivery(None, Delivered(topic, partition, offset))
 
-    def send_progress(self, topic: str, key: bytes | None, value: bytes, *_key: Any) -> None:
-        self.sent.append((topic, key, value))  # no coalescing here: tests/unit/test_output.py has it
+    def send_progress(self, topic: str, key: bytes | None, change: ProgressChange) -> None:
+        # no coalescing here: tests/unit/test_output.py has it
+        self.sent.extend((topic, key, value) for _, value in change.records())
 
     def poll(self) -> None:
         pass

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from evaluators.facts import EventFacts
 from schemas.errors import InvalidEventError
-from schemas.events import MAX_EVENT_BYTES, EventEnvelope, parse_event
+from schemas.events import MAX_EVENT_BYTES, EventEnvelope, _plain_envelope, describe_validation_error, parse_event
 
 GOOD = {"event_id": "e-0001", "type": "quiz_completed", "user_id": "u-42",
         "occurred_at": "2026-11-21T09:30:00+00:00", "tz": "Europe/Berlin",
@@ -125,3 +127,75 @@ def test_envelope_is_frozen() -> None:
 def test_round_trip_through_json() -> None:
     event = parse_event(raw())
     assert parse_event(event.model_dump_json().encode()) == event
+
+
+# --- the fast path: plainly valid events are built without pydantic's validation ---------------------
+
+_MISSING = object()
+
+
+def _mostly(valid: st.SearchStrategy[object], invalid: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """Nine draws in ten from ``valid``: most examples reach the fast path, the rest its refusals."""
+    return st.integers(0, 9).flatmap(lambda n: invalid if n == 0 else valid)
+
+
+_ZONES = [UTC, timezone(timedelta(hours=1)), timezone(timedelta(hours=-5, minutes=-30)),
+          timezone(timedelta(hours=14)), timezone(timedelta(hours=19, minutes=59)),
+          timezone(timedelta(hours=23, minutes=59))]
+_TIMES = _mostly(
+    st.datetimes(min_value=datetime(1960, 1, 1), max_value=datetime(9100, 1, 1), timezones=st.sampled_from(_ZONES))
+    .map(lambda moment: moment.isoformat().replace("+00:00", "Z") if moment.second % 2 else moment.isoformat()),
+    st.one_of(st.sampled_from([
+        "2026-11-21t09:30:00z", "2026-11-21 09:30:00+00:00", "2026-11-21T09:30+01:00",
+        "2026-11-21T09:30:00.1234567+01:00", "2026-11-21T09:30:00+0100", "2026-02-30T09:30:00+00:00",
+        "2026-11-21T24:00:00+00:00", "2026-11-21T09:30:00", "2026-11-21T09:30:00-00:00", "1700000000", "",
+        "2026-11-21T09:30:00.5+01:00", "2026-11-21T09:30:00.123Z", "2026-11-21T09:30:00.12345-19:59"]),
+        st.text(max_size=30), st.integers(min_value=-2**63, max_value=2**63 - 1), st.none()))
+_IDS = _mostly(st.text(min_size=1, max_size=4),
+               st.one_of(st.just(""), st.text(min_size=255, max_size=258),
+                         st.integers(min_value=-2**63, max_value=2**63 - 1), st.none()))
+_DATA = _mostly(
+    st.dictionaries(st.text(max_size=3), st.one_of(
+        st.integers(min_value=-2**60, max_value=2**60), st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=3), st.booleans(), st.none(), st.lists(st.integers(min_value=0, max_value=9), max_size=3),
+        st.dictionaries(st.text(max_size=2), st.integers(min_value=-9, max_value=9), max_size=2)), max_size=3),
+    st.one_of(st.lists(st.integers(min_value=0, max_value=9), max_size=2), st.none(), st.text(max_size=2),
+              st.just(_MISSING)))
+_TZ = _mostly(st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kolkata"]),
+              st.sampled_from(["Mars/Olympus", "", "utc", None, _MISSING]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(event_id=_IDS, type_=st.one_of(st.just("quiz_completed"), _IDS), user_id=_IDS, occurred_at=_TIMES,
+       tz=_TZ, data=_DATA, extra=_mostly(st.just(_MISSING), st.sampled_from(["source", "Type"])))
+def test_the_fast_path_accepts_and_refuses_exactly_as_validation(
+        event_id: object, type_: object, user_id: object, occurred_at: object, tz: object, data: object,
+        extra: object) -> None:
+    """Whatever the fast path builds equals what pydantic builds (values, types, offsets, what was set),
+    and what it does not build gets pydantic's verdict: the same dead-letter code and reason."""
+    body = {"event_id": event_id, "type": type_, "user_id": user_id, "occurred_at": occurred_at, "tz": tz,
+            "data": data}
+    if extra is not _MISSING:
+        body[str(extra)] = 1
+    body = {name: value for name, value in body.items() if value is not _MISSING}
+    try:
+        validated: EventEnvelope | str = EventEnvelope.model_validate(body)
+    except ValidationError as exc:
+        validated = "refused: " + describe_validation_error(exc)
+    try:
+        parsed: EventEnvelope | str = parse_event(orjson.dumps(body))
+    except InvalidEventError as exc:
+        parsed = "refused: " + exc.reason
+    assert parsed == validated
+    if isinstance(parsed, EventEnvelope):
+        assert isinstance(validated, EventEnvelope)
+        assert type(parsed.occurred_at.tzinfo) is type(validated.occurred_at.tzinfo)
+        assert parsed.occurred_at.isoformat() == validated.occurred_at.isoformat()
+        assert parsed.model_fields_set == validated.model_fields_set
+        assert parsed.model_dump_json() == validated.model_dump_json()
+
+
+def test_the_fast_path_builds_the_common_event() -> None:
+    fast = _plain_envelope(orjson.loads(raw()))
+    assert fast is not None and fast == EventEnvelope.model_validate(GOOD)
+    assert _plain_envelope(orjson.loads(raw(occurred_at="2026-11-21T09:30:00+01:00[Europe/Berlin]"))) is None
