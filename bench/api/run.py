@@ -10,7 +10,9 @@
    async client) puts 64 connections on each endpoint. Only the catalog and window rankings are
    cached (``BADGESTREAM_API_CACHE_TTL_S``); rarity and ranks are read from the aggregates per request.
 
-    python -m bench.api.run [--users 100000] [--awards 1000000] [--workers 2] [--duration 10]
+    python -m bench.api.run [--users 100000] [--awards 1000000] [--workers 2] [--duration 10] [--before DIR]
+
+With ``--before DIR`` (an older commit's tree) step 3 runs twice on the same data: that tree's API, then this one.
 """
 
 from __future__ import annotations
@@ -188,13 +190,15 @@ LOAD = ["?"]
 
 
 @contextlib.contextmanager
-def api_process(url: str, workers: int, ttl: float) -> Iterator[str]:
+def api_process(url: str, workers: int, ttl: float, source: Path = REPO) -> Iterator[str]:
+    """``badgestream api`` from the source tree ``source`` (this one, or an older commit's, for a before/after)."""
     port = free_port()
-    env = {**os.environ, "BADGESTREAM_DATABASE_URL": url, "BADGESTREAM_API_CACHE_TTL_S": str(ttl)}
+    env = {**os.environ, "BADGESTREAM_DATABASE_URL": url, "BADGESTREAM_API_CACHE_TTL_S": str(ttl),
+           "PYTHONPATH": str(source)}
     env.pop("BADGESTREAM_API_TOKEN", None)
     log = tempfile.NamedTemporaryFile(prefix="bench-api-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "api", "--port", str(port), "--workers",
-                             str(workers), "--log-level", "warning"], env=env, cwd=REPO, stdout=log,
+                             str(workers), "--log-level", "warning"], env=env, cwd=source, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     API_PID[:] = [proc.pid]
@@ -237,8 +241,8 @@ ENDPOINTS: dict[str, tuple[str, str] | str] = {
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
 def wrk(url: str, duration: float, script: str | None = None) -> tuple[float, float, float, int]:
@@ -254,8 +258,9 @@ def wrk(url: str, duration: float, script: str | None = None) -> tuple[float, fl
     finally:
         os.unlink(lua.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # The latency distribution's lines: "50%" alone at the start of a line (a "+/- Stdev" of 68.50% is not one).
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return rps, p50, p99, int(bad.group(1)) if bad else 0
 
@@ -331,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-queries", action="store_true", help="no query timing (step 2)")
     parser.add_argument("--cache-ttl", type=float, default=30.0, help="BADGESTREAM_API_CACHE_TTL_S of the cached runs")
     parser.add_argument("--postgres-url", default=None, help="an existing, empty database (default: throwaway)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="the source tree of an older commit (`git archive COMMIT | tar -x -C DIR`): its API is "
+                             "measured first, on the same data, in the same run")
     args = parser.parse_args(argv)
 
     tool = "wrk" if shutil.which("wrk") else "httpx async client"
@@ -341,29 +349,32 @@ def main(argv: list[str] | None = None) -> int:
         for name, cold_ms, warm_ms in query_times:
             say(f"{name}: {cold_ms:.1f} ms cold, {warm_ms:.1f} ms warm")
         results = []
+        firsts = []
         ttl = args.cache_ttl
         LOAD[0] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-        with api_process(url, args.workers, ttl) as base:
-            firsts = first_requests(base)
-            for endpoint in ENDPOINTS:
-                rps, p50, p99, bad, cpu = load_test(base, endpoint, args.users, args.duration, args.workers,
-                                                    warm=True)
-                say(f"{endpoint}: {rps:,.0f} req/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms, non-2xx {bad}, "
-                    f"API CPU {cpu:.2f} ms/request")
-                results.append((endpoint, rps, p50, p99, bad, cpu))
+        sources = [("before", args.before.resolve()), ("after", REPO)] if args.before else [("", REPO)]
+        for label, source in sources:
+            with api_process(url, args.workers, ttl, source) as base:
+                firsts += [(label, path, ms) for path, ms in first_requests(base)]
+                for endpoint in ENDPOINTS:
+                    rps, p50, p99, bad, cpu = load_test(base, endpoint, args.users, args.duration, args.workers,
+                                                        warm=True)
+                    say(f"{label} {endpoint}: {rps:,.0f} req/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms, non-2xx {bad}, "
+                        f"API CPU {cpu:.2f} ms/request")
+                    results.append((label, endpoint, rps, p50, p99, bad, cpu))
 
     out = io.StringIO()
     out.write(f"\n{args.users:,} users, {args.awards:,} awards, PostgreSQL, {args.workers} uvicorn workers, "
               f"{CONNECTIONS} connections ({tool}), {args.duration:g} s per run\n\n")
     out.write(f"migration 0004 (aggregates built from the rows): {migration_s:.1f} s\n")
     out.write(f"load average before the HTTP runs: {LOAD[0]}\n\n")
-    out.write("| endpoint | requests/s | p50 ms | p99 ms | non-2xx | API CPU ms/request |\n"
-              "|---|---|---|---|---|---|\n")
-    for endpoint, rps, p50, p99, bad, cpu in results:
-        out.write(f"| {endpoint} | {rps:,.0f} | {p50:.1f} | {p99:.1f} | {bad} | {cpu:.2f} |\n")
-    out.write("\n| first request to a fresh API | ms |\n|---|---|\n")
-    for path, ms in firsts:
-        out.write(f"| `{path}` | {ms:.1f} |\n")
+    out.write("| code | endpoint | requests/s | p50 ms | p99 ms | non-2xx | API CPU ms/request |\n"
+              "|---|---|---|---|---|---|---|\n")
+    for label, endpoint, rps, p50, p99, bad, cpu in results:
+        out.write(f"| {label} | {endpoint} | {rps:,.0f} | {p50:.1f} | {p99:.1f} | {bad} | {cpu:.2f} |\n")
+    out.write("\n| code | first request to a fresh API | ms |\n|---|---|---|\n")
+    for label, path, ms in firsts:
+        out.write(f"| {label} | `{path}` | {ms:.1f} |\n")
     if query_times:
         out.write("\n| query | cold (first call, fresh connection) ms | warm (median of 5) ms |\n|---|---|---|\n")
     for name, cold_ms, warm_ms in query_times:

@@ -31,6 +31,7 @@ from streams import db
 from streams.api.emblems import emblem_svg
 from streams.api.explain import Explainer
 from streams.api.explain_routes import register_explain_routes
+from streams.api.fast import DATABASE_DOWN, FastPaths
 from streams.api.profile import profile
 from streams.api.views import PeriodName, RankBy, Views
 from streams.db.aggregates import period_bounds, period_start
@@ -67,6 +68,25 @@ def _instant(name: str, value: str | None) -> datetime | None:
         raise _param_error("query", name, "not a time: use ISO 8601, e.g. 2026-06-01T00:00:00Z") from None
 
 
+def leaderboard_times(period: PeriodName, since: str | None, until: str | None,
+                      at: str | None) -> tuple[datetime | None, datetime | None, datetime | None]:
+    """``since``, ``until`` and ``at`` of a leaderboard request as times, checked together with ``period``
+    (``RequestValidationError`` naming the parameter when they do not fit)."""
+    start, end, moment = _instant("since", since), _instant("until", until), _instant("at", at)
+    if start is not None and end is not None and end <= start:
+        raise _param_error("query", "until", "must be later than since")
+    if period != "all" and (start is not None or end is not None):
+        raise _param_error("query", "period", "a period and a since/until window exclude each other")
+    if moment is not None:
+        if period == "all":
+            raise _param_error("query", "at", "picks a past day, week or month: give period too")
+        try:
+            period_bounds(period, period_start(period, moment))
+        except (OverflowError, ValueError):
+            raise _param_error("query", "at", "the period is out of range") from None
+    return start, end, moment
+
+
 class _Metrics:
     """Request counts and latencies per route, on the app's own registry (one app, one registry)."""
 
@@ -77,6 +97,22 @@ class _Metrics:
         self.latency = Histogram("badgestream_api_request_seconds", "time to answer a request", ["route"],
                                  registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5))
+
+    def record(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+
+class ReadAPI(FastAPI):
+    """The FastAPI application with the hot endpoints' fast paths in front (``streams.api.fast``): a request
+    they decline goes through FastAPI as usual. ``fast_paths = None`` sends everything through FastAPI."""
+
+    fast_paths: FastPaths | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_paths is not None and await self.fast_paths.handled(scope, receive, send):
+            return
+        await super().__call__(scope, receive, send)
 
 
 class _MetricsMiddleware:
@@ -102,12 +138,10 @@ class _MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - began)
+            self.metrics.record(getattr(scope.get("route"), "path", "unmatched"), status, time.perf_counter() - began)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> ReadAPI:
     """The application over ``settings.database_url`` (no schema needed at start: missing tables give 503)."""
     settings = settings or Settings()
     engine = db.make_engine(settings.database_url_value, **_engine_options(settings.database_url_value))
@@ -117,7 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     templates.env.globals["emblem"] = emblem_svg
     metrics = _Metrics()
 
-    app = FastAPI(
+    app = ReadAPI(
         title="badgestream read API",
         description="A user's badges, progress and rarity, the badge list, leaderboards and award evidence.",
         version="1",
@@ -125,11 +159,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.views = views
     app.state.engine = engine
 
-    def authorised(request: Request) -> bool:
-        header = request.headers.get("authorization", "")
+    def authorised_by(header: str) -> bool:
         scheme, _, presented = header.partition(" ")
         return token is not None and scheme.lower() == "bearer" and hmac.compare_digest(
             presented.strip().encode(), token.encode())
+
+    def authorised(request: Request) -> bool:
+        return authorised_by(request.headers.get("authorization", ""))
 
     async def require_token(request: Request) -> None:
         # async: FastAPI runs a sync dependency on the thread pool, one more thread hop per request.
@@ -151,7 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def database_down(request: Request, exc: sa.exc.SQLAlchemyError) -> Response:
         # The driver's message can carry the host, user or URL: only the exception class is logged.
         log.error("database unavailable for %s %s: %s", request.method, request.url.path, type(exc).__name__)
-        return _json({"detail": "the award database is unavailable; try again shortly"}, 503)
+        return _json(DATABASE_DOWN, 503)
 
     # --- health and metrics ------------------------------------------------------------------
 
@@ -195,18 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         period: PeriodName = "all",
         at: Instant = None,
     ) -> Response:
-        start, end, moment = _instant("since", since), _instant("until", until), _instant("at", at)
-        if start is not None and end is not None and end <= start:
-            raise _param_error("query", "until", "must be later than since")
-        if period != "all" and (start is not None or end is not None):
-            raise _param_error("query", "period", "a period and a since/until window exclude each other")
-        if moment is not None:
-            if period == "all":
-                raise _param_error("query", "at", "picks a past day, week or month: give period too")
-            try:
-                period_bounds(period, period_start(period, moment))
-            except (OverflowError, ValueError):
-                raise _param_error("query", "at", "the period is out of range") from None
+        start, end, moment = leaderboard_times(period, since, until, at)
         rows = views.leaderboard(by=by, period=period, at=moment, badge_id=badge_id, since=start, until=end,
                                  limit=limit, around=around)
         if rows is None:
@@ -254,6 +279,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         headers={"Cache-Control": "public, max-age=3600"})
 
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.fast_paths = FastPaths(views, token=token, authorised=authorised_by, leaderboard_times=leaderboard_times,
+                               id_length=db.ID_LENGTH, record=metrics.record)
     return app
 
 

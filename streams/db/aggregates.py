@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -35,7 +35,7 @@ from streams.db.tables import (
     user_holdings,
     user_totals,
 )
-from streams.db.upsert import OnConflict, upsert, upsert_returning
+from streams.db.upsert import add_returning, upsert
 
 Period = Literal["day", "week", "month"]
 PERIODS: tuple[Period, ...] = ("day", "week", "month")
@@ -75,9 +75,8 @@ class HeldChange:
 
 def note_users(conn: Connection, user_ids: Iterable[str]) -> int:
     """Make every user in ``user_ids`` known (a row in ``user_totals``); returns how many were new."""
-    rows = [{"user_id": user_id, "awards": 0, "points": 0} for user_id in sorted(set(user_ids))]
-    new = len(upsert_returning(conn, user_totals, rows, lambda insert: insert.on_conflict_do_nothing(),
-                               [user_totals.c.user_id]))
+    rows = [(user_id, 0, 0) for user_id in sorted(set(user_ids))]
+    new = len(add_returning(conn, user_totals, ("user_id", "awards", "points"), ("user_id",), (), rows))
     if new:
         conn.execute(read_counters.update().where(read_counters.c.name == KNOWN_USERS)
                      .values(value=read_counters.c.value + new))
@@ -90,14 +89,15 @@ def apply_changes(conn: Connection, gained: Sequence[HeldChange], lost: Sequence
     The users must be known already (``note_users``). A grant and its revocation in one batch cancel out.
     """
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    periods: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0])
+    periods: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])  # starts as ISO text
     holdings: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
-    starts: dict[date, tuple[tuple[Period, date], ...]] = {}  # a batch's awards fall on few days
+    starts: dict[date, tuple[tuple[Period, str], ...]] = {}  # a batch's awards fall on few days
     for sign, changes in ((1, gained), (-1, lost)):
         for change in changes:
             day = change.awarded_at.astimezone(UTC).date()
             if day not in starts:
-                starts[day] = tuple((period, period_start(period, change.awarded_at)) for period in PERIODS)
+                starts[day] = tuple((period, period_start(period, change.awarded_at).isoformat())
+                                    for period in PERIODS)
             user = change.user_id
             deltas = [totals[user], *(periods[(period, first, user)] for period, first in starts[day]),
                       holdings[(user, change.badge_id, change.tier)]]
@@ -143,58 +143,50 @@ def _add_score_counts(conn: Connection, scores: Scores) -> None:
                                              c.users <= 0), emptied)
 
 
-def _adding(table: sa.Table, keys: Sequence[str]) -> OnConflict:
-    """``ON CONFLICT (keys) DO UPDATE SET awards = awards + incoming, points = points + incoming``."""
-    def on_conflict(insert: Any) -> Any:
-        return insert.on_conflict_do_update(
-            index_elements=[table.c[key] for key in keys],
-            set_={"awards": table.c.awards + insert.excluded.awards, "points": table.c.points + insert.excluded.points})
-    return on_conflict
+_SCORES = ("awards", "points")
 
 
 def _add_totals(conn: Connection, deltas: dict[str, list[int]], scores: Scores) -> None:
-    rows = [{"user_id": user, "awards": d[0], "points": d[1]} for user, d in sorted(deltas.items())]
-    c = user_totals.c
-    for row in upsert_returning(conn, user_totals, rows, _adding(user_totals, ["user_id"]),
-                                [c.user_id, c.awards, c.points]):
-        _moved(scores, "all", "", row.awards, row.points, deltas[row.user_id])
+    rows = [(user, d[0], d[1]) for user, d in sorted(deltas.items())]
+    for user, awards, points in add_returning(conn, user_totals, ("user_id", *_SCORES), ("user_id",), _SCORES, rows):
+        _moved(scores, "all", "", awards, points, deltas[user])
 
 
-def _add_periods(conn: Connection, deltas: dict[tuple[str, date, str], list[int]], scores: Scores) -> None:
-    rows = [{"period": period, "starts": starts, "user_id": user, "awards": d[0], "points": d[1]}
-            for (period, starts, user), d in sorted(deltas.items())]
+def _add_periods(conn: Connection, deltas: dict[tuple[str, str, str], list[int]], scores: Scores) -> None:
+    keys = ("period", "starts", "user_id")
+    rows = [(*key, d[0], d[1]) for key, d in sorted(deltas.items())]
     c = period_scores.c
     emptied = []
-    for r in upsert_returning(conn, period_scores, rows, _adding(period_scores, ["period", "starts", "user_id"]),
-                              [c.period, c.starts, c.user_id, c.awards, c.points]):
-        _moved(scores, r.period, r.starts.isoformat(), r.awards, r.points, deltas[(r.period, r.starts, r.user_id)])
-        if r.awards <= 0:
-            emptied.append({"period": r.period, "starts": r.starts, "user_id": r.user_id})
+    for period, first, user, awards, points in add_returning(conn, period_scores, (*keys, *_SCORES), keys, _SCORES,
+                                                             rows):
+        starts = str(first)  # PostgreSQL returns a date, SQLite the ISO text: the ISO text either way
+        _moved(scores, period, starts, awards, points, deltas[(period, starts, user)])
+        if awards <= 0:
+            emptied.append({"p": period, "s": date.fromisoformat(starts), "u": user})
     if emptied:
         conn.execute(period_scores.delete().where(c.period == sa.bindparam("p"), c.starts == sa.bindparam("s"),
-                                                  c.user_id == sa.bindparam("u")),
-                     [{"p": e["period"], "s": e["starts"], "u": e["user_id"]} for e in emptied])
+                                                  c.user_id == sa.bindparam("u")), emptied)
 
 
 def _add_holdings(conn: Connection, deltas: dict[tuple[str, str, str], list[int]], scores: Scores) -> None:
     """Held awards per (user, badge, tier); a holding that starts or ends moves ``badge_holders`` by one."""
-    rows = [{"user_id": user, "badge_id": badge, "tier": tier, "awards": d[0], "points": d[1]}
-            for (user, badge, tier), d in sorted(deltas.items())]
+    keys = ("user_id", "badge_id", "tier")
+    rows = [(*key, d[0], d[1]) for key, d in sorted(deltas.items())]
     c = user_holdings.c
     holders: dict[tuple[str, str], int] = defaultdict(int)
     emptied = []
-    for row in upsert_returning(conn, user_holdings, rows, _adding(user_holdings, ["user_id", "badge_id", "tier"]),
-                                [c.user_id, c.badge_id, c.tier, c.awards, c.points]):
-        delta = deltas[(row.user_id, row.badge_id, row.tier)]
-        if row.tier == ANY_TIER:
-            _moved(scores, "badge", row.badge_id, row.awards, row.points, delta)
-        before = row.awards - delta[0]
-        if before <= 0 < row.awards:
-            holders[(row.badge_id, row.tier)] += 1
-        elif row.awards <= 0 < before:
-            holders[(row.badge_id, row.tier)] -= 1
-        if row.awards <= 0:
-            emptied.append({"u": row.user_id, "b": row.badge_id, "t": row.tier})
+    for user, badge, tier, awards, points in add_returning(conn, user_holdings, (*keys, *_SCORES), keys, _SCORES,
+                                                           rows):
+        delta = deltas[(user, badge, tier)]
+        if tier == ANY_TIER:
+            _moved(scores, "badge", badge, awards, points, delta)
+        before = awards - delta[0]
+        if before <= 0 < awards:
+            holders[(badge, tier)] += 1
+        elif awards <= 0 < before:
+            holders[(badge, tier)] -= 1
+        if awards <= 0:
+            emptied.append({"u": user, "b": badge, "t": tier})
     if emptied:
         conn.execute(user_holdings.delete().where(c.user_id == sa.bindparam("u"), c.badge_id == sa.bindparam("b"),
                                                   c.tier == sa.bindparam("t")), emptied)

@@ -78,3 +78,53 @@ def upsert_returning(conn: Connection, table: sa.Table, rows: Sequence[Mapping[s
         return list(conn.execute(on_conflict(insert).returning(*returning)).all())
     # SQLite: SQLAlchemy batches the rows into multi-row INSERTs ("insertmanyvalues") to return them.
     return list(conn.execute(on_conflict(dialect_insert(conn, table)).returning(*returning), list(rows)).all())
+
+
+def _sqlite_rows_per_statement(columns: int) -> int:
+    """Rows per multi-row VALUES within SQLite's bound-parameter limit (32766 since 3.32, 999 before)."""
+    import sqlite3
+
+    limit = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+    return max(1, min(1000, limit // columns))
+
+
+def add_returning(conn: Connection, table: sa.Table, columns: Sequence[str], keys: Sequence[str],
+                  added: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``INSERT rows ON CONFLICT (keys) DO UPDATE SET c = c + incoming c`` for each of ``added`` (``DO NOTHING``
+    when there are none) ``RETURNING columns``: the rows as they are after the statement (none for a row skipped).
+
+    ``rows`` are plain tuples in the order of ``columns``, holding only text and integers (dates as ISO text),
+    and are sent to the driver as they are: the aggregates write ~30,000 rows per sink batch, and SQLAlchemy's
+    per-row parameter processing and ``Row`` objects cost more than the database does (bench/sink). PostgreSQL
+    gets one JSON document (as ``_recordset``), SQLite multi-row ``VALUES`` of up to 1000 rows. Returned values
+    are as the driver gives them (PostgreSQL: a ``date`` for a date column).
+    """
+    if not rows:
+        return []
+    quote = conn.dialect.identifier_preparer.quote
+    names = ", ".join(quote(name) for name in columns)
+    name = quote(table.name)
+    if added:
+        update = ", ".join(f"{quote(c)} = {name}.{quote(c)} + excluded.{quote(c)}" for c in added)
+        conflict = f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET {update}"
+    else:
+        conflict = f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO NOTHING"
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    out: list[tuple[Any, ...]] = []
+    try:
+        if conn.dialect.name == "postgresql":
+            types = ", ".join(f"{quote(c)} {table.c[c].type.compile(conn.dialect)}" for c in columns)
+            cursor.execute(f"INSERT INTO {name} ({names}) SELECT {names} FROM json_to_recordset(%s::json) "
+                           f"AS incoming({types}) {conflict} RETURNING {names}",
+                           (orjson.dumps([dict(zip(columns, row, strict=True)) for row in rows]).decode(),))
+            return [tuple(row) for row in cursor.fetchall()]
+        step = _sqlite_rows_per_statement(len(columns))
+        group = f"({', '.join('?' * len(columns))})"
+        for start in range(0, len(rows), step):
+            chunk = rows[start:start + step]
+            cursor.execute(f"INSERT INTO {name} ({names}) VALUES {', '.join([group] * len(chunk))} "
+                           f"{conflict} RETURNING {names}", [value for row in chunk for value in row])
+            out += cursor.fetchall()
+    finally:
+        cursor.close()
+    return out

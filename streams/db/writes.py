@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.engine import Connection, Engine
 
 from schemas.catalog import Badge, Catalog, Level
 from schemas.records import AwardRecord, ProgressRecord, newest_progress
@@ -56,8 +56,9 @@ _HELD_CHANGE = (user_badges.c.user_id, user_badges.c.badge_id, user_badges.c.tie
                 user_badges.c.points)
 
 
-def _held_changes(rows: Iterable[Row[Any]]) -> list[HeldChange]:
-    return [HeldChange(row.user_id, row.badge_id, row.tier, row.awarded_at, row.points) for row in rows]
+def _held_change(record: AwardRecord) -> HeldChange:
+    """What a grant this transaction inserted holds (as ``_award_row`` stores it)."""
+    return HeldChange(record.user_id, record.badge_id, record.tier or NO_TIER, record.awarded_at, record.points)
 
 
 def _revoke_held(conn: Connection, award_ids: Sequence[str], revoked_at: datetime) -> dict[str, HeldChange]:
@@ -97,8 +98,9 @@ def upsert_awards(conn: Connection, awards: Iterable[AwardRecord], *, now: datet
     if grants:
         # Sorted keys give concurrent writers the same lock order, so two sinks cannot deadlock.
         rows = [_award_row(grants[key], None) for key in sorted(grants)]
-        gained = _held_changes(upsert_returning(conn, user_badges, rows, lambda insert: insert.on_conflict_do_nothing(),
-                                                _HELD_CHANGE))
+        # Only the ids come back (no datetime to convert per row): what the rows hold is in the records.
+        gained = [_held_change(grants[row.award_id]) for row in upsert_returning(
+            conn, user_badges, rows, lambda insert: insert.on_conflict_do_nothing(), [user_badges.c.award_id])]
         inserted = len(gained)
     if revocations:
         revoked_at = now or datetime.now(UTC)

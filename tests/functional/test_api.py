@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -267,6 +268,48 @@ class TestReadAPI:
         spec = client.get("/openapi.json").json()
         assert {"/v1/users/{user_id}", "/v1/badges", "/v1/leaderboard", "/v1/awards/{award_id}"} <= set(spec["paths"])
         assert client.get("/docs").status_code == 200
+
+
+FAST = ["/v1/users/u-1", "/v1/users/nobody", "/v1/users/%C3%BC-%C3%B1", "/v1/users/u-1?unused=1", "/v1/badges",
+        "/v1/badges?include_hidden=false", "/v1/leaderboard", "/v1/leaderboard?limit=2", "/v1/leaderboard?by=points",
+        "/v1/leaderboard?around=u-3&limit=2", "/v1/leaderboard?period=week&at=2026-11-24&by=points",
+        "/v1/leaderboard?period=day&at=2026-11-22T01:00:00%2B03:00", "/v1/leaderboard?period=month&at=2026-10-31",
+        "/v1/leaderboard?badge_id=first_quiz&limit=1000"]
+DECLINED = ["/v1/users/" + "x" * 256, "/v1/users/u%00-1", "/v1/badges?include_hidden=true",
+            "/v1/badges?include_hidden=1", "/v1/leaderboard?around=u-4", "/v1/leaderboard?limit=0",
+            "/v1/leaderboard?limit=010", "/v1/leaderboard?limit=1&limit=2", "/v1/leaderboard?by=karma",
+            "/v1/leaderboard?at=2026-01-01", "/v1/leaderboard?period=month&at=9999-12-31",
+            "/v1/leaderboard?since=2026-11-22", "/v1/leaderboard?period=week&at=2026-11-24&badge_id=first_quiz",
+            "/v1/users/u-1/", "/v1/awards/x"]
+
+
+def test_the_fast_paths_answer_exactly_what_fastapi_answers(make_client: ClientFactory) -> None:
+    """``streams.api.fast`` answers the well-formed hot requests itself, with FastAPI's bytes; the rest it passes on."""
+    fast, plain = make_client(), make_client()
+    plain.app.fast_paths = None  # type: ignore[attr-defined]
+    paths = fast.app.fast_paths  # type: ignore[attr-defined]
+    answered: list[str] = []
+    handled = paths.handled
+
+    async def spy(scope: Any, receive: Any, send: Any) -> bool:
+        done: bool = await handled(scope, receive, send)
+        if done:
+            answered.append(f"{scope['path']}?{scope['query_string'].decode()}".rstrip("?"))
+        return done
+
+    paths.handled = spy
+    for path in FAST + DECLINED:
+        mine, theirs = fast.get(path), plain.get(path)
+        assert (mine.status_code, mine.headers.get("content-type"), mine.content) == (
+            theirs.status_code, theirs.headers.get("content-type"), theirs.content), path
+    # FastAPI redirects /v1/users/u-1/ to /v1/users/u-1, which the fast path answers.
+    assert answered == [*(path if "?" in path else unquote(path) for path in FAST), "/v1/users/u-1"]
+    for path in ("/v1/users/u-1", "/v1/badges", "/v1/leaderboard"):
+        with_token = make_client(api_token=SecretStr("s3cret"))
+        assert with_token.get(path).status_code == 401  # declined: FastAPI's answer
+        assert with_token.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    metrics = fast.get("/metrics").text
+    assert 'badgestream_api_requests_total{route="/v1/leaderboard",status="200"}' in metrics
 
 
 def test_a_database_outage_is_503_without_url_or_password(caplog: pytest.LogCaptureFixture) -> None:
