@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         "re-reading (rarity and period ranks are read from the sink's aggregates, never cached)"
     )
     api_workers: int = Field(1, ge=1, description="uvicorn worker processes of the read API")
+    api_statement_timeout_s: float = Field(
+        5.0, ge=0, description="PostgreSQL: the longest a read API query may run (statement_timeout) and wait for "
+        "a new connection; the hot endpoints query on the event loop, so a database that stops answering holds a "
+        "worker at most this long per request (a 503); 0: no bound"
+    )
     worker_url: str | None = Field(
         None, description="base URL of a worker's web server (e.g. http://127.0.0.1:6066): explain and what-if read "
         "the user's live engine state there; unset: they explain from the award database alone"

@@ -144,7 +144,8 @@ class _MetricsMiddleware:
 def create_app(settings: Settings | None = None) -> ReadAPI:
     """The application over ``settings.database_url`` (no schema needed at start: missing tables give 503)."""
     settings = settings or Settings()
-    engine = db.make_engine(settings.database_url_value, **_engine_options(settings.database_url_value))
+    engine = db.make_engine(settings.database_url_value, **_engine_options(settings.database_url_value,
+                                                                           settings.api_statement_timeout_s))
     views = Views(engine, settings.api_cache_ttl_s)
     token = settings.api_token.get_secret_value() if settings.api_token else None
     templates = Jinja2Templates(directory=str(TEMPLATES))  # autoescapes HTML by default
@@ -284,12 +285,16 @@ def create_app(settings: Settings | None = None) -> ReadAPI:
     return app
 
 
-def _engine_options(url: str) -> dict[str, Any]:
+def _engine_options(url: str, statement_timeout_s: float = 0.0) -> dict[str, Any]:
     """Read-only use: autocommit (no BEGIN/ROLLBACK round trips around every request, which bench/api showed
     costing more than the queries) and no pre-ping (another round trip; after a database restart the pool is
     invalidated by the first failed request, which gets a 503). PostgreSQL: a pool as wide as the thread pool
-    that runs the endpoints (40 threads in AnyIO)."""
+    that runs the endpoints (40 threads in AnyIO), and ``statement_timeout_s`` as the bound of a query and of
+    a new connection (the fast paths query on the event loop)."""
     options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"}
     if sa.make_url(url).get_backend_name() == "postgresql":
         options.update(pool_pre_ping=False, pool_size=20, max_overflow=20, pool_timeout=5)
+        if statement_timeout_s > 0:
+            options["connect_args"] = {"connect_timeout": max(1, round(statement_timeout_s)),
+                                       "options": f"-c statement_timeout={int(statement_timeout_s * 1000)}"}
     return options

@@ -310,3 +310,17 @@ class TestDatabaseContract:
         out = capsys.readouterr().out
         assert "is at revision 0004" in out and "badgestream-local" not in out  # the password is masked
         assert cli_main(["user", "u-1", "--database-url", database_url]) == 0
+
+
+def test_the_read_apis_postgresql_queries_are_bounded_by_its_statement_timeout(postgres_url: str) -> None:
+    """The API's hot endpoints query on the event loop: a query that does not finish gives way."""
+    from streams.api.app import _engine_options
+
+    engine = db.make_engine(postgres_url, **_engine_options(postgres_url, statement_timeout_s=0.2))
+    try:
+        with engine.connect() as connection, pytest.raises(sa.exc.OperationalError, match="statement timeout"):
+            connection.execute(sa.text("SELECT pg_sleep(3)"))
+        with engine.connect() as connection:  # and the next request is served
+            assert connection.execute(sa.text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()
