@@ -18,7 +18,7 @@ f. output records (awards + progress + nudges) and changelog bytes per input eve
 
 Usage: python -m bench.worker.run [--fresh-users 10000] [--fresh-events 40000] [--mature-users 100]
        [--mature-events 30000] [--rate 2000] [--seconds 10] [--streams fresh,mature]
-       [--worker-only | --latency-only]
+       [--worker-only | --latency-only | --scale-out [--workers 1,2,3]]
 Everything shares the machine (broker JVM, producers, the worker): the load average is printed.
 """
 
@@ -616,15 +616,28 @@ def main() -> int:
     parser.add_argument("--mature-events", type=int, default=30_000)
     parser.add_argument("--rate", type=float, default=2000.0, help="events/s of the latency phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
-    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--partitions", type=int, default=None, help="of every topic (4; 8 with --scale-out)")
     parser.add_argument("--streams", default="fresh,mature", help="which streams, comma-separated")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--worker-only", action="store_true",
                       help="only the worker's throughput and figure f (no alternatives, latency or restart)")
     only.add_argument("--latency-only", action="store_true",
                       help="only the worker catching up on the stream, then event -> award latency at --rate")
+    only.add_argument("--scale-out", action="store_true",
+                      help="only several workers in one group (--workers), aggregate and per CPU-second")
+    parser.add_argument("--workers", default="1,2,3", help="worker counts of --scale-out, comma-separated")
     args = parser.parse_args()
+    if args.partitions is None:
+        args.partitions = 8 if args.scale_out else 4
     streams = {"fresh": (args.fresh_users, args.fresh_events), "mature": (args.mature_users, args.mature_events)}
+    if args.scale_out:
+        from bench.worker.scale_out import run_scale_out  # it imports this module
+
+        with configured_or_throwaway_broker("bench-worker-kafka-") as bootstrap:
+            lines = run_scale_out(bootstrap, streams, args)
+        print()
+        print("\n".join(lines))
+        return 0
     with configured_or_throwaway_broker("bench-worker-kafka-") as bootstrap:
         if args.latency_only:
             rows = [run_stream(bootstrap, name, *streams[name], args) for name in args.streams.split(",")]
