@@ -46,6 +46,7 @@ class GroupRun:
     each: list[tuple[float, float]] = field(default_factory=list)  # per worker: events handled, CPU seconds
     partitions: list[int] = field(default_factory=list)  # partitions per member once stable
     load: float = float("nan")
+    machine_cpu_seconds: float = float("nan")  # the whole machine's busy CPU over the same time
 
     @property
     def us_per_event(self) -> float:
@@ -54,6 +55,14 @@ class GroupRun:
     @property
     def per_cpu_second(self) -> float:
         return self.handled / self.cpu_seconds
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (Linux /proc/stat): with the
+    workers' own CPU it shows how much of the machine was left to them."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def group_state(admin: AdminClient, group: str, topic: str) -> tuple[ConsumerGroupState | None, list[int]]:
@@ -115,6 +124,7 @@ def run_group(bootstrap: str, label: str, count: int, values: list[bytes], keys:
             time.sleep(0.005)
         began, at_start = time.perf_counter(), handled()
         cpu_start = [w.cpu_seconds() for w in workers]
+        machine_start = machine_busy_seconds()
         last = began
         while sum(now_handled := handled()) < total:
             for worker in workers:
@@ -129,6 +139,7 @@ def run_group(bootstrap: str, label: str, count: int, values: list[bytes], keys:
             time.sleep(POLL_S)
         result.elapsed = time.perf_counter() - began
         cpu_end = [w.cpu_seconds() for w in workers]
+        result.machine_cpu_seconds = machine_busy_seconds() - machine_start
         producing.join()
         result.load = os.getloadavg()[0]
         result.each = [(end - start, cpu_e - cpu_s)
@@ -163,6 +174,8 @@ def table(label: str, users: int, events: int, partitions: int, runs: list[Group
             "; ".join(f"{h / r.elapsed:,.0f} ({c / r.elapsed:.0%})" for h, c in r.each) for r in runs],
         "input partitions per worker": ["+".join(map(str, r.partitions)) for r in runs],
         "seconds, first event to last": [f"{r.elapsed:.1f}" for r in runs],
+        f"machine busy, all processes (cores of {os.cpu_count()})": [
+            f"{r.machine_cpu_seconds / r.elapsed:.2f}" for r in runs],
         "load average at the end": [f"{r.load:.1f}" for r in runs],
     }
     lines = [f"scale-out, {label} stream ({users:,} users, {events:,} events, {partitions} partitions)", "",
