@@ -32,6 +32,11 @@ GOAL_PER_CPU_SECOND = 40_000  # issue 21: 25 us of worker CPU per event
 PROGRESS_EVERY_S = 5.0
 # Each look at a worker's /metrics costs that worker CPU: 10 a second each is enough to time the end.
 POLL_S = 0.1
+STALL_S = 60.0
+
+
+class Stuck(SystemExit):
+    """A worker died or the group stopped handling events: the run ends and keeps its logs."""
 
 
 @dataclass
@@ -102,6 +107,7 @@ def run_group(bootstrap: str, label: str, count: int, values: list[bytes], keys:
         # One group (the app id), a data dir and a web port each: a static member id each, too.
         workers.append(Worker(settings.model_copy(update={"web_port": free_port()}), own))
     result = GroupRun(count)
+    kept = False
     admin = AdminClient({"bootstrap.servers": bootstrap})
     try:
         began_start = time.perf_counter()
@@ -125,12 +131,18 @@ def run_group(bootstrap: str, label: str, count: int, values: list[bytes], keys:
         began, at_start = time.perf_counter(), handled()
         cpu_start = [w.cpu_seconds() for w in workers]
         machine_start = machine_busy_seconds()
-        last = began
+        last = moved = began
+        seen = 0.0
         while sum(now_handled := handled()) < total:
             for worker in workers:
                 if worker.process is not None and worker.process.poll() is not None:
-                    raise SystemExit(f"a worker stopped; see {worker.log_path}")
+                    raise Stuck(f"a worker stopped (exit {worker.process.returncode}); see {worker.log_path}")
             now = time.perf_counter()
+            if sum(now_handled) > seen:
+                seen, moved = sum(now_handled), now
+            elif now - moved > STALL_S:
+                raise Stuck(f"no event handled for {STALL_S:.0f}s at {seen:,.0f} of {total:,}; see the logs "
+                            f"{', '.join(str(w.log_path) for w in workers)}")
             if now - last >= PROGRESS_EVERY_S:
                 last = now
                 done = sum(now_handled) - sum(at_start)
@@ -151,10 +163,14 @@ def run_group(bootstrap: str, label: str, count: int, values: list[bytes], keys:
         print(f"[{label} x{count}] {result.rate:,.0f} events/s, {result.cpu_seconds / result.elapsed:.2f} cores, "
               f"{result.us_per_event:,.0f} us CPU per event = {result.per_cpu_second:,.0f} events per worker "
               f"CPU-second (load {result.load:.1f})", flush=True)
+    except Stuck:
+        kept = True  # the logs say why
+        raise
     finally:
         for worker in workers:
             worker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not kept:
+            shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
