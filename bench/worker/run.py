@@ -36,6 +36,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -348,7 +349,7 @@ class Latency:
 
 
 def latency(bootstrap: str, settings: Settings, events: list[dict[str, Any]], rate: float,
-            processed: Any, label: str = "") -> Latency:
+            processed: Callable[[], float], label: str = "") -> Latency:
     """Send ``events`` at ``rate`` per second and time every award they decide (:class:`Latency`).
 
     ``processed()`` is the worker's (or the group's) count of handled events: the phase waits until
