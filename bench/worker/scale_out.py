@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from confluent_kafka import ConsumerGroupState
+from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.worker.run import Worker, bench_settings, produce
@@ -69,6 +69,16 @@ def machine_busy_seconds() -> float:
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle, iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def lag(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    """Per partition of ``topic``: records past the group's committed offset."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        committed = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return [c.get_watermark_offsets(tp, timeout=10)[1] - max(tp.offset, 0) for tp in committed]
+    finally:
+        c.close()
 
 
 def group_state(admin: AdminClient, group: str, topic: str) -> tuple[ConsumerGroupState | None, list[int]]:
@@ -147,7 +157,10 @@ def run_group(bootstrap: str, label: str, count: int, values: list[bytes], keys:
             if sum(now_handled) > seen:
                 seen, moved = sum(now_handled), now
             elif now - moved > STALL_S:
-                raise Stuck(f"no event handled for {STALL_S:.0f}s at {seen:,.0f} of {total:,}; see the logs "
+                raise Stuck(f"no event handled for {STALL_S:.0f}s at {seen:,.0f} of {total:,} "
+                            f"(per worker, -1: its /metrics did not answer: "
+                            f"{', '.join(f'{w.processed():,.0f}' for w in workers)}; the group's lag per input "
+                            f"partition: {lag(bootstrap, settings.app_id, topic, partitions)}); see the logs "
                             f"{', '.join(str(w.log_path) for w in workers)}")
             if now - last >= PROGRESS_EVERY_S:
                 last = now
