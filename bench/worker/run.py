@@ -9,14 +9,16 @@ c. the seed article's design: per event, for every badge listening to its type, 
    (store the event, count the user's qualifying events, read and upsert progress);
 w. the worker (``badgestream worker`` subprocess): events/s until its ``badgestream_events_total``
    has seen the last event;
-d. latency at a steady rate: from producing an event to receiving the award it decided;
+d. latency at a steady offered rate (``--rate``, ``--seconds``): per award, from the input record's produce
+   time to the award record's timestamp (and to the bench receiving it), with what the worker kept up;
 e. restart: kill -9 the worker, start it again, time until it has processed a new event
    (static group membership, and dynamic as before);
 f. output records (awards + progress + nudges) and changelog bytes per input event, largest stored value;
    and awards + progress per event on the demo stream (``make run``'s), DESIGN.md's measure.
 
 Usage: python -m bench.worker.run [--fresh-users 10000] [--fresh-events 40000] [--mature-users 100]
-       [--mature-events 30000] [--rate 2000] [--seconds 10]
+       [--mature-events 30000] [--rate 2000] [--seconds 10] [--streams fresh,mature]
+       [--worker-only | --latency-only | --scale-out [--workers 1,2,3]]
 Everything shares the machine (broker JVM, producers, the worker): the load average is printed.
 """
 
@@ -34,6 +36,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,9 +311,52 @@ class Worker:
                 self.process.wait()
 
 
-def latency(bootstrap: str, settings: Settings, events: list[dict[str, Any]], rate: float) -> tuple[int, str]:
-    sent_at: dict[str, float] = {}
-    received: list[float] = []
+@dataclass
+class Latency:
+    """Event -> award at a steady offered rate, one sample per award the phase's events decided.
+
+    Measured from the input record's produce time (the bench sets the record's timestamp to the moment
+    it hands the event to its producer) to the award record's timestamp (set by the worker's producer
+    when it produced the award), and to the moment the bench's own consumer received the award."""
+
+    offered: float  # events/s actually sent
+    sent: int
+    to_record_ms: list[float]
+    to_consumer_ms: list[float]
+    worker_rate: float  # events/s the worker(s) handled while the events were being sent
+    behind: float  # events sent but not yet handled when the sending ended
+
+    @staticmethod
+    def pick(ms: list[float], q: float) -> float:
+        return ms[min(len(ms) - 1, int(q * len(ms)))]
+
+    def figure(self, ms: list[float]) -> str:
+        if not ms:
+            return f"no awards at {self.offered:,.0f}/s"
+        return (f"p50 {self.pick(ms, 0.5):,.0f} / p99 {self.pick(ms, 0.99):,.0f} ms at {self.offered:,.0f}/s "
+                f"({len(ms)} awards)")
+
+    def summary(self) -> str:
+        """The table's row: from the input record to the award record."""
+        return self.figure(self.to_record_ms)
+
+    def to_consumer(self) -> str:
+        return self.figure(self.to_consumer_ms)
+
+    def worker(self) -> str:
+        kept_up = "kept up" if self.behind <= max(self.offered * 0.05, 10) else "overloaded"
+        return f"{self.worker_rate:,.0f}/s while sending, {self.behind:,.0f} events behind at its end ({kept_up})"
+
+
+def latency(bootstrap: str, settings: Settings, events: list[dict[str, Any]], rate: float,
+            processed: Callable[[], float], label: str = "") -> Latency:
+    """Send ``events`` at ``rate`` per second and time every award they decide (:class:`Latency`).
+
+    ``processed()`` is the worker's (or the group's) count of handled events: the phase waits until
+    they are all handled, so the awards of a backlog are measured too, not cut off."""
+    sent_at: dict[str, float] = {}  # event_id -> wall-clock produce time (s)
+    to_record: list[float] = []
+    to_consumer: list[float] = []
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:8]}",
                   "auto.offset.reset": "latest", "enable.auto.commit": False})
     c.subscribe([settings.awards_topic])
@@ -322,10 +368,12 @@ def latency(bootstrap: str, settings: Settings, events: list[dict[str, Any]], ra
         while not stop.is_set():
             message = c.poll(0.05)  # poll, not consume(n, timeout): that would add the timeout
             if message is not None and message.error() is None:
-                now = time.perf_counter()
+                now = time.time()
                 event_id = orjson.loads(message.value() or b"{}").get("event_id")
-                if event_id in sent_at:
-                    received.append(now - sent_at.pop(event_id))
+                produced = sent_at.get(event_id)  # an event may decide several awards: one sample each
+                if produced is not None:
+                    to_consumer.append((now - produced) * 1000)
+                    to_record.append(record_time_ms(message.timestamp()) - produced * 1000)
 
     collector = threading.Thread(target=collect)
     collector.start()
@@ -333,32 +381,43 @@ def latency(bootstrap: str, settings: Settings, events: list[dict[str, Any]], ra
                          "enable.idempotence": True})
     # Connected, metadata and producer id in hand before the clock starts: otherwise the first
     # events wait for those, which is the benchmark's start-up, not the worker's latency.
+    before = processed()
     producer.produce(settings.input_topics[0], key=b"latency-warm-up", value=orjson.dumps({
         "event_id": f"warm-{uuid.uuid4().hex[:8]}", "type": "user_logged_in", "user_id": "latency-warm-up",
         "occurred_at": "2026-01-01T00:00:00+00:00"}))
     producer.flush(30)
+    deadline = time.monotonic() + 10
+    while processed() < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    before = processed()
     start = time.perf_counter()
+    last_report = start
     for n, event in enumerate(events):
         due = start + n / rate
         while (now := time.perf_counter()) < due:
             time.sleep(min(due - now, 0.001))
-        sent_at[event["event_id"]] = time.perf_counter()
-        producer.produce(settings.input_topics[0], key=event["user_id"].encode(), value=orjson.dumps(event))
+        if now - last_report >= 5:
+            last_report = now
+            print(f"[{label}] latency phase: {n:,} of {len(events):,} sent, {len(to_record):,} awards received, "
+                  f"worker {n - (processed() - before):,.0f} events behind", flush=True)
+        produced = time.time()
+        sent_at[event["event_id"]] = produced
+        producer.produce(settings.input_topics[0], key=event["user_id"].encode(), value=orjson.dumps(event),
+                         timestamp=int(produced * 1000))
         producer.poll(0)
     producer.flush(30)
-    actual = len(events) / (time.perf_counter() - start)
-    time.sleep(3)
+    sending = time.perf_counter() - start
+    handled = processed() - before
+    # Past the last event's awards, however far behind the worker is (its backlog's awards count too).
+    deadline = time.monotonic() + 300
+    while processed() < before + len(events) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2)
     stop.set()
     collector.join()
     c.close()
-    if not received:
-        return 0, f"no awards at {actual:,.0f}/s"
-    ms = sorted(v * 1000 for v in received)
-
-    def pick(q: float) -> float:
-        return ms[min(len(ms) - 1, int(q * len(ms)))]
-
-    return len(ms), f"p50 {pick(0.5):.0f} / p99 {pick(0.99):.0f} ms at {actual:,.0f}/s ({len(ms)} awards)"
+    return Latency(offered=len(events) / sending, sent=len(events), to_record_ms=sorted(to_record),
+                   to_consumer_ms=sorted(to_consumer), worker_rate=handled / sending, behind=len(events) - handled)
 
 
 def restart_time(worker: Worker, bootstrap: str, n: int) -> float:
@@ -426,6 +485,15 @@ def demo_records(bootstrap: str, args: argparse.Namespace) -> str:
     return figure
 
 
+def latency_events(name: str, users: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The latency phase's events: on the fresh stream users never seen before, on the mature one the
+    stream's own users (their long histories); event ids of their own either way."""
+    fresh = name == "fresh"
+    return [dict(e, user_id=("lat-" + e["user_id"]) if fresh else e["user_id"], event_id="lat-" + e["event_id"])
+            for e in simulate_events(max(users // 4, 100) if fresh else users, int(args.rate * args.seconds),
+                                     seed=11)]
+
+
 def run_stream(bootstrap: str, name: str, users: int, events: int, args: argparse.Namespace) -> Row:
     row = Row(name, events)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-worker-{name}-"))
@@ -440,7 +508,7 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
     print(f"[{name}] {events} events of {users} users produced; load {os.getloadavg()[0]:.1f}", flush=True)
 
     a = b = c = float("nan")
-    if not args.worker_only:
+    if not (args.worker_only or args.latency_only):
         a = bare(bootstrap, topic, events)
         b = plain_loop(bootstrap, topic, events, f"bench-loop-out-{suffix}", args.partitions)
         c = seed_design(bootstrap, topic, min(SEED_EVENTS, events), workdir / "seed.db")
@@ -460,6 +528,25 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
         load = os.getloadavg()[0]
         print(f"[{name}] worker {w:,.0f}/s, {cpu:.0%} of a core, {cpu / w * 1e6:,.0f} us CPU per event "
               f"(load {load:.1f})", flush=True)
+        caught_up = {"worker (catching up on the stream)": f"{w:,.0f}/s",
+                     "worker CPU (share of one core)": f"{cpu:.0%}",
+                     "worker CPU us per event": f"{cpu / w * 1e6:,.0f}"}
+
+        if args.latency_only:
+            lat = latency(bootstrap, settings, latency_events(name, users, args), args.rate, worker.processed, name)
+            commits = histogram(worker.port, "badgestream_commit_seconds")
+            flushes = histogram(worker.port, "badgestream_state_flush_seconds")
+            print(f"[{name}] latency {lat.summary()}; to the bench's consumer {lat.to_consumer()}; "
+                  f"worker {lat.worker()}", flush=True)
+            row.figures = {**caught_up,
+                           f"d. event -> award record at {args.rate:,.0f}/s": lat.summary(),
+                           "d. event -> award received by the bench": lat.to_consumer(),
+                           "d. worker during the latency phase": lat.worker(),
+                           "d. commits (count, mean, p99), whole run": commits,
+                           "d. of which writing pending states (loop blocked)": flushes,
+                           "load average during the worker run": f"{load:.1f}"}
+            return row
+
         # (f) before the latency phase adds its own events
         time.sleep(3)  # let the last commit and changelog writes go out
         outputs = end_offsets(bootstrap, [settings.awards_topic, settings.progress_topic, settings.nudges_topic])
@@ -479,14 +566,11 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
                            "   of which resend ids": f"{id_total / events:,.0f}",
                            "f. largest stored value": f"{largest:,} B"}
             return row
-        lat_users = max(users // 4, 100) if name == "fresh" else users
-        lat_events = [dict(e, user_id=("lat-" + e["user_id"]) if name == "fresh" else e["user_id"],
-                           event_id="lat-" + e["event_id"])
-                      for e in simulate_events(lat_users, int(args.rate * args.seconds), seed=11)]
-        _, lat = latency(bootstrap, settings, lat_events, args.rate)
+        lat = latency(bootstrap, settings, latency_events(name, users, args), args.rate, worker.processed, name)
         commits = histogram(worker.port, "badgestream_commit_seconds")
         flushes = histogram(worker.port, "badgestream_state_flush_seconds")
-        print(f"[{name}] latency {lat}; commits {commits}; state writes before them {flushes}", flush=True)
+        print(f"[{name}] latency {lat.summary()}; worker {lat.worker()}; commits {commits}; "
+              f"state writes before them {flushes}", flush=True)
         static = restart_time(worker, bootstrap, 1)
         worker.stop()
         worker.env["BADGESTREAM_WORKER_INSTANCE_ID"] = ""  # dynamic membership, as before
@@ -510,7 +594,8 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
         "worker CPU us per event": f"{cpu / w * 1e6:,.0f}",
         "worker / b": f"{w / b:.0%}",
         "worker / c": f"{w / c:.1f}x",
-        "d. latency": lat,
+        f"d. latency at {args.rate:,.0f}/s (event -> award record)": lat.summary(),
+        "d. worker during the latency phase": lat.worker(),
         "d. commits (count, mean, p99), whole run": commits,
         "d. of which writing pending states (loop blocked)": flushes,
         "e. restart after kill -9 (static / dynamic membership)": f"{static:.1f} s / {dynamic:.1f} s",
@@ -532,25 +617,49 @@ def main() -> int:
     parser.add_argument("--mature-events", type=int, default=30_000)
     parser.add_argument("--rate", type=float, default=2000.0, help="events/s of the latency phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
-    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--partitions", type=int, default=None, help="of every topic (4; 8 with --scale-out)")
     parser.add_argument("--streams", default="fresh,mature", help="which streams, comma-separated")
-    parser.add_argument("--worker-only", action="store_true",
-                        help="only the worker's throughput and figure f (no alternatives, latency or restart)")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--worker-only", action="store_true",
+                      help="only the worker's throughput and figure f (no alternatives, latency or restart)")
+    only.add_argument("--latency-only", action="store_true",
+                      help="only the worker catching up on the stream, then event -> award latency at --rate")
+    only.add_argument("--scale-out", action="store_true",
+                      help="only several workers in one group (--workers), aggregate and per CPU-second")
+    parser.add_argument("--workers", default="1,2,3", help="worker counts of --scale-out, comma-separated")
     args = parser.parse_args()
+    if args.partitions is None:
+        args.partitions = 8 if args.scale_out else 4
     streams = {"fresh": (args.fresh_users, args.fresh_events), "mature": (args.mature_users, args.mature_events)}
+    if args.scale_out:
+        from bench.worker.scale_out import run_scale_out  # it imports this module
+
+        with configured_or_throwaway_broker("bench-worker-kafka-") as bootstrap:
+            lines = run_scale_out(bootstrap, streams, args)
+        print()
+        print("\n".join(lines))
+        return 0
     with configured_or_throwaway_broker("bench-worker-kafka-") as bootstrap:
+        if args.latency_only:
+            rows = [run_stream(bootstrap, name, *streams[name], args) for name in args.streams.split(",")]
+            print_table(rows, streams)
+            return 0
         demo = demo_records(bootstrap, args)
         rows = [run_stream(bootstrap, name, *streams[name], args) for name in args.streams.split(",")]
-    names = list(rows[0].figures)
     print()
     print(f"demo stream (deploy/demo/events.jsonl, make run): awards + progress per event {demo}")
+    print_table(rows, streams)
+    return 0
+
+
+def print_table(rows: list[Row], streams: dict[str, tuple[int, int]]) -> None:
+    names = list(rows[0].figures)
     print()
     heads = [f"{row.stream} ({streams[row.stream][0]:,} users, {row.events:,} events)" for row in rows]
     print("| figure | " + " | ".join(heads) + " |")
     print("|---" * (len(rows) + 1) + "|")
     for figure in names:
         print(f"| {figure} | " + " | ".join(row.figures[figure] for row in rows) + " |")
-    return 0
 
 
 if __name__ == "__main__":
