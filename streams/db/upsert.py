@@ -125,6 +125,16 @@ def add_returning(conn: Connection, table: sa.Table, columns: Sequence[str], key
             cursor.execute(f"INSERT INTO {name} ({names}) VALUES {', '.join([group] * len(chunk))} "
                            f"{conflict} RETURNING {names}", [value for row in chunk for value in row])
             out += cursor.fetchall()
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # As SQLAlchemy raises it (OperationalError for "database is locked" or a lost server), so
+        # callers tell a transient failure from a fatal one the same way for every statement; a lost
+        # connection is not handed out by the pool again.
+        lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
+        if lost:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(f"INSERT INTO {name} ... {conflict}", None, exc,
+                                         conn.dialect.loaded_dbapi.Error, connection_invalidated=lost,
+                                         dialect=conn.dialect) from exc
     finally:
         cursor.close()
     return out
