@@ -169,7 +169,7 @@ class Engine:
             awards, points = self._grant(badges, before, candidates, event, points, recheck_levels=reconciled)
         progress = self._progress(badges, before, event) if before and with_progress else ()
         nudges = self._nudges(badges, before, event) if before and self._nudging else ()
-        new_state = UserState(event.user_id, state.badges.with_changes(badges), self.fingerprint, points)
+        new_state = UserState(event.user_id, state.badges.with_changes(badges.changes), self.fingerprint, points)
         if source is not None and awards:
             awards = self.with_source(awards, source)
         return Evaluation(state=new_state, awards=awards, progress=progress, nudges=nudges, errors=tuple(errors))
