@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml requirements.lock
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 .PHONY: venv
-venv: $(STAMP) ## create the virtualenv and install badgestream with test and dev extras from requirements.lock
+venv: $(STAMP) ## create the virtualenv, install badgestream (test and dev extras) from requirements.lock, compile the engine
+	@$(BIN)/python -m deploy.compile_engine
 
 .PHONY: lock
 lock: venv ## re-resolve requirements.lock (exact versions, hashes) after changing dependencies in pyproject.toml

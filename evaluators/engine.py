@@ -100,6 +100,13 @@ class Engine:
         self._nudging: dict[str, Nudge] = {
             badge.id: badge.nudge for badge in catalog.badges if badge.nudge is not None and not badge.hidden
         }
+        # Each (badge, tier)'s thresholds, sorted once here rather than per progress record.
+        ladders = catalog.tier_ladders()
+        self._thresholds: dict[tuple[str, str | None], tuple[int, ...]] = {
+            (badge_id, tier): nudge.thresholds(tier)
+            for badge_id, nudge in self._nudging.items()
+            for tier in (None, *[name for name, _ in ladders.get(badge_id, ())])
+        }
         # By increasing ``at`` (the catalog refuses any other order), each with the state that marks it reached.
         self._levels = tuple(
             (rank, level, hashlib.sha256(f"level {level.id} {level.at}".encode()).hexdigest()[:16])
@@ -169,7 +176,7 @@ class Engine:
             awards, points = self._grant(badges, before, candidates, event, points, recheck_levels=reconciled)
         progress = self._progress(badges, before, event) if before and with_progress else ()
         nudges = self._nudges(badges, before, event) if before and self._nudging else ()
-        new_state = UserState(event.user_id, state.badges.with_changes(badges), self.fingerprint, points)
+        new_state = UserState(event.user_id, state.badges.with_changes(badges.changes), self.fingerprint, points)
         if source is not None and awards:
             awards = self.with_source(awards, source)
         return Evaluation(state=new_state, awards=awards, progress=progress, nudges=nudges, errors=tuple(errors))
@@ -371,7 +378,8 @@ class Engine:
                 if left <= 0:
                     continue
                 was = target - old.get(tier, 0.0)
-                for threshold in nudge.thresholds(tier):
+                thresholds = self._thresholds.get((badge_id, tier))
+                for threshold in thresholds if thresholds is not None else nudge.thresholds(tier):
                     if left <= threshold < was:
                         records.append(NudgeRecord(
                             nudge_id=make_nudge_id(event.user_id, badge_id, tier, occurrence, threshold),

@@ -113,33 +113,29 @@ class BadgeState:
 
     __slots__ = ("active", "base", "earned", "fp", "granted", "memory", "n", "reported", "tiers", "total", "values")
 
-    def __init__(self, fp: str) -> None:
+    def __init__(
+        self, fp: str, n: int = 0, total: int | Fraction = 0, values: frozenset[str] = frozenset(),
+        active: Stretches = (), memory: Mapping[str, Any] | None = None, earned: int = 0,
+        reported: tuple[float | None, float | None] = (None, None), granted: int = 0,
+        tiers: tuple[str, ...] = (), base: int = 0,
+    ) -> None:
         self.fp = fp
-        self.n = 0
-        self.total: int | Fraction = 0
-        self.values: frozenset[str] = frozenset()
-        self.active: Stretches = ()
-        self.memory: Mapping[str, Any] | None = None
-        self.earned = 0
-        self.reported: tuple[float | None, float | None] = (None, None)
-        self.granted = 0
-        self.tiers: tuple[str, ...] = ()
-        self.base = 0
+        self.n = n
+        self.total = total
+        self.values = values
+        self.active = active
+        self.memory = memory
+        self.earned = earned
+        self.reported = reported
+        self.granted = granted
+        self.tiers = tiers
+        self.base = base
 
     def copy(self) -> BadgeState:
-        other = BadgeState.__new__(BadgeState)
-        other.fp = self.fp
-        other.n = self.n
-        other.total = self.total
-        other.values = self.values
-        other.active = self.active
-        other.memory = self.memory
-        other.earned = self.earned
-        other.reported = self.reported
-        other.granted = self.granted
-        other.tiers = self.tiers
-        other.base = self.base
-        return other
+        # One call with every field (not ``__new__`` and assignments): as fast in CPython, and
+        # the only way a mypyc-compiled class can be instantiated.
+        return BadgeState(self.fp, self.n, self.total, self.values, self.active, self.memory, self.earned,
+                          self.reported, self.granted, self.tiers, self.base)
 
     def reset(self, fp: str) -> BadgeState:
         """Progress back to zero under definition ``fp``; awards already granted are kept."""
@@ -276,8 +272,7 @@ class BadgeMap(Mapping[str, BadgeState]):
     def with_changes(self, changes: Mapping[str, BadgeState]) -> BadgeMap:
         if not changes:
             return self
-        new = BadgeMap.__new__(BadgeMap)
-        new._raw = self._raw
+        new = BadgeMap(None, self._raw)
         new._decoded = {**self._decoded, **changes}
         return new
 
@@ -288,25 +283,44 @@ class BadgeMap(Mapping[str, BadgeState]):
         return out
 
 
-class BadgeOverlay(dict[str, BadgeState]):
+class BadgeOverlay(Mapping[str, BadgeState]):
     """One event's changed badges over the stored ones (the engine's working map): reads fall
-    through to the stored :class:`BadgeMap`, writes stay here."""
+    through to the stored :class:`BadgeMap`, writes stay in :attr:`changes`.
 
-    __slots__ = ("base",)
+    Not a ``dict`` subclass overriding ``get``: compiled with mypyc, a ``dict`` subclass is read
+    with ``dict``'s own primitives, which would skip the fall-through.
+    """
+
+    __slots__ = ("base", "changes")
 
     def __init__(self, base: BadgeMap) -> None:
-        super().__init__()
         self.base = base
+        self.changes: dict[str, BadgeState] = {}
 
-    def __missing__(self, badge_id: str) -> BadgeState:
-        state: BadgeState | None = self.base.get(badge_id)
+    def get(self, badge_id: str, default: Any = None) -> Any:
+        state = self.changes.get(badge_id)
+        return state if state is not None else self.base.get(badge_id, default)
+
+    def __getitem__(self, badge_id: str) -> BadgeState:
+        state: BadgeState | None = self.get(badge_id)
         if state is None:
             raise KeyError(badge_id)
         return state
 
-    def get(self, badge_id: str, default: Any = None) -> Any:
-        state = dict.get(self, badge_id)
-        return state if state is not None else self.base.get(badge_id, default)
+    def __setitem__(self, badge_id: str, state: BadgeState) -> None:
+        self.changes[badge_id] = state
+
+    def __contains__(self, badge_id: object) -> bool:
+        return badge_id in self.changes or badge_id in self.base
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.changes
+        for badge_id in self.base:
+            if badge_id not in self.changes:
+                yield badge_id
+
+    def __len__(self) -> int:
+        return len(self.changes) + sum(1 for badge_id in self.base if badge_id not in self.changes)
 
 
 class UserState:

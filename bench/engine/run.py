@@ -7,7 +7,10 @@ Three figures, each over the same deterministic stream (default 1M events, 10k u
 3. ``+ parse``             — plus ``parse_event`` and the catalog's per-type data checks.
 
 Events are generated in chunks outside the timed sections. ``--profile`` prints a cProfile top-20
-of the ``evaluate`` pass. Run: ``python -m bench.engine.run [--events N] [--users U]``.
+of the ``evaluate`` pass. Each figure says whether the engine ran compiled (mypyc, ``make venv``)
+or as pure Python (``BADGESTREAM_PURE_PYTHON=1``); ``--compare`` runs the benchmark in child
+processes, compiled and pure in turn (``--rounds`` pairs), and prints the ratio of each pair.
+Run: ``python -m bench.engine.run [--events N] [--users U] [--only PASS] [--compare]``.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ import argparse
 import cProfile
 import gc
 import io
+import os
 import pstats
 import random
+import re
+import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +33,7 @@ from pathlib import Path
 
 import orjson
 
+import evaluators
 from evaluators.engine import Engine
 from evaluators.registry import EvaluatorRegistry
 from evaluators.state import UserState
@@ -78,49 +86,63 @@ def _settle() -> None:
     gc.freeze()
 
 
-def pass_evaluate(engine: Engine, events: int, users: int, profile: cProfile.Profile | None) -> tuple[float, int]:
+Timing = tuple[float, float]  # wall seconds, CPU seconds of this process
+
+
+def _clock() -> Timing:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(began: Timing) -> Timing:
+    wall, cpu = _clock()
+    return wall - began[0], cpu - began[1]
+
+
+def pass_evaluate(engine: Engine, events: int, users: int, profile: cProfile.Profile | None) -> tuple[Timing, int]:
     states: dict[str, UserState] = {}
-    elapsed, awards = 0.0, 0
+    elapsed, cpu, awards = 0.0, 0.0, 0
     evaluate = engine.evaluate
     for chunk in synthetic_stream(events, users):
         envelopes = [parse_event(raw) for raw in chunk]
         _settle()
         if profile is not None:
             profile.enable()
-        began = time.perf_counter()
+        began = _clock()
         for event in envelopes:
             result = evaluate(states.get(event.user_id), event)
             states[event.user_id] = result.state
             awards += len(result.awards)
-        elapsed += time.perf_counter() - began
+        wall, used = _since(began)
+        elapsed, cpu = elapsed + wall, cpu + used
         if profile is not None:
             profile.disable()
-    return elapsed, awards
+    return (elapsed, cpu), awards
 
 
-def pass_bytes(engine: Engine, events: int, users: int) -> tuple[float, int, list[int]]:
+def pass_bytes(engine: Engine, events: int, users: int) -> tuple[Timing, int, list[int]]:
     stored: dict[str, bytes] = {}
-    elapsed, awards = 0.0, 0
+    elapsed, cpu, awards = 0.0, 0.0, 0
     for chunk in synthetic_stream(events, users):
         envelopes = [parse_event(raw) for raw in chunk]
         _settle()
-        began = time.perf_counter()
+        began = _clock()
         for event in envelopes:
             raw_state = stored.get(event.user_id)
             state = UserState.from_bytes(raw_state) if raw_state is not None else None
             result = engine.evaluate(state, event)
             stored[event.user_id] = result.state.to_bytes()
             awards += len(result.awards)
-        elapsed += time.perf_counter() - began
-    return elapsed, awards, [len(b) for b in stored.values()]
+        wall, used = _since(began)
+        elapsed, cpu = elapsed + wall, cpu + used
+    return (elapsed, cpu), awards, [len(b) for b in stored.values()]
 
 
-def pass_parse(engine: Engine, catalog: Catalog, events: int, users: int) -> tuple[float, int]:
+def pass_parse(engine: Engine, catalog: Catalog, events: int, users: int) -> tuple[Timing, int]:
     stored: dict[str, bytes] = {}
-    elapsed, awards = 0.0, 0
+    elapsed, cpu, awards = 0.0, 0.0, 0
     for chunk in synthetic_stream(events, users):
         _settle()
-        began = time.perf_counter()
+        began = _clock()
         for raw in chunk:
             event: EventEnvelope = parse_event(raw)
             catalog.validate_event_data(event)
@@ -129,8 +151,41 @@ def pass_parse(engine: Engine, catalog: Catalog, events: int, users: int) -> tup
             result = engine.evaluate(state, event)
             stored[event.user_id] = result.state.to_bytes()
             awards += len(result.awards)
-        elapsed += time.perf_counter() - began
-    return elapsed, awards
+        wall, used = _since(began)
+        elapsed, cpu = elapsed + wall, cpu + used
+    return (elapsed, cpu), awards
+
+
+def _figure(label: str, events: int, timing: Timing) -> str:
+    seconds, cpu = timing
+    return (f"  {label:<22} {events / seconds:>10,.0f} events/s  {cpu / events * 1e6:6.1f} us CPU/event  "
+            f"({seconds:.1f} s")
+
+
+FIGURE = re.compile(r"^  (\S.*?)\s+([\d,]+) events/s\s+([\d.]+) us CPU/event", re.MULTILINE)
+
+
+def compare(argv: list[str], rounds: int) -> int:
+    """The benchmark in child processes, compiled and pure in turn, ``rounds`` pairs; each pair's ratio."""
+    if not evaluators.COMPILED:
+        print("the engine is not compiled here (`make venv` compiles it): nothing to compare", file=sys.stderr)
+        return 2
+    pure_env = {**os.environ, "BADGESTREAM_PURE_PYTHON": "1"}
+    compiled_env = {key: value for key, value in os.environ.items() if key != "BADGESTREAM_PURE_PYTHON"}
+    ratios: dict[str, list[float]] = {}
+    for round_ in range(1, rounds + 1):
+        rates: dict[str, dict[str, float]] = {}
+        for mode, env in (("compiled", compiled_env), ("pure", pure_env)):
+            out = subprocess.run([sys.executable, "-m", "bench.engine.run", *argv], env=env, check=True,
+                                 capture_output=True, text=True).stdout
+            print(f"round {round_}, {mode}:\n" + "\n".join(out.splitlines()[1:]))
+            rates[mode] = {label: float(rate.replace(",", "")) for label, rate, _ in FIGURE.findall(out)}
+        for label, rate in rates["compiled"].items():
+            ratios.setdefault(label, []).append(rate / rates["pure"][label])
+    for label, values in ratios.items():
+        print(f"compiled / pure, {label}: median {statistics.median(values):.2f}x over {len(values)} pair(s) "
+              f"({', '.join(f'{v:.2f}' for v in values)})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,31 +195,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog", type=Path, default=DEMO_CATALOG)
     parser.add_argument("--profile", action="store_true", help="cProfile top-20 of the evaluate pass")
     parser.add_argument("--only", choices=["evaluate", "bytes", "parse"], default=None)
+    parser.add_argument("--compare", action="store_true", help="compiled vs pure engine, in child processes")
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare: compiled/pure pairs")
     args = parser.parse_args(argv)
+    if args.compare:
+        own = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--compare"]
+        rest = [arg for i, arg in enumerate(own) if arg != "--rounds" and (i == 0 or own[i - 1] != "--rounds")]
+        return compare([arg for arg in rest if not arg.startswith("--rounds=")], args.rounds)
 
     catalog = load_catalog(args.catalog)
     engine = Engine(catalog, EvaluatorRegistry.from_entry_points())
     print(f"engine benchmark: {args.events:,} events, {args.users:,} users, catalog {args.catalog.name} "
-          f"({len(catalog.badges)} badges), Python {sys.version.split()[0]}")
+          f"({len(catalog.badges)} badges), Python {sys.version.split()[0]}, "
+          f"engine {'compiled (mypyc)' if evaluators.COMPILED else 'pure Python'}")
 
     if args.only in (None, "evaluate"):
         profile = cProfile.Profile() if args.profile else None
-        seconds, awards = pass_evaluate(engine, args.events, args.users, profile)
-        print(f"  evaluate               {args.events / seconds:>10,.0f} events/s  "
-              f"({seconds:.1f} s, {awards:,} awards)")
+        timing, awards = pass_evaluate(engine, args.events, args.users, profile)
+        print(f"{_figure('evaluate', args.events, timing)}, {awards:,} awards)")
         if profile is not None:
             out = io.StringIO()
             pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(20)
             print(out.getvalue())
     if args.only in (None, "bytes"):
-        seconds, awards, sizes = pass_bytes(engine, args.events, args.users)
+        timing, awards, sizes = pass_bytes(engine, args.events, args.users)
         sizes.sort()
-        print(f"  + state bytes          {args.events / seconds:>10,.0f} events/s  "
-              f"({seconds:.1f} s, {awards:,} awards; state bytes median {sizes[len(sizes) // 2]:,}, max {sizes[-1]:,})")
+        print(f"{_figure('+ state bytes', args.events, timing)}, {awards:,} awards; "
+              f"state bytes median {sizes[len(sizes) // 2]:,}, max {sizes[-1]:,})")
     if args.only in (None, "parse"):
-        seconds, awards = pass_parse(engine, catalog, args.events, args.users)
-        print(f"  + parse + state bytes  {args.events / seconds:>10,.0f} events/s  "
-              f"({seconds:.1f} s, {awards:,} awards)")
+        timing, awards = pass_parse(engine, catalog, args.events, args.users)
+        print(f"{_figure('+ parse + state bytes', args.events, timing)}, {awards:,} awards)")
     return 0
 
 
