@@ -24,7 +24,6 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from evaluators import rules
 from evaluators.runner import EngineRun, plugin_engine
 from schemas.catalog import load_catalog
 from schemas.errors import InvalidEventError
@@ -97,9 +96,20 @@ class Expected:
     progress_records: int = 0  # records on the progress topic in a clean run, before reduction
 
 
-def _published_progress(events_file: Path, catalog: Path) -> tuple[list[ProgressRecord], int, int]:
-    """Progress records the engine publishes over the file, the valid events and the users."""
-    run = EngineRun(plugin_engine(load_catalog(catalog)))
+def _published_progress(events_file: Path, catalog: Path, *, collapse: bool = True
+                        ) -> tuple[list[ProgressRecord], int, int]:
+    """Progress records the engine publishes over the file, the valid events and the users
+    (``collapse=False``: of every tier that moved, not only the lowest)."""
+    loaded = load_catalog(catalog)
+    engine = plugin_engine(loaded)
+    if not collapse:
+        # Per rule: compiled with mypyc (evaluators/__init__.py), ``collapses_tiers`` is an instance
+        # attribute, which a patched class attribute would not reach.
+        for badge in loaded.badges:
+            rule = engine.rule(badge.id)
+            if rule is not None and rule.collapses_tiers:
+                rule.collapses_tiers = False
+    run = EngineRun(engine)
     published: list[ProgressRecord] = []
     valid = 0
     for raw in events_file.read_bytes().splitlines():
@@ -122,11 +132,7 @@ def expected_offline(events_file: Path, catalog: Path = harness.DEMO_CATALOG) ->
     those rows. ``progress_records`` counts what the engine publishes now."""
     awards = sorted(award_tuple(r) for r in harness.offline_awards(events_file, catalog))
     published, valid, users = _published_progress(events_file, catalog)
-    collapses, rules.TiersBadge.collapses_tiers = rules.TiersBadge.collapses_tiers, False
-    try:
-        every_tier, _, _ = _published_progress(events_file, catalog)
-    finally:
-        rules.TiersBadge.collapses_tiers = collapses
+    every_tier, _, _ = _published_progress(events_file, catalog, collapse=False)
     newest = newest_progress(every_tier, lambda p: (p.user_id, p.badge_id, p.tier or None))
     progress = {k: (float(p.progress), float(p.target), utc(p.updated_at)) for k, p in newest.items()}
     return Expected(awards=awards, progress=progress, valid_events=valid, users=users,

@@ -52,7 +52,7 @@ def worker_output(lines: list[bytes], catalog: Path = harness.DEMO_CATALOG) -> t
         if outcome.seen is not None:
             seen[user] = outcome.seen
         awards += outcome.awards
-        progress += [p.value for p in outcome.progress]
+        progress += [value for _, value in outcome.progress.records()] if outcome.progress else []
     return awards, progress
 
 

@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -143,12 +144,15 @@ def test_a_redelivered_event_republishes_the_latest_progress_lost_in_a_crash() -
     # kill -9: second.progress never reached Kafka, second.new_state did. The event comes again:
     again = processor.process(b"u", quiz(2, 1), "t", 0, 1, second.new_state)
     assert again.status == "duplicate"
+    def published(outcome: Any) -> list[bytes]:
+        return [value for _, value in outcome.progress.records()] if outcome.progress else []
+
     latest = {}
-    for published in first.progress + second.progress:  # what the sink keeps: newest updated_at, ties later
-        record = json.loads(published.value)
+    for value in published(first) + published(second):  # what the sink keeps: newest updated_at, ties later
+        record = json.loads(value)
         key = (record["badge_id"], record["tier"])
         if key not in latest or record["updated_at"] >= latest[key]["updated_at"]:
             latest[key] = record
-    republished = [json.loads(p.value) for p in again.progress]
+    republished = [json.loads(value) for value in published(again)]
     assert sorted(republished, key=lambda r: (r["badge_id"], r["tier"] or "")) == sorted(
         latest.values(), key=lambda r: (r["badge_id"], r["tier"] or ""))
