@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from deploy.kafka.broker import configured_or_throwaway_broker  # noqa: E402
 from streams.kafka import TopicSpec, ensure_topics, produce  # noqa: E402
 from streams.settings import Settings  # noqa: E402
+from streams.worker.faust_store import write_batch  # noqa: E402
 from streams.worker.state_writer import Changes, StateWriter  # noqa: E402
 
 OFFSET_KEY = b"__faust\0offset__"  # Faust's persisted changelog offset (faust/stores/rocksdb.py)
@@ -49,14 +50,7 @@ class Table:
         self.changelog_topic = changelog_topic
 
     def apply(self, partition: int, changes: Changes, offset: int) -> None:
-        batch = rocksdict.WriteBatch(raw_mode=True)
-        for key, value in changes.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        batch.put(OFFSET_KEY, str(offset).encode())
-        self.dbs[partition].write(batch)
+        write_batch(self.dbs[partition], changes, OFFSET_KEY, offset)  # as the worker writes it
 
     def close(self) -> None:
         for db in self.dbs:

@@ -34,15 +34,20 @@ class TableTarget:
                 else:
                     data[key] = value
             return
-        batch = rocksdict.WriteBatch(raw_mode=True)
-        for key, value in changes.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        batch.put(store.offset_key, str(offset).encode())
-        store._db_for_partition(partition).write(batch)
+        write_batch(store._db_for_partition(partition), changes, store.offset_key, offset)
         key_index = store._key_index  # where reads outside an event (the views) look first
         for key, value in changes.items():
             if value is not None:
                 key_index[key] = partition
+
+
+def write_batch(db: rocksdict.Rdict, changes: Changes, offset_key: bytes, offset: int) -> None:
+    """``changes`` and the changelog ``offset`` (under ``offset_key``) in one atomic RocksDB write batch."""
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    for key, value in changes.items():
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
+    batch.put(offset_key, str(offset).encode())
+    db.write(batch)

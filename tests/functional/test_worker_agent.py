@@ -27,29 +27,13 @@ from streams.worker import app as worker_app
 from streams.worker import faust_seam
 from streams.worker.state_cache import ids_key
 from streams.worker.stored import ProgressChange, StoredUser
-from tests.unit.support import catalog
+from tests.unit.support import DeliveredMessage, catalog
 
 CATALOG = catalog("""
     badges:
       - {id: first_quiz, on: [quiz_completed], rule: {count: 1}}
       - {id: three_quizzes, on: [quiz_completed], rule: {count: 3}}
 """)
-
-
-class Delivered:
-    """What librdkafka's delivery callback is told of a record."""
-
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._where = (topic, partition, offset)
-
-    def topic(self) -> str:
-        return self._where[0]
-
-    def partition(self) -> int:
-        return self._where[1]
-
-    def offset(self) -> int:
-        return self._where[2]
 
 
 def commit(app: Any) -> None:
@@ -78,7 +62,7 @@ class RecordingOutput:
         """A table's changelog record: acknowledged at once, at the partition's next offset."""
         self.changelog.append((topic, partition, key, value))
         offset = sum(1 for t, p, _, _ in self.changelog if (t, p) == (topic, partition)) - 1
-        on_delivery(None, Delivered(topic, partition, offset))
+        on_delivery(None, DeliveredMessage(topic, partition, offset))
 
     def send_progress(self, topic: str, key: bytes | None, change: ProgressChange) -> None:
         # no coalescing here: tests/unit/test_output.py has it

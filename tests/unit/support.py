@@ -48,3 +48,19 @@ def awards_of(results: Iterable[Evaluation]) -> list[AwardRecord]:
 
 def award_keys(results: Iterable[Evaluation]) -> set[tuple[str, str | None, int]]:
     return {(a.badge_id, a.tier, a.occurrence) for a in awards_of(results)}
+
+
+class DeliveredMessage:
+    """What librdkafka's delivery callback is told of a record: its topic, partition and offset."""
+
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._where = (topic, partition, offset)
+
+    def topic(self) -> str:
+        return self._where[0]
+
+    def partition(self) -> int:
+        return self._where[1]
+
+    def offset(self) -> int:
+        return self._where[2]

@@ -9,6 +9,7 @@ import pytest
 
 from schemas.errors import DeliveryError
 from streams.worker.state_writer import Changes, StateWriter
+from tests.unit.support import DeliveredMessage
 
 
 class Target:
@@ -30,31 +31,17 @@ class Target:
         self.offsets[partition] = offset
 
 
-class Message:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._where = (topic, partition, offset)
-
-    def topic(self) -> str:
-        return self._where[0]
-
-    def partition(self) -> int:
-        return self._where[1]
-
-    def offset(self) -> int:
-        return self._where[2]
-
-
 class Broker:
     """The producer and the changelog topics: records are acknowledged when :meth:`ack` says so."""
 
     def __init__(self) -> None:
         self.log: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = {}
-        self.unacked: list[tuple[Any, Message]] = []
+        self.unacked: list[tuple[Any, DeliveredMessage]] = []
 
     def send(self, topic: str, partition: int, key: bytes, value: bytes | None, delivered: Any) -> None:
         records = self.log.setdefault((topic, partition), [])
         records.append((key, value))
-        self.unacked.append((delivered, Message(topic, partition, len(records) - 1)))
+        self.unacked.append((delivered, DeliveredMessage(topic, partition, len(records) - 1)))
 
     def ack(self, error: str | None = None) -> None:
         unacked, self.unacked = self.unacked, []
