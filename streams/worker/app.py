@@ -91,8 +91,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     def write_pending() -> None:
         """Before every commit: the pending values staged, and their changelog records sent."""
         began = time.perf_counter()
-        if states.write_all() or writer.staged:
-            writer.send()
+        states.write_all()
+        if writer.send():  # those staged now, and between events (past the limit, or idle)
             metrics.state_flush_seconds.observe(time.perf_counter() - began)
             crash.reach("commit.sent")
         metrics.state_writes.inc(states.writes - written[0])  # with those written past the limit
