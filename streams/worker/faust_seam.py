@@ -22,10 +22,11 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from aiokafka.errors import IllegalStateError
 from faust.streams import _current_event
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
@@ -53,6 +54,9 @@ class SafeConsumer(AIOKafkaConsumer):
         #: Changes at the start and at the end of every seek: a delivery that overlapped a seek
         #: does not move the position (the seek set it).
         self._bs_seek_epoch = 0
+        #: Per assigned changelog partition, the next offset to hand to the tables: where recovery
+        #: sought it, then one past the last record delivered (:meth:`_bs_restore_changelogs`).
+        self._bs_changelog_next: dict[TP, int] = {}
 
     # --- positions ------------------------------------------------------------------------
 
@@ -77,8 +81,33 @@ class SafeConsumer(AIOKafkaConsumer):
             again = policy.resume()
             if again:
                 await self._thread.seek_wait(again)
+            await self._bs_restore_changelogs()
         finally:
             self._bs_seek_epoch += 1
+
+    async def _bs_restore_changelogs(self) -> None:
+        """Seek every changelog partition whose records were handed out but never delivered back to
+        the first of them.
+
+        Faust's ``getmany`` drops a whole fetched batch when the flow is stopped and then calls
+        :meth:`perform_seek`, which seeks only to committed offsets. Changelog partitions have none,
+        so the dropped changelog records were lost to recovery: it waited for them forever ("No
+        event received for active tp ... since recovery start"), and the worker processed nothing
+        more (seen when a worker took over a killed worker's partitions while its flow was being
+        resumed)."""
+        assigned = self.assignment()
+        for tp, wanted in list(self._bs_changelog_next.items()):
+            if tp not in assigned:
+                del self._bs_changelog_next[tp]
+                continue
+            try:
+                position = await self._thread.position(tp)
+            except IllegalStateError:  # revoked meanwhile: the next recovery seeks it
+                continue
+            if position is not None and position > wanted:
+                log.warning("changelog %s[%s]: records %s..%s were fetched but not delivered; reading them again",
+                            tp.topic, tp.partition, wanted, position - 1)
+                await self._thread.seek_wait({tp: wanted})
 
     async def _bs_seek_uncommitted(self) -> dict[TP, int]:
         """Seek the input partitions without a committed offset to where reading starts.
@@ -102,13 +131,24 @@ class SafeConsumer(AIOKafkaConsumer):
         self._bs_seek_epoch += 1
         try:
             await super().seek(partition, offset)
-            if not self._is_changelog_tp(partition):
+            if self._is_changelog_tp(partition):
+                self._bs_changelog_next[partition] = max(offset, 0)
+            else:
                 self._bs_policy.sought(partition, offset)
         finally:
             self._bs_seek_epoch += 1
 
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        # Recovery seeks the changelog partitions it reads with this.
+        await super().seek_wait(partitions)
+        for tp, offset in partitions.items():
+            if self._is_changelog_tp(tp):
+                self._bs_changelog_next[tp] = max(offset, 0)
+
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self._bs_policy.revoked(revoked)
+        for tp in revoked:
+            self._bs_changelog_next.pop(tp, None)
         if self._bs_hooks.on_revoke is not None:
             self._bs_hooks.on_revoke()
         await super().on_partitions_revoked(revoked)
@@ -282,6 +322,7 @@ class SafeConsumer(AIOKafkaConsumer):
         if not await self._bs_delivered(callback, message):
             return False
         self._read_offset[tp] = offset
+        self._bs_changelog_next[tp] = offset + 1
         return True
 
     # --- acknowledgements and commits -------------------------------------------------------

@@ -291,6 +291,73 @@ async def test_the_fetch_loop_goes_on_while_a_commit_flushes() -> None:
     await asyncio.sleep(0)
 
 
+class Positions:
+    """aiokafka's side of the consumer thread: a fetch position per partition."""
+
+    def __init__(self, assigned: set[TP]) -> None:
+        self.assigned = assigned
+        self.position_of: dict[TP, int] = {}
+        self.seeks: list[tuple[TP, int]] = []
+
+    async def position(self, tp: TP) -> int:
+        return self.position_of[tp]
+
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        for tp, offset in partitions.items():
+            self.position_of[tp] = offset
+            self.seeks.append((tp, offset))
+
+    def hand_out(self, tp: TP, count: int) -> list[int]:
+        """``getmany`` returned ``count`` records: the position moves past them."""
+        start = self.position_of[tp]
+        self.position_of[tp] = start + count
+        return list(range(start, start + count))
+
+
+def changelog_reader(assigned: set[TP]) -> tuple[Any, Positions]:
+    consumer = bare(SafeConsumer, None, [])
+    thread = Positions(assigned)
+    consumer._thread = thread
+    consumer.assignment = lambda: set(thread.assigned)
+    consumer._bs_changelog_next = {}
+    consumer._read_offset = defaultdict(lambda: None)
+    consumer._bs_delivered = lambda callback, message: asyncio.sleep(0, result=True)
+    return consumer, thread
+
+
+async def test_changelog_records_dropped_while_the_flow_was_stopped_are_read_again() -> None:
+    # Recovery seeks the partition to 0; Faust's getmany hands out 0..74 but drops them because the
+    # flow is stopped, then calls perform_seek, which knows only committed offsets (a changelog has
+    # none). Recovery would wait for those 75 records forever.
+    consumer, thread = changelog_reader({CHANGELOG})
+    await consumer.seek_wait({CHANGELOG: 0})
+    thread.hand_out(CHANGELOG, 75)
+    await consumer._bs_restore_changelogs()
+    assert thread.seeks == [(CHANGELOG, 0), (CHANGELOG, 0)] and thread.position_of[CHANGELOG] == 0
+
+
+async def test_delivered_changelog_records_are_not_read_again() -> None:
+    consumer, thread = changelog_reader({CHANGELOG})
+    await consumer.seek_wait({CHANGELOG: 10})
+    for offset in thread.hand_out(CHANGELOG, 5):
+        message = SimpleNamespace(offset=offset, topic=CHANGELOG.topic, tp=CHANGELOG)
+        assert await consumer._bs_deliver_changelog(CHANGELOG, message, None, lambda topic: False)
+    thread.hand_out(CHANGELOG, 3)  # 15..17 handed out, not delivered
+    await consumer._bs_restore_changelogs()
+    assert thread.seeks[1:] == [(CHANGELOG, 15)]
+    await consumer._bs_restore_changelogs()  # nothing handed out since: no seek
+    assert thread.seeks[1:] == [(CHANGELOG, 15)]
+
+
+async def test_a_revoked_changelog_partition_is_forgotten() -> None:
+    consumer, thread = changelog_reader({CHANGELOG})
+    await consumer.seek_wait({CHANGELOG: 0})
+    thread.hand_out(CHANGELOG, 4)
+    thread.assigned.clear()
+    await consumer._bs_restore_changelogs()
+    assert thread.seeks == [(CHANGELOG, 0)] and consumer._bs_changelog_next == {}
+
+
 # --- the read policy alone: literal offsets in, decisions out -------------------------------------
 
 def policy_at(expected: int | None) -> ReadPolicy[str]:
@@ -377,6 +444,11 @@ UPSTREAM_SOURCES = {
     "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.seek_wait": "12e8d34e554e9024",
     "faust.tables.recovery.Recovery.on_recovery_completed": "6ef567acf072e46d",  # the recovery race
     "aiokafka.consumer.consumer.AIOKafkaConsumer.seek": "a9430f1f3b9ac419",
+    # changelog records getmany drops while the flow is stopped are sought back to; recovery's
+    # seeks are recorded by the seek_wait override
+    "faust.transport.consumer.Consumer.getmany": "4b168d84882a70d6",
+    "faust.transport.drivers.aiokafka.Consumer.seek_wait": "e9db5bbc4ceb2543",
+    "faust.tables.recovery.Recovery._seek_offsets": "19598ca63d94d250",
     # the pending user states are written before these pick offsets, flush the producer and commit
     "faust.transport.consumer.Consumer._commit_tps": "a20e230b05ae8b15",
     "faust.transport.consumer.Consumer._commit_offsets": "1a69799041188441",
