@@ -284,7 +284,16 @@ def wait_for_rows(url: str, want_awards: int, want_progress: int, timeout: float
             return
         time.sleep(1.0)
     raise AssertionError(f"timed out after {timeout:.0f}s: {award_rows(url)}/{want_awards} awards, "
-                         f"{progress_rows_count(url)}/{want_progress} progress rows in the database")
+                         f"{progress_rows_count(url)}/{want_progress} progress rows in the database"
+                         + "".join(f"\n--- the last lines of {proc.args[0]} other than awards:\n"
+                                   f"{quiet_tail(proc.log())}" for proc in watch))
+
+
+def quiet_tail(log: str, lines: int = 40) -> str:
+    """The last ``lines`` lines of a process log without its per-award and per-progress lines (what a
+    stalled worker said last, for a timeout's message)."""
+    kept = [line for line in log.splitlines() if " award " not in line and " progress " not in line]
+    return "\n".join(line[:300] for line in kept[-lines:])
 
 
 @dataclass
