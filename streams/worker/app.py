@@ -68,7 +68,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     output = OutputProducer(settings)
     # Table values are written at each commit: one changelog record per changed key through the
     # output producer, then one RocksDB write batch per partition (streams/worker/state_writer.py).
-    writer = StateWriter({RESEND_TABLE: TableTarget(ids_table), STATE_TABLE: TableTarget(table)}, output.send_to)
+    targets = {RESEND_TABLE: TableTarget(ids_table), STATE_TABLE: TableTarget(table)}
+    writer = StateWriter(targets, output.send_to)
 
     def write_state(key: bytes, value: bytes, event: Any) -> None:
         writer.stage(STATE_TABLE, event.message.partition, key, value)  # one table partition per input partition
@@ -76,8 +77,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     def write_ids(key: bytes, value: bytes | None, event: Any) -> None:
         writer.stage(RESEND_TABLE, event.message.partition, key, value)
 
-    read_state = writer.reader(STATE_TABLE, table.get)
-    read_ids = writer.reader(RESEND_TABLE, ids_table.get)
+    read_state = writer.reader(STATE_TABLE, targets[STATE_TABLE].read)
+    read_ids = writer.reader(RESEND_TABLE, targets[RESEND_TABLE].read)
 
     def committed(topic: str, partition: int) -> int | None:
         return faust_seam.committed_offset(app, topic, partition)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import rocksdict
+from faust.streams import current_event
 
 from streams.worker.state_writer import Changes
 
@@ -23,6 +24,22 @@ class TableTarget:
     def __init__(self, table: Any) -> None:
         self._table = table
         self.changelog_topic: str = table.changelog_topic.get_topic_name()
+
+    def read(self, key: bytes) -> bytes | None:
+        """The value of ``key``, read as Faust's RocksDB store reads it under the current event (from the
+        event's partition), without the table's mapping layers: a missing key there costs a
+        ``KeyError`` raised and caught through four of them. Outside an event (the views), and on
+        the ``memory://`` store, Faust's own ``get``."""
+        event = current_event()
+        store = self._table.data
+        if event is None or not hasattr(store, "_db_for_partition"):
+            value: bytes | None = self._table.get(key)
+            return value
+        partition = event.message.partition
+        value = store._db_for_partition(partition).get(key)
+        if value is not None:
+            store._key_index[key] = partition
+        return value
 
     def apply(self, partition: int, changes: Changes, offset: int) -> None:
         store = self._table.data  # made by Faust when the app starts

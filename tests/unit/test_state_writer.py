@@ -153,3 +153,50 @@ def test_crash_points_are_named_or_refused() -> None:
         CrashPoints("commit.later:1")
     with pytest.raises(ValueError, match="n >= 1"):
         CrashPoints("commit.sent:0")
+
+
+class _Partitioned:
+    """A RocksDB store as TableTarget uses it: one database per partition, and the key index."""
+
+    offset_key = b"__faust\x00offset__"
+
+    def __init__(self) -> None:
+        self.dbs: dict[int, dict[bytes, bytes]] = {0: {}, 1: {b"u-1": b"state of u-1"}}
+        self._key_index: dict[bytes, int] = {}
+
+    def _db_for_partition(self, partition: int) -> dict[bytes, bytes]:
+        return self.dbs[partition]
+
+
+class _Table:
+    def __init__(self, store: Any) -> None:
+        from types import SimpleNamespace
+
+        self.data = store
+        self.changelog_topic = SimpleNamespace(get_topic_name=lambda: "app-user-state-changelog")
+        self.gets: list[bytes] = []
+
+    def get(self, key: bytes) -> bytes | None:  # Faust's own read, outside an event
+        self.gets.append(key)
+        for db in self.data.dbs.values():
+            if key in db:
+                return db[key]
+        return None
+
+
+def test_a_read_under_an_event_goes_to_its_partitions_database_and_outside_one_to_faust() -> None:
+    from types import SimpleNamespace
+
+    from streams.worker.faust_seam import MessageEvent, current_event
+    from streams.worker.faust_store import TableTarget
+
+    store = _Partitioned()
+    table = _Table(store)
+    target = TableTarget(table)
+    with current_event(MessageEvent(SimpleNamespace(partition=1))):
+        assert target.read(b"u-1") == b"state of u-1" and store._key_index == {b"u-1": 1}
+        assert target.read(b"u-2") is None
+    with current_event(MessageEvent(SimpleNamespace(partition=0))):
+        assert target.read(b"u-1") is None  # another partition's key: not this event's table partition
+    assert table.gets == []
+    assert target.read(b"u-1") == b"state of u-1" and table.gets == [b"u-1"]
