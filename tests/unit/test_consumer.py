@@ -320,6 +320,7 @@ def changelog_reader(assigned: set[TP]) -> tuple[Any, Positions]:
     consumer._thread = thread
     consumer.assignment = lambda: set(thread.assigned)
     consumer._bs_changelog_next = {}
+    consumer._bs_seek_epoch = 0
     consumer._read_offset = defaultdict(lambda: None)
     consumer._bs_delivered = lambda callback, message: asyncio.sleep(0, result=True)
     return consumer, thread
@@ -335,6 +336,23 @@ async def test_changelog_records_dropped_while_the_flow_was_stopped_are_read_aga
     await consumer._bs_restore_changelogs()
     assert thread.seeks == [(CHANGELOG, 0), (CHANGELOG, 0)] and thread.position_of[CHANGELOG] == 0
 
+
+
+async def test_faust_seeking_to_committed_offsets_restores_the_changelog_positions(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The seek Faust's getmany makes after dropping a batch (perform_seek) is where the changelog
+    # positions are put back.
+    async def to_committed(self: Any) -> None:
+        self._read_offset.update({CHANGELOG: None})  # what Faust's perform_seek leaves for a changelog
+
+    monkeypatch.setattr(FaustConsumer, "perform_seek", to_committed)
+    consumer, thread = changelog_reader({CHANGELOG})
+    consumer.app.conf = SimpleNamespace(consumer_auto_offset_reset="earliest")
+    consumer._bs_policy.ready = True
+    await consumer.seek_wait({CHANGELOG: 211})
+    thread.hand_out(CHANGELOG, 40)
+    await consumer.perform_seek()
+    assert thread.seeks[-1] == (CHANGELOG, 211) and thread.position_of[CHANGELOG] == 211
 
 async def test_delivered_changelog_records_are_not_read_again() -> None:
     consumer, thread = changelog_reader({CHANGELOG})
