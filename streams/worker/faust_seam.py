@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiokafka.errors import IllegalStateError
+from faust.exceptions import ProducerSendError
 from faust.streams import _current_event
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
@@ -159,14 +160,26 @@ class SafeConsumer(AIOKafkaConsumer):
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
-        # Synchronous, before Faust picks the offsets and flushes: what it writes (table values,
-        # hence changelog records) is in the producer before the flush that precedes the commit.
-        # If it raises, nothing is committed.
+        # Faust's _commit_tps, with ``before_commit`` between picking the offsets and the producer
+        # flush that precedes the commit. The offsets are picked first, synchronously: they cover
+        # only events evaluated by now, whose values are pending now. ``before_commit`` writes those
+        # (table values, hence changelog records into the producer before its flush), in slices with
+        # the fetch loop running between them; False if a rebalance dropped pending values meanwhile,
+        # and then nothing is committed (those events are read again). If it raises, nothing is.
         began = time.perf_counter()
         hooks = self._bs_hooks
-        if hooks.before_commit is not None:
-            hooks.before_commit()
-        result: bool = await super()._commit_tps(tps, start_new_transaction)
+        commit_offsets = self._filter_committable_offsets(tps)
+        if hooks.before_commit is not None and not await hooks.before_commit():
+            return False
+        result = False
+        if commit_offsets:
+            try:
+                # send all messages attached to the new offset
+                await self._handle_attached(commit_offsets)
+            except ProducerSendError as exc:
+                await self.crash(exc)
+            else:
+                result = await self._commit_offsets(commit_offsets, start_new_transaction=start_new_transaction)
         if hooks.on_commit is not None:
             hooks.on_commit(time.perf_counter() - began)
         return result

@@ -5,7 +5,7 @@ No Faust here: :mod:`streams.worker.faust_seam` installs these into Faust's cons
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +32,11 @@ class ConsumerHooks:
 
     #: Called with (topic, partition) whenever a jump was refused and the partition re-read.
     on_rewind: Callable[[str, int], object] | None = None
-    #: Called before every commit, before the producers are flushed: writes what must be durable
-    #: before an offset is committed (the worker's pending user states: streams/worker/state_cache.py).
-    before_commit: Callable[[], object] | None = None
+    #: Awaited at every commit, once its offsets are picked and before the producers are flushed:
+    #: writes what must be durable before those offsets are committed (the worker's pending user
+    #: states: streams/worker/state_cache.py). Its synchronous start runs right after the offsets
+    #: are picked; it may yield to the event loop after that. False: commit nothing.
+    before_commit: Callable[[], Awaitable[bool]] | None = None
     #: Called when partitions are revoked (a rebalance begins) and when new ones are assigned.
     on_revoke: Callable[[], object] | None = None
     on_assign: Callable[[], object] | None = None

@@ -36,8 +36,12 @@ class WorkerMetrics:
             "badgestream_commit_seconds", "Offset commits: writing pending states, flushing the producers, committing",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=self.registry)
         self.state_flush_seconds = Histogram(
-            "badgestream_state_flush_seconds", "Writing the pending user states before a commit (the event loop "
-            "waits meanwhile)", buckets=(0.0001, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            "badgestream_state_flush_seconds", "Writing the pending user states at a commit, from the first "
+            "slice to the changelog records sent (the fetch loop runs between slices)",
+            buckets=(0.0001, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=self.registry)
+        self.state_write_slice_seconds = Histogram(
+            "badgestream_state_write_slice_seconds", "One slice of a commit's state writes: the time the "
+            "event loop waits for it", buckets=(0.0001, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry)
         self.state_writes = Counter("badgestream_state_writes_total", "User states written to the table",
                                     registry=self.registry)

@@ -5,17 +5,23 @@ RocksDB and the changelog topic, even when the same user's next event came a mil
 :class:`StateCache` keeps each user's newest value decoded, and writes a user's value to the table
 only when
 
-* a commit is about to be made (:meth:`write_all`, called by the consumer before it flushes the
-  producers and commits input offsets: streams/worker/faust_seam.py), or
+* a commit is being made: once the consumer has picked the offsets to commit, the values pending at
+  that moment (:meth:`pending_keys`) are written a slice at a time (:meth:`write_listed`, from
+  streams/worker/app.py), with the fetch loop running between slices, before the producers are
+  flushed and the offsets committed (streams/worker/faust_seam.py), or
 * more than ``limit`` users are waiting, the oldest first (:meth:`put`), so memory and the work left
   for a commit stay bounded, or
-* its value has not changed for a while (:meth:`write_idle`, called between events), so a commit,
-  which holds up reading while it runs, has only the values that changed just before it to write.
+* its value has not changed for a while (:meth:`write_idle`, called between events), so a commit
+  has only the values that changed just before it to write.
 
 What "written" means is :class:`streams.worker.state_writer.StateWriter`'s: staged for the commit,
 whose changelog records are sent before the producer flush and whose RocksDB write batch follows it.
-Why no event is lost: an input offset is committed only after ``write_all`` wrote every pending
-value and the producer flush made the changelog records (and the outputs) durable. A crash loses
+Why no event is lost: the offsets a commit picks cover only events evaluated by then, whose values
+were pending (or already written) at that moment; they are committed only after every one of those
+values was written and the producer flush made the changelog records (and the outputs) durable. A
+value changed again between two slices is written as it is then: ahead of the committed offsets,
+which the stored input marks absorb, as for a value written past the limit. If a rebalance drops
+the pending values between two slices (:attr:`epoch` changes), nothing is committed. A crash loses
 pending values only of events whose offsets were not committed yet; they are read again and
 evaluated against the last value written, as after any crash.
 
@@ -37,7 +43,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +91,9 @@ class StateCache:
         self._seen: dict[bytes, SeenIds] = {}
         self._suspended = False
         self.writes = 0  # table writes made
+        #: Changes whenever the pending values are dropped (:meth:`drop`, in a rebalance): a commit that
+        #: writes in slices sees whether what it set out to write is still there.
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -150,6 +159,23 @@ class StateCache:
             written += 1
         return written
 
+    def pending_keys(self) -> list[bytes]:
+        """The keys of the values pending now, oldest change first."""
+        return list(self._pending)
+
+    def write_listed(self, keys: Iterable[bytes]) -> int:
+        """Write those of ``keys`` whose values are still pending (the others were written since, past
+        the limit or idle); returns how many. Nothing while a rebalance is on."""
+        if self._suspended:
+            return 0
+        written = 0
+        pending = self._pending
+        for key in keys:
+            if key in pending:
+                self._flush_one(key)
+                written += 1
+        return written
+
     def write_idle(self, idle_s: float, most: int) -> int:
         """Write the pending values unchanged for ``idle_s`` seconds, oldest first, at most ``most``;
         returns how many. Between commits, a slice at a time: what a commit writes (while reading
@@ -197,6 +223,7 @@ class StateCache:
     def drop(self) -> int:
         """Forget everything (a rebalance began); returns how many pending values were discarded."""
         discarded = len(self._pending)
+        self.epoch += 1
         self._pending.clear()
         self._clean.clear()
         self._seen.clear()

@@ -7,7 +7,8 @@ of Python per write). Here the values of a commit are written in three steps ins
 
 1. :meth:`StateWriter.stage` (the state cache, for each value it writes) keeps the newest value of
    each key of each table partition. Reads see staged values first (:meth:`StateWriter.reader`).
-2. :meth:`StateWriter.send` (before every commit, after the state cache wrote its pending values)
+2. :meth:`StateWriter.send` (at every commit, after the state cache wrote the values pending when the
+   offsets were picked)
    produces one changelog record per staged key through the librdkafka producer that sends the
    outputs, into the table partition's changelog partition, exactly as Faust would send it.
 3. :meth:`StateWriter.apply` (after the producer flush that precedes every commit, so every record

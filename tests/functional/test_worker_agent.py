@@ -10,16 +10,19 @@ redelivered event's awards again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 from faust.types import TP, Message
 
+from evaluators.state import UserState
 from schemas.records import AwardRecord, DeadLetterRecord
 from streams.kafka import partition_for
 from streams.settings import Settings
@@ -192,3 +195,23 @@ async def test_states_written_at_commit_go_to_each_users_own_partition(app: Any)
                 # with the changelog offset Faust's recovery starts from, in the same write batch
                 sent = [k for t, p, k, _ in changelog if (t, p) == (state_changelog, partition)]
                 assert table.data.persisted_offset(TP(state_changelog, partition)) == len(sent) - 1
+
+
+async def test_a_commit_writes_its_states_in_slices_and_a_rebalance_between_them_stops_it(app: Any) -> None:
+    states, writer = app.badgestream_states, app.badgestream_writer
+    before_commit = faust_seam.hooks_of(app).before_commit
+    event = SimpleNamespace(message=SimpleNamespace(partition=0))
+    users = worker_app.WRITE_SLICE * 2 + 5
+    for n in range(users):
+        states.put(f"u{n}".encode(), StoredUser(UserState.empty(f"u{n}")), event)
+    assert await before_commit() is True  # all of them, slice by slice
+    assert len(states) == 0 and writer.in_flight == 1 and len(RecordingOutput.last.changelog) == users
+
+    for n in range(users):
+        states.put(f"v{n}".encode(), StoredUser(UserState.empty(f"v{n}")), event)
+    commit_task = asyncio.ensure_future(before_commit())
+    await asyncio.sleep(0)  # the first slice is written; the commit lets the loop run
+    assert not commit_task.done() and len(states) == users - worker_app.WRITE_SLICE
+    faust_seam.hooks_of(app).on_revoke()  # a rebalance begins
+    assert await commit_task is False  # commit nothing: the rest was dropped, its events are read again
+    assert len(RecordingOutput.last.changelog) == users  # and nothing of this commit was sent

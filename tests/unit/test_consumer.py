@@ -505,33 +505,66 @@ def test_the_upstream_code_the_safe_consumer_depends_on_is_unchanged() -> None:
     )
 
 
-def committing(before: Any) -> Any:
+def committing(before: Any, offsets: dict[TP, int] | None = None) -> Any:
     """A consumer with only what ``_commit_tps`` needs, recording the steps of a commit."""
     consumer = object.__new__(SafeConsumer)
     consumer.steps = []
     consumer._bs_hooks = ConsumerHooks(before_commit=before)
+    picked = {INPUT: 8} if offsets is None else offsets
+
+    def filter_committable_offsets(tps: Any) -> dict[TP, int]:
+        consumer.steps.append("offsets picked")
+        return picked
+
+    async def handle_attached(offsets: Any) -> None:
+        consumer.steps.append("attached sent")
+
+    async def commit_offsets(offsets: Any, start_new_transaction: bool) -> bool:
+        consumer.steps.append(f"producer flushed, committed {dict(offsets)}")
+        return True
+
+    consumer._filter_committable_offsets = filter_committable_offsets
+    consumer._handle_attached = handle_attached
+    consumer._commit_offsets = commit_offsets
     return consumer
 
 
-async def test_pending_states_are_written_before_offsets_are_picked_and_flushed(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    async def faust_commit_tps(self: Any, tps: Any, start_new_transaction: bool) -> bool:
-        self.steps.append("faust: offsets, producer flush, commit")
+async def test_offsets_are_picked_then_the_states_they_cover_written_then_flushed_and_committed() -> None:
+    async def write() -> bool:
+        consumer.steps.append("pending states written")
+        await asyncio.sleep(0)  # the fetch loop runs between slices
         return True
 
-    monkeypatch.setattr(FaustConsumer, "_commit_tps", faust_commit_tps)
-    consumer = committing(lambda: consumer.steps.append("write pending states"))
+    consumer = committing(write)
     assert await consumer._commit_tps([INPUT], True) is True
-    assert consumer.steps == ["write pending states", "faust: offsets, producer flush, commit"]
+    assert consumer.steps == ["offsets picked", "pending states written", "attached sent",
+                              f"producer flushed, committed {{{INPUT!r}: 8}}"]
 
 
-async def test_a_failed_state_write_commits_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def faust_commit_tps(self: Any, tps: Any, start_new_transaction: bool) -> bool:
-        raise AssertionError("committed although the pending states were not written")
-
-    def fail() -> None:
+async def test_a_failed_state_write_commits_nothing() -> None:
+    async def fail() -> bool:
         raise OSError("disk full")
 
-    monkeypatch.setattr(FaustConsumer, "_commit_tps", faust_commit_tps)
+    consumer = committing(fail)
     with pytest.raises(OSError, match="disk full"):
-        await committing(fail)._commit_tps([INPUT], True)
+        await consumer._commit_tps([INPUT], True)
+    assert consumer.steps == ["offsets picked"]
+
+
+async def test_a_rebalance_during_the_state_writes_commits_nothing() -> None:
+    async def dropped() -> bool:
+        return False
+
+    consumer = committing(dropped)
+    assert await consumer._commit_tps([INPUT], True) is False
+    assert consumer.steps == ["offsets picked"]
+
+
+async def test_states_are_written_even_when_there_is_no_offset_to_commit() -> None:
+    async def write() -> bool:
+        consumer.steps.append("pending states written")
+        return True
+
+    consumer = committing(write, offsets={})
+    assert await consumer._commit_tps([INPUT], True) is False
+    assert consumer.steps == ["offsets picked", "pending states written"]

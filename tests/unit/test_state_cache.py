@@ -115,3 +115,30 @@ def test_values_unchanged_for_a_while_are_written_between_commits_a_slice_at_a_t
     cache.put(b"d", user("d", 5), 5)
     now[0] = 200.0
     assert cache.write_idle(0.25, most=10) == 0  # nothing while a rebalance is on
+
+
+def test_a_commit_writes_the_values_pending_when_its_offsets_were_picked_newest_version_first_come() -> None:
+    table = Table()
+    cache = StateCache(table.write, limit=100)
+    for name in ("a", "b", "c"):
+        cache.put(name.encode(), user(name, 1), 1)
+    keys, epoch = cache.pending_keys(), cache.epoch  # the commit picked its offsets here
+    assert cache.write_listed(keys[:1]) == 1  # a first slice; the fetch loop runs on:
+    cache.put(b"b", user("b", 2), 2)  # changed again: written as it is now, ahead of the offsets (marks)
+    cache.put(b"d", user("d", 2), 2)  # pending only since: not this commit's to write
+    assert cache.write_idle(0.0, most=1) == 1  # c written between commits meanwhile: not again
+    assert cache.write_listed(keys[1:]) == 1 and cache.epoch == epoch
+    assert [key for key, _ in table.writes] == [b"a", b"c", b"b"] and cache.pending_keys() == [b"d"]
+    assert StoredUser.from_bytes(table.values[b"b"]) == user("b", 2)
+
+
+def test_a_rebalance_between_slices_is_seen_and_nothing_more_is_written() -> None:
+    table = Table()
+    cache = StateCache(table.write, limit=100)
+    cache.put(b"a", user("a", 1), 1)
+    cache.put(b"b", user("b", 1), 1)
+    keys, epoch = cache.pending_keys(), cache.epoch
+    cache.write_listed(keys[:1])
+    cache.suspend()  # revoked between two slices: b's value is gone, and its event read again
+    assert cache.epoch != epoch and cache.write_listed(keys[1:]) == 0
+    assert [key for key, _ in table.writes] == [b"a"]
