@@ -38,7 +38,8 @@ class WorkerMetrics:
         self.state_flush_seconds = Histogram(
             "badgestream_state_flush_seconds", "Writing the pending user states at a commit, from the first "
             "slice to the changelog records sent (the fetch loop runs between slices)",
-            buckets=(0.0001, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=self.registry)
+            buckets=(0.0001, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry)
         self.state_write_slice_seconds = Histogram(
             "badgestream_state_write_slice_seconds", "One slice of a commit's state writes: the time the "
             "event loop waits for it", buckets=(0.0001, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
