@@ -7,11 +7,12 @@ Three figures, each over the same deterministic stream (default 1M events, 10k u
 3. ``+ parse``             — plus ``parse_event`` and the catalog's per-type data checks.
 
 Events are generated in chunks outside the timed sections. ``--profile`` prints a cProfile top-20
-of the ``evaluate`` pass; ``--replay-collector`` runs it with the garbage collector set as ``badgestream
-replay`` sets it (:func:`streams.replay.replay.collector_for_growing_state`). Each figure says whether the engine ran compiled (mypyc, ``make venv``)
-or as pure Python (``BADGESTREAM_PURE_PYTHON=1``); ``--compare`` runs the benchmark in child
-processes, compiled and pure in turn (``--rounds`` pairs), and prints the ratio of each pair.
-Run: ``python -m bench.engine.run [--events N] [--users U] [--only PASS] [--compare]``.
+of the ``evaluate`` pass; ``--replay-collector`` runs it with the garbage collector set as
+``badgestream replay`` sets it (:func:`streams.replay.replay.collector_for_growing_state`). Each
+figure says whether the engine ran compiled (mypyc, ``make venv``) or as pure Python
+(``BADGESTREAM_PURE_PYTHON=1``); ``--compare`` runs the benchmark in child processes, compiled and
+pure in turn (``--rounds`` pairs), and prints the ratio of each pair.
+Run: ``python -m bench.engine.run [--events N] [--users U] [--only PASS] [--compare] [--replay-collector]``.
 """
 
 from __future__ import annotations
