@@ -15,7 +15,7 @@ import importlib
 import os
 from pathlib import Path
 
-COMPILED_MODULES = ("state", "facts", "compiled", "expressions", "streaks", "rules", "engine")
+COMPILED_MODULES = ("state", "facts", "compiled", "expressions", "streaks", "rules", "engine", "resends", "runner")
 """The modules compiled with mypyc: what every event runs through (custom evaluators, explanations
 and the registry stay Python)."""
 GROUP = "evaluators._engine"

@@ -381,13 +381,13 @@ class Engine:
                 thresholds = self._thresholds.get((badge_id, tier))
                 for threshold in thresholds if thresholds is not None else nudge.thresholds(tier):
                     if left <= threshold < was:
-                        records.append(NudgeRecord(
-                            nudge_id=make_nudge_id(event.user_id, badge_id, tier, occurrence, threshold),
-                            user_id=event.user_id, badge_id=badge_id, tier=tier, occurrence=occurrence,
-                            threshold=threshold, remaining=left, progress=progress, target=target,
-                            nudged_at=event.occurred_at, event_id=event.event_id,
-                            catalog_version=self.catalog_version,
-                        ))
+                        records.append(trusted_record(NudgeRecord, {
+                            "nudge_id": make_nudge_id(event.user_id, badge_id, tier, occurrence, threshold),
+                            "user_id": event.user_id, "badge_id": badge_id, "tier": tier, "occurrence": occurrence,
+                            "threshold": threshold, "remaining": left, "progress": progress, "target": target,
+                            "nudged_at": event.occurred_at, "event_id": event.event_id,
+                            "catalog_version": self.catalog_version,
+                        }))
         return tuple(records)
 
     # --- reading, for explanations (evaluators.explain) ---------------------------------------------

@@ -56,5 +56,6 @@ class EngineRun:
         evaluation = self.engine.evaluate(state, event, with_progress=self.with_progress, source=source)
         if evaluation.matched:
             self.states[user_id] = evaluation.state
-            self.seen[user_id] = (seen or SeenIds()).with_id(self.window, digest, record_ms)[0]
+            # ``is not None``, not ``or``: the truth of a SeenIds is its length, a sum over its chunks.
+            self.seen[user_id] = (seen if seen is not None else SeenIds()).with_id(self.window, digest, record_ms)[0]
         return evaluation

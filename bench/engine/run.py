@@ -7,10 +7,12 @@ Three figures, each over the same deterministic stream (default 1M events, 10k u
 3. ``+ parse``             — plus ``parse_event`` and the catalog's per-type data checks.
 
 Events are generated in chunks outside the timed sections. ``--profile`` prints a cProfile top-20
-of the ``evaluate`` pass. Each figure says whether the engine ran compiled (mypyc, ``make venv``)
-or as pure Python (``BADGESTREAM_PURE_PYTHON=1``); ``--compare`` runs the benchmark in child
-processes, compiled and pure in turn (``--rounds`` pairs), and prints the ratio of each pair.
-Run: ``python -m bench.engine.run [--events N] [--users U] [--only PASS] [--compare]``.
+of the ``evaluate`` pass; ``--replay-collector`` runs it with the garbage collector set as
+``badgestream replay`` sets it (:func:`streams.replay.replay.collector_for_growing_state`). Each
+figure says whether the engine ran compiled (mypyc, ``make venv``) or as pure Python
+(``BADGESTREAM_PURE_PYTHON=1``); ``--compare`` runs the benchmark in child processes, compiled and
+pure in turn (``--rounds`` pairs), and prints the ratio of each pair.
+Run: ``python -m bench.engine.run [--events N] [--users U] [--only PASS] [--compare] [--replay-collector]``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,6 +42,7 @@ from evaluators.registry import EvaluatorRegistry
 from evaluators.state import UserState
 from schemas.catalog import Catalog, load_catalog
 from schemas.events import EventEnvelope, parse_event
+from streams.replay.replay import collector_for_growing_state
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CATALOG = ROOT / "deploy" / "demo" / "catalog.yaml"
@@ -195,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog", type=Path, default=DEMO_CATALOG)
     parser.add_argument("--profile", action="store_true", help="cProfile top-20 of the evaluate pass")
     parser.add_argument("--only", choices=["evaluate", "bytes", "parse"], default=None)
+    parser.add_argument("--replay-collector", action="store_true",
+                        help="the evaluate pass with the garbage collector set as replay sets it")
     parser.add_argument("--compare", action="store_true", help="compiled vs pure engine, in child processes")
     parser.add_argument("--rounds", type=int, default=2, help="with --compare: compiled/pure pairs")
     args = parser.parse_args(argv)
@@ -211,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.only in (None, "evaluate"):
         profile = cProfile.Profile() if args.profile else None
-        timing, awards = pass_evaluate(engine, args.events, args.users, profile)
-        print(f"{_figure('evaluate', args.events, timing)}, {awards:,} awards)")
+        with collector_for_growing_state() if args.replay_collector else nullcontext():
+            timing, awards = pass_evaluate(engine, args.events, args.users, profile)
+        label = "evaluate, replay's gc" if args.replay_collector else "evaluate"
+        print(f"{_figure(label, args.events, timing)}, {awards:,} awards)")
         if profile is not None:
             out = io.StringIO()
             pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(20)

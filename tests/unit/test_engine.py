@@ -314,3 +314,13 @@ def test_records_built_without_validation_equal_validated_ones() -> None:
     (award,) = result.awards
     assert trusted_record(AwardRecord, {**award.__dict__, "tier": None}) == award
     assert isinstance(trusted_record(ProgressRecord, {**result.progress[0].__dict__}), ProgressRecord)
+
+
+def test_award_and_nudge_ids_keep_their_digests() -> None:
+    """Ids already stored and published must stay recognisable: these are the digests of the first
+    implementation (one ``update`` per length-prefixed part), pinned."""
+    from schemas.records import make_nudge_id
+
+    assert make_award_id("u-42", "quiz_master", "gold", 1) == "bec152c6fb0329aefb5288341e1abe74"
+    assert make_award_id("ü", "b", None, 12) == "d7ff37c55697e66abd3b3a21efe01c9c"
+    assert make_nudge_id("u-42", "quiz_master", "gold", 1, 2) == "ec6515c2f60dc6cd8d20a0326f3abde1"

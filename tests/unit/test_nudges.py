@@ -60,6 +60,11 @@ def test_nudges_fire_once_per_threshold_tier_and_occurrence() -> None:
     assert first.nudge_id != make_award_id("u1", "quiz_master", "bronze", 1)
     assert (first.progress, first.target, first.event_id, first.catalog_version) == (2.0, 3.0, "q1", "test")
     assert first.nudged_at.isoformat() == "2026-03-02T10:00:00+00:00"
+    # Built without validation (``trusted_record``): each equals the record validation makes of it.
+    for nudge in (n for r in results for n in r.nudges):
+        validated = type(nudge).model_validate(nudge.model_dump())
+        assert nudge == validated and nudge.model_dump_json() == validated.model_dump_json()
+        assert nudge.model_fields_set == validated.model_fields_set
 
 
 def test_a_duplicate_event_nudges_nothing_and_a_jump_past_every_threshold_nudges_nothing() -> None:
