@@ -150,14 +150,9 @@ class StateCache:
             self._flush_one(next(iter(self._pending)))
 
     def write_all(self) -> int:
-        """Write every pending value to the table; returns how many. Nothing while a rebalance is on."""
-        if self._suspended:
-            return 0
-        written = 0
-        while self._pending:
-            self._flush_one(next(iter(self._pending)))
-            written += 1
-        return written
+        """Write every pending value to the table at once; returns how many. Nothing while a rebalance
+        is on. (A commit writes in slices instead: :meth:`pending_keys`, :meth:`write_listed`.)"""
+        return self.write_listed(self.pending_keys())
 
     def pending_keys(self) -> list[bytes]:
         """The keys of the values pending now, oldest change first."""
@@ -178,9 +173,9 @@ class StateCache:
 
     def write_idle(self, idle_s: float, most: int) -> int:
         """Write the pending values unchanged for ``idle_s`` seconds, oldest first, at most ``most``;
-        returns how many. Between commits, a slice at a time: what a commit writes (while reading
-        waits) is then only what changed just before it. A value written early and changed again is
-        written again at the commit, as past the limit."""
+        returns how many. Between commits, a slice at a time: what a commit writes is then only what
+        changed just before it. A value written early and changed again is written again at the
+        commit, as past the limit."""
         if self._suspended:
             return 0
         before = self._clock() - idle_s
