@@ -65,8 +65,13 @@ EVENTS_TOTAL = "badgestream_events_total{"
 SEED_EVENTS = 3000  # the seed design is slow: measured on the first events of the stream
 
 
-SLICE_ROW = "d. one slice of those writes (the fetch loop waits for it)"
-"""Before 2026-12-02 a commit wrote its pending states in one go, the loop waiting throughout: "none"."""
+def commit_figures(port: int) -> dict[str, str]:
+    """Rows d. of the worker's commits: all of them, their state writes, and one slice of those writes
+    (before 2026-12-02 a commit wrote its pending states in one go, the loop waiting throughout: "none")."""
+    return {"d. commits (count, mean, p99), whole run": histogram(port, "badgestream_commit_seconds"),
+            "d. of which writing pending states": histogram(port, "badgestream_state_flush_seconds"),
+            "d. one slice of those writes (the fetch loop waits for it)":
+                histogram(port, "badgestream_state_write_slice_seconds")}
 
 
 def histogram(port: int, name: str) -> str:
@@ -538,18 +543,13 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
 
         if args.latency_only:
             lat = latency(bootstrap, settings, latency_events(name, users, args), args.rate, worker.processed, name)
-            commits = histogram(worker.port, "badgestream_commit_seconds")
-            flushes = histogram(worker.port, "badgestream_state_flush_seconds")
-            slices = histogram(worker.port, "badgestream_state_write_slice_seconds")
             print(f"[{name}] latency {lat.summary()}; to the bench's consumer {lat.to_consumer()}; "
                   f"worker {lat.worker()}", flush=True)
             row.figures = {**caught_up,
                            f"d. event -> award record at {args.rate:,.0f}/s": lat.summary(),
                            "d. event -> award received by the bench": lat.to_consumer(),
                            "d. worker during the latency phase": lat.worker(),
-                           "d. commits (count, mean, p99), whole run": commits,
-                           "d. of which writing pending states": flushes,
-                           SLICE_ROW: slices,
+                           **commit_figures(worker.port),
                            "load average during the worker run": f"{load:.1f}"}
             return row
 
@@ -573,11 +573,9 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
                            "f. largest stored value": f"{largest:,} B"}
             return row
         lat = latency(bootstrap, settings, latency_events(name, users, args), args.rate, worker.processed, name)
-        commits = histogram(worker.port, "badgestream_commit_seconds")
-        flushes = histogram(worker.port, "badgestream_state_flush_seconds")
-        slices = histogram(worker.port, "badgestream_state_write_slice_seconds")
-        print(f"[{name}] latency {lat.summary()}; worker {lat.worker()}; commits {commits}; "
-              f"state writes in them {flushes}, in slices of {slices}", flush=True)
+        commits = commit_figures(worker.port)
+        print(f"[{name}] latency {lat.summary()}; worker {lat.worker()}; "
+              + "; ".join(f"{row_name} {figure}" for row_name, figure in commits.items()), flush=True)
         static = restart_time(worker, bootstrap, 1)
         worker.stop()
         worker.env["BADGESTREAM_WORKER_INSTANCE_ID"] = ""  # dynamic membership, as before
@@ -603,9 +601,7 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
         "worker / c": f"{w / c:.1f}x",
         f"d. latency at {args.rate:,.0f}/s (event -> award record)": lat.summary(),
         "d. worker during the latency phase": lat.worker(),
-        "d. commits (count, mean, p99), whole run": commits,
-        "d. of which writing pending states": flushes,
-        SLICE_ROW: slices,
+        **commits,
         "e. restart after kill -9 (static / dynamic membership)": f"{static:.1f} s / {dynamic:.1f} s",
         "   of which starting the process (import, catalog)": f"{started:.1f} s",
         "f. output records per event": f"{outputs / events:.2f}",
