@@ -267,6 +267,27 @@ def test_a_small_value_is_stored_uncompressed_and_reads_back() -> None:
     assert _HEADER.unpack_from(raw)[0] == 7 and StoredUser.from_bytes(raw) == small
 
 
+def test_a_large_value_is_one_zstd_frame_and_a_zlib_one_of_before_still_reads() -> None:
+    import zlib
+
+    from streams.worker.stored import _HEADER, COMPRESSED, COMPRESSED_ZLIB
+
+    user: StoredUser | None = None
+    for offset, event in enumerate(simulate_events(1, 300, seed=3)):
+        outcome = PROCESSOR.evaluate_user(PROCESSOR.decode(orjson.dumps(event)), user, ("in", 0, offset))
+        user = outcome.new_user or user
+    assert user is not None and user.progress
+    raw = user.to_bytes()
+    version, length = _HEADER.unpack_from(raw)
+    assert version == COMPRESSED and raw[_HEADER.size:_HEADER.size + 4] == b"\x28\xb5\x2f\xfd"  # zstd's magic
+    assert StoredUser.from_bytes(raw) == user
+    # The same value as the worker wrote it before zstd: format 8, zlib over state and tail.
+    import zstandard
+    body = zstandard.ZstdDecompressor().decompress(raw[_HEADER.size:])
+    old = _HEADER.pack(COMPRESSED_ZLIB, length) + zlib.compress(body, 6)
+    assert StoredUser.from_bytes(old) == user
+
+
 def test_outbox_records_read_back_byte_for_byte() -> None:
     """Embedded as JSON in the stored value, re-published from it after a crash: the same bytes."""
     user: StoredUser | None = None
