@@ -96,16 +96,33 @@ def bucket_of(key: int) -> int:
 class SeenIds:
     """One user's remembered event ids: chunk key (``bucket * CHUNKS + n``) -> packed :data:`ENTRY` records.
 
-    Immutable: :meth:`with_id` returns a new value sharing the untouched buckets."""
+    Immutable: :meth:`with_id` returns a new value sharing the untouched buckets.
 
-    __slots__ = ("buckets",)
+    Most events are not resends, and scanning every chunk for a digest costs about 8 ns per id held
+    (17 us per event for a user with 2,000 ids in the window). So the digests held are also kept as a
+    set, built on the first :meth:`resent` and handed on by :meth:`with_id` to the value it returns
+    (which then owns it, one digest more; the value it came from builds its own again if it is asked).
+    A digest not in the set was not seen; one in it is looked up in the chunks as before."""
+
+    __slots__ = ("_digests", "buckets")
 
     def __init__(self, buckets: Mapping[int, bytes] | None = None) -> None:
         self.buckets: Mapping[int, bytes] = buckets if buckets is not None else {}
+        self._digests: set[bytes] | None = None  # exactly the digests in ``buckets``, once built
+
+    def _held(self) -> set[bytes]:
+        digests = self._digests
+        if digests is None:
+            size = ENTRY.size
+            digests = self._digests = {packed[at : at + DIGEST_BYTES] for packed in self.buckets.values()
+                                       for at in range(0, len(packed), size)}
+        return digests
 
     def resent(self, window: ResendWindow, digest: bytes, at_ms: int, tag: int | None = None) -> bool:
         """Whether an event with ``digest`` at record time ``at_ms`` is a resend of one remembered:
         the same digest within the window, read at another position (``tag`` None: any position)."""
+        if digest not in self._held():
+            return False
         size = ENTRY.size
         first, last = window.nearby(at_ms)
         first, last = first * CHUNKS, last * CHUNKS + CHUNKS - 1
@@ -145,9 +162,9 @@ class SeenIds:
             packed = buckets[newest]
             if len(packed) < CHUNK_IDS * ENTRY.size or newest == base + CHUNKS - 1:
                 buckets[newest] = packed + entry
-                return SeenIds(buckets), Change((newest,), ())
+                return self._handed_on(SeenIds(buckets), digest), Change((newest,), ())
             buckets[newest + 1] = entry  # the newest chunk is full: start the next one
-            return SeenIds(buckets), Change((newest + 1,), ())
+            return self._handed_on(SeenIds(buckets), digest), Change((newest + 1,), ())
         buckets[base] = entry
         kept = window.kept_from(bucket_of(max(buckets))) * CHUNKS
         dropped = tuple(key for key in buckets if key < kept)
@@ -155,6 +172,15 @@ class SeenIds:
             del buckets[old]
         written = (base,) if base >= kept else ()
         return SeenIds(buckets), Change(written, tuple(key for key in dropped if key in self.buckets))
+
+    def _handed_on(self, successor: SeenIds, digest: bytes) -> SeenIds:
+        """``successor`` (these ids and ``digest``, none dropped) takes over the set of digests."""
+        digests = self._digests
+        if digests is not None:
+            self._digests = None
+            digests.add(digest)
+            successor._digests = digests
+        return successor
 
     def __len__(self) -> int:
         return sum(len(packed) for packed in self.buckets.values()) // ENTRY.size

@@ -67,3 +67,34 @@ def test_offline_a_file_is_one_moment_so_every_resend_in_it_is_absorbed() -> Non
     timed = EngineRun(run.engine)
     timed.evaluate(event("quiz", event_id="q1"), record_ms=0)
     assert not timed.evaluate(event("quiz", event_id="q1"), record_ms=25 * HOUR).duplicate
+
+
+def scanned(seen: SeenIds, digest: bytes, at_ms: int, tag: int) -> bool:
+    """resent by reading every entry, without the set of digests SeenIds keeps."""
+    for packed in seen.buckets.values():
+        for at in range(0, len(packed), 20):
+            if (packed[at:at + 8] == digest and abs(int.from_bytes(packed[at + 8:at + 16], "big", signed=True) - at_ms)
+                    <= WINDOW.window_ms and int.from_bytes(packed[at + 16:at + 20], "big") != tag):
+                return True
+    return False
+
+
+def test_the_set_of_digests_answers_as_the_chunks_do_through_hand_overs_drops_and_branches() -> None:
+    import random
+
+    rnd = random.Random(21)
+    ids = [f"e{n}" for n in range(300)]  # few enough that ids come again, inside and outside the window
+    seen = SeenIds()
+    older: list[SeenIds] = []  # values handed on from: asked again later, they answer for themselves
+    for step in range(3000):
+        at = step * HOUR // 20 + rnd.randrange(-30 * HOUR, 30 * HOUR)  # drifting, so buckets are dropped
+        digest, tag = event_digest(rnd.choice(ids)), rnd.randrange(4)
+        for value in [seen, *rnd.sample(older, min(2, len(older)))]:
+            assert value.resent(WINDOW, digest, at, tag) == scanned(value, digest, at, tag), step
+        if rnd.random() < 0.05:
+            older.append(seen)
+        if older and rnd.random() < 0.02:  # a branch: another id added to an older value
+            branch = rnd.choice(older).with_id(WINDOW, digest, at, tag)[0]
+            assert branch.resent(WINDOW, digest, at, tag + 1) and scanned(branch, digest, at, tag + 1)
+        seen = seen.with_id(WINDOW, digest, at, tag)[0]
+    assert any(change for change in [seen.with_id(WINDOW, b"x" * 8, 10**9 * HOUR, 0)[1].dropped])
