@@ -17,6 +17,7 @@ class WorkerMetrics:
     def __init__(self, known_types: set[str]) -> None:
         self.known_types = set(known_types)
         self._event_children: dict[tuple[str, str], Any] = {}
+        self._award_children: dict[str, Any] = {}
         self.registry = CollectorRegistry()
         self.events = Counter("badgestream_events_total", "Input events by type and outcome",
                               ["type", "outcome"], registry=self.registry)
@@ -63,7 +64,11 @@ class WorkerMetrics:
         self.latency.observe(seconds)
 
     def award(self, badge_id: str) -> None:
-        self.awards.labels(badge_id).inc()
+        # Badge ids come from the catalog, so the cache of children stays as small as it is.
+        child = self._award_children.get(badge_id)
+        if child is None:
+            child = self._award_children[badge_id] = self.awards.labels(badge_id)
+        child.inc()
 
     def dead_letter(self, reason: str) -> None:
         self.dead_letters.labels(reason).inc()

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,10 +84,11 @@ class StateCache:
         self._prune = prune  # applied to a value when it is written (drops what is committed)
         self.limit = limit
         #: key -> the newest value, the event that made it and its unwritten resend buckets;
-        #: insertion order is oldest first
-        self._pending: dict[bytes, _Pending] = {}
+        #: insertion order is oldest first. (OrderedDicts: both are queues, and a plain dict finds
+        #: its first key by stepping over every slot deleted before it, ~1 us at 2,000 entries.)
+        self._pending: OrderedDict[bytes, _Pending] = OrderedDict()
         #: values already written, kept decoded for the next event of the same user
-        self._clean: dict[bytes, StoredUser] = {}
+        self._clean: OrderedDict[bytes, StoredUser] = OrderedDict()
         #: remembered ids of the users pending or clean
         self._seen: dict[bytes, SeenIds] = {}
         self._suspended = False
@@ -210,8 +212,7 @@ class StateCache:
         clean = self._clean
         clean[key] = user
         if len(clean) > self.limit:
-            oldest = next(iter(clean))
-            del clean[oldest]
+            oldest, _ = clean.popitem(last=False)
             if oldest not in self._pending:
                 self._seen.pop(oldest, None)
 
