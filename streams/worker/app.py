@@ -49,6 +49,26 @@ RESEND_TABLE = "event-ids"
 """The second table: each user's remembered event ids, in buckets of record time (evaluators/resends.py)."""
 WRITE_SLICE = 64
 """Pending values a commit writes before it lets the fetch loop run again (about 3-6 ms of work)."""
+WORKER_GC_THRESHOLDS = (50_000, 20, 100)
+"""The garbage collector's thresholds while the worker runs (Python's default: 700, 10, 10).
+
+The state cache keeps a few thousand users' values as objects for a second or so, each event
+replaces one, and evaluating makes no reference cycles; yet every value outliving a young
+collection was traversed again by the older ones. With the default thresholds that was 18% of the
+worker's CPU on bench/worker's new-user stream, with full collections of 80-140 ms every second or
+two (their pauses showed in the mature stream's p99). With these, the young generation is
+collected every 50,000 net allocations (a few hundred events of new users), the middle one every
+20 of those, and a full collection waits for 100 middle ones (minutes at full speed): cyclic
+garbage (asyncio's, an exception's traceback) still goes, later. bench/worker/README.md has the
+figures."""
+
+
+def tune_collector() -> None:
+    """Freeze what exists now (it lives as long as the worker: out of the collector's sight, its full
+    passes only walk what events create) and set :data:`WORKER_GC_THRESHOLDS`."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*WORKER_GC_THRESHOLDS)
 
 
 def create_app(settings: Settings, catalog: Catalog | None = None, *,
@@ -164,10 +184,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     @app.task
     async def chain_output_flush() -> None:
         chain_output()
-        # What exists once the app is up lives as long as the worker: out of the collector's sight,
-        # its full passes only walk what events create.
-        gc.collect()
-        gc.freeze()
+        tune_collector()
 
     @app.agent(evaluated, name="evaluate")
     async def evaluate(stream: faust.StreamT[bytes]) -> None:
