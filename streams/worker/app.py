@@ -35,7 +35,7 @@ from streams.worker.faust_store import TableTarget
 from streams.worker.handler import InputHandler, Topics
 from streams.worker.hooks import ConsumerHooks, DirectDelivery
 from streams.worker.logs import RepeatFilter
-from streams.worker.metrics import WorkerMetrics
+from streams.worker.metrics import CollectorPauses, WorkerMetrics
 from streams.worker.output import OutputProducer
 from streams.worker.processor import EventProcessor
 from streams.worker.state_cache import StateCache
@@ -63,12 +63,15 @@ garbage (asyncio's, an exception's traceback) still goes, later. bench/worker/RE
 figures."""
 
 
-def tune_collector() -> None:
+def tune_collector(pauses: CollectorPauses | None = None) -> None:
     """Freeze what exists now (it lives as long as the worker: out of the collector's sight, its full
-    passes only walk what events create) and set :data:`WORKER_GC_THRESHOLDS`."""
+    passes only walk what events create), set :data:`WORKER_GC_THRESHOLDS`, and time every pass
+    from now on with ``pauses`` (in place of the timer an earlier app of this process installed)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*WORKER_GC_THRESHOLDS)
+    if pauses is not None:
+        gc.callbacks[:] = [c for c in gc.callbacks if not isinstance(c, CollectorPauses)] + [pauses]
 
 
 def create_app(settings: Settings, catalog: Catalog | None = None, *,
@@ -184,7 +187,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None, *,
     @app.task
     async def chain_output_flush() -> None:
         chain_output()
-        tune_collector()
+        tune_collector(metrics.gc_pauses)
 
     @app.agent(evaluated, name="evaluate")
     async def evaluate(stream: faust.StreamT[bytes]) -> None:
