@@ -53,11 +53,12 @@ WORKER_GC_THRESHOLDS = (50_000, 20, 100)
 """The garbage collector's thresholds while the worker runs (Python's default: 700, 10, 10).
 
 The state cache keeps a few thousand users' values as objects for a second or so, each event
-replaces one, and evaluating makes no reference cycles; yet every value outliving a young
-collection was traversed again by the older ones. With the default thresholds that was 18% of the
+replaces one, and evaluating makes no reference cycles. The values that die count against the young
+generation's allocations, so it holds most of the cache by the time it is collected, and the older
+generations walk it again. With the default thresholds that was 18% of the
 worker's CPU on bench/worker's new-user stream, with full collections of 80-140 ms every second or
 two (their pauses showed in the mature stream's p99). With these, the young generation is
-collected every 50,000 net allocations (a few hundred events of new users), the middle one every
+collected every 50,000 net allocations (9-15 times over a 40,000-event new-user run), the middle one every
 20 of those, and a full collection waits for 100 middle ones (minutes at full speed): cyclic
 garbage (asyncio's, an exception's traceback) still goes, later. bench/worker/README.md has the
 figures."""
