@@ -51,7 +51,10 @@ from schemas.records import (
     trusted_record,
 )
 
-__all__ = ["BadgeFailure", "Engine", "Evaluation"]
+__all__ = ["BadgeFailure", "Engine", "Evaluation", "ProgressEntry"]
+
+ProgressEntry = tuple[str, "str | None", float, float]
+"""(badge_id, tier, progress, target) of one progress record, without its user and time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,10 @@ class Evaluation:
     state: UserState
     awards: tuple[AwardRecord, ...] = ()
     progress: tuple[ProgressRecord, ...] = ()
+    # With ``progress_entries=True``: the same progress as (badge_id, tier, progress, target), their
+    # time being the event's ``occurred_at``, and ``progress`` empty (the worker keeps these in its
+    # latest-progress map and builds a record's bytes only when it sends one).
+    progress_entries: tuple[ProgressEntry, ...] = ()
     nudges: tuple[NudgeRecord, ...] = ()
     errors: tuple[BadgeFailure, ...] = ()
     duplicate: bool = False  # set by callers that recognised a duplicate (the engine never sees one)
@@ -116,12 +123,13 @@ class Engine:
     # --- the one entry point ---------------------------------------------------------------------
 
     def evaluate(self, state: UserState | None, event: EventEnvelope, *, with_progress: bool = True,
-                 source: EventSource | None = None) -> Evaluation:
+                 source: EventSource | None = None, progress_entries: bool = False) -> Evaluation:
         """Evaluate one event for its user; never raises for a valid envelope (failures go to ``errors``).
 
         ``with_progress=False`` skips building progress records (replay only needs awards and state);
-        state and awards are the same either way. ``source``: where the event was read, the evidence
-        every award of this event carries.
+        state and awards are the same either way. ``progress_entries=True`` gives the progress as
+        ``Evaluation.progress_entries`` instead of records. ``source``: where the event was read, the
+        evidence every award of this event carries.
         """
         if state is None:
             state = UserState.empty(event.user_id)
@@ -174,12 +182,19 @@ class Engine:
         points = state.points
         if candidates or (reconciled and self._levels):
             awards, points = self._grant(badges, before, candidates, event, points, recheck_levels=reconciled)
-        progress = self._progress(badges, before, event) if before and with_progress else ()
+        progress: tuple[ProgressRecord, ...] = ()
+        entries: tuple[ProgressEntry, ...] = ()
+        if before and with_progress:
+            if progress_entries:
+                entries = tuple(self._progress_changed(badges, before))
+            else:
+                progress = self._progress(badges, before, event)
         nudges = self._nudges(badges, before, event) if before and self._nudging else ()
         new_state = UserState(event.user_id, state.badges.with_changes(badges.changes), self.fingerprint, points)
         if source is not None and awards:
             awards = self.with_source(awards, source)
-        return Evaluation(state=new_state, awards=awards, progress=progress, nudges=nudges, errors=tuple(errors))
+        return Evaluation(state=new_state, awards=awards, progress=progress, nudges=nudges, errors=tuple(errors),
+                          progress_entries=entries)
 
     @staticmethod
     def with_source(awards: tuple[AwardRecord, ...], source: EventSource) -> tuple[AwardRecord, ...]:
@@ -326,7 +341,18 @@ class Engine:
         self, badges: BadgeOverlay, before: dict[str, BadgeState | None], event: EventEnvelope
     ) -> tuple[ProgressRecord, ...]:
         """One record per (badge, tier) whose progress differs from before this event, in evaluation order."""
-        records: list[ProgressRecord] = []
+        return tuple(trusted_record(ProgressRecord, {
+            "user_id": event.user_id,
+            "badge_id": badge_id,
+            "tier": tier,
+            "progress": progress,
+            "target": target,
+            "updated_at": event.occurred_at,
+        }) for badge_id, tier, progress, target in self._progress_changed(badges, before))
+
+    def _progress_changed(self, badges: BadgeOverlay, before: dict[str, BadgeState | None]) -> list[ProgressEntry]:
+        """Each (badge, tier) whose progress differs from before this event, in evaluation order."""
+        entries: list[ProgressEntry] = []
         rules = self._rules
         for badge_id, previous in before.items():
             rule = rules[badge_id]
@@ -343,15 +369,8 @@ class Engine:
                 # The lowest tier that moved (tiers are by target): the higher ones moved with it.
                 changed = changed[:1]
             for tier, progress, target in changed:
-                records.append(trusted_record(ProgressRecord, {
-                    "user_id": event.user_id,
-                    "badge_id": badge_id,
-                    "tier": tier,
-                    "progress": progress,
-                    "target": target,
-                    "updated_at": event.occurred_at,
-                }))
-        return tuple(records)
+                entries.append((badge_id, tier, progress, target))
+        return entries
 
     def _nudges(
         self, badges: BadgeOverlay, before: dict[str, BadgeState | None], event: EventEnvelope

@@ -138,7 +138,7 @@ class EventProcessor:
             if entry is not None:
                 outcome.awards, outcome.nudges = list(entry.awards), list(entry.nudges)
             return outcome
-        evaluation = self.engine.evaluate(previous.state, event)
+        evaluation = self.engine.evaluate(previous.state, event, progress_entries=True)
         if not evaluation.matched:
             # No badge listens to this type: counted by the caller, no state write needed.
             return Outcome(status="unmatched", evaluation=evaluation)
@@ -150,7 +150,7 @@ class EventProcessor:
         outcome.nudges = [n.model_dump_json().encode() for n in evaluation.nudges]
         outcome.seen, outcome.ids_change = seen.with_id(self.window, digest, record_ms, tag or 0)
         kept = previous.pruned(committed) if committed is not None else previous
-        latest, changed = kept.with_progress(evaluation.progress, position)
+        latest, changed = kept.with_progress(evaluation.progress_entries, event.occurred_at, position)
         if changed:  # their records are built when sent, from the map: most are coalesced away before
             outcome.progress = ProgressChange(event.user_id, latest, changed)
         outcome.new_user = StoredUser(

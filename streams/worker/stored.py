@@ -37,9 +37,10 @@ from typing import Any, NamedTuple
 import orjson
 import zstandard
 
+from evaluators.engine import ProgressEntry
 from evaluators.resends import CHUNKS, bucket_of, position_tag
 from evaluators.state import UserState
-from schemas.records import EventSource, ProgressRecord, supersedes
+from schemas.records import EventSource, supersedes
 
 STORED_FORMAT = 7
 COMPRESSED_ZLIB = 8  # a format-7 value whose state and tail are zlib-compressed (written before format 9)
@@ -194,19 +195,20 @@ class StoredUser:
             return None
         return ProgressChange(self.state.user_id, self.progress, tuple(self.progress))
 
-    def with_progress(self, records: Sequence[ProgressRecord], position: Position | None = None
+    def with_progress(self, entries: Sequence[ProgressEntry], updated_at: datetime, position: Position | None = None
                       ) -> tuple[dict[ProgressKey, list[Any]], tuple[ProgressKey, ...]]:
-        """The latest-progress map after ``records``, by the sink's rule (newest updated_at, ties: later),
+        """The latest-progress map after one event's progress ``entries`` (the engine's
+        ``progress_entries``) at ``updated_at``, by the sink's rule (newest updated_at, ties: later),
         and the keys whose record changed (those to publish: the sink would ignore the others)."""
-        if not records:
+        if not entries:
             return self.progress, ()
         latest = dict(self.progress)
-        changed = []  # the engine makes one record per (badge, tier) and event
-        for record in records:
-            key = (record.badge_id, record.tier)
+        changed = []  # the engine makes one entry per (badge, tier) and event
+        for badge_id, tier, progress, target in entries:
+            key = (badge_id, tier)
             current = latest.get(key)
-            if current is None or supersedes(record.updated_at, current[2]):
-                latest[key] = [record.progress, record.target, record.updated_at, position]
+            if current is None or supersedes(updated_at, current[2]):
+                latest[key] = [progress, target, updated_at, position]
                 changed.append(key)
         return latest, tuple(changed)
 

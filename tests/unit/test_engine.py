@@ -292,8 +292,14 @@ def test_without_progress_records_state_and_awards_are_the_same() -> None:
         full = demo.evaluate(with_progress.get(envelope.user_id), envelope)
         lean = demo.evaluate(without.get(envelope.user_id), envelope, with_progress=False)
         assert lean.awards == full.awards
-        assert lean.progress == ()
+        assert lean.progress == () == lean.progress_entries
         assert lean.state.to_bytes() == full.state.to_bytes()
+        # The worker's form: the same progress as entries, the records' time being the event's.
+        entries = demo.evaluate(with_progress.get(envelope.user_id), envelope, progress_entries=True)
+        assert entries.progress == () and entries.awards == full.awards
+        assert entries.progress_entries == tuple((p.badge_id, p.tier, p.progress, p.target) for p in full.progress)
+        assert all(p.updated_at == envelope.occurred_at for p in full.progress)
+        assert entries.state.to_bytes() == full.state.to_bytes()
         progress_seen += len(full.progress)
         with_progress[envelope.user_id], without[envelope.user_id] = full.state, lean.state
     assert progress_seen > 0

@@ -90,9 +90,8 @@ def test_the_stored_latest_progress_keeps_the_newest_and_a_tie_goes_to_the_later
     # two_quizzes moved to 2 with the earlier-timed event: the sink keeps the newer record (progress 1).
     assert stored.progress[("two_quizzes", None)][:3] == [1, 2, datetime.fromisoformat("2026-03-02T12:00:00+00:00")]
     assert [p.progress for p in published_progress(early) if p.badge_id == "two_quizzes"] == []  # the sink keeps 1
-    record = ProgressRecord(user_id="u1", badge_id="two_quizzes", progress=2, target=2,
-                            updated_at="2026-03-02T12:00:00+00:00")
-    latest, changed = stored.with_progress([record])
+    latest, changed = stored.with_progress([("two_quizzes", None, 2, 2)],
+                                           datetime.fromisoformat("2026-03-02T12:00:00+00:00"))
     assert latest[("two_quizzes", None)][0] == 2 and changed == (("two_quizzes", None),)  # a tie: the later wins
 
 
