@@ -538,10 +538,9 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
         gc_passes = histogram(worker.port, "badgestream_gc_pause_seconds")
         print(f"[{name}] worker {w:,.0f}/s, {cpu:.0%} of a core, {cpu / w * 1e6:,.0f} us CPU per event "
               f"(load {load:.1f}); GC passes {gc_passes}", flush=True)
-        caught_up = {"worker (catching up on the stream)": f"{w:,.0f}/s",
-                     "worker CPU (share of one core)": f"{cpu:.0%}",
-                     "worker CPU us per event": f"{cpu / w * 1e6:,.0f}",
-                     "worker GC passes from start-up to caught up (count, mean, p99)": gc_passes}
+        cost = {"worker CPU (share of one core)": f"{cpu:.0%}", "worker CPU us per event": f"{cpu / w * 1e6:,.0f}",
+                "worker GC passes from start-up to caught up (count, mean, p99)": gc_passes}
+        caught_up = {"worker (catching up on the stream)": f"{w:,.0f}/s", **cost}
 
         if args.latency_only:
             lat = latency(bootstrap, settings, latency_events(name, users, args), args.rate, worker.processed, name)
@@ -567,9 +566,7 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
             print(f"[{name}] output records/event {outputs / events:.2f}, changelog {total / events:,.0f} B/event "
                   f"({records / events:.2f} records; resend ids {id_total / events:,.0f} B/event), "
                   f"largest value {largest:,} B", flush=True)
-            row.figures = {"worker": f"{w:,.0f}/s", "worker CPU (share of one core)": f"{cpu:.0%}",
-                           "worker CPU us per event": f"{cpu / w * 1e6:,.0f}",
-                           "worker GC passes from start-up to caught up (count, mean, p99)": gc_passes,
+            row.figures = {"worker": f"{w:,.0f}/s", **cost,
                            "f. output records per event": f"{outputs / events:.2f}",
                            "f. changelog bytes per event": f"{total / events:,.0f} ({records / events:.2f} records)",
                            "   of which resend ids": f"{id_total / events:,.0f}",
@@ -598,9 +595,7 @@ def run_stream(bootstrap: str, name: str, users: int, events: int, args: argpars
         "b. plain loop (no Faust)": f"{b:,.0f}/s",
         f"c. seed design (first {min(SEED_EVENTS, events):,})": f"{c:,.0f}/s",
         "worker": f"{w:,.0f}/s",
-        "worker CPU (share of one core)": f"{cpu:.0%}",
-        "worker CPU us per event": f"{cpu / w * 1e6:,.0f}",
-        "worker GC passes from start-up to caught up (count, mean, p99)": gc_passes,
+        **cost,
         "worker / b": f"{w / b:.0%}",
         "worker / c": f"{w / c:.1f}x",
         f"d. latency at {args.rate:,.0f}/s (event -> award record)": lat.summary(),
