@@ -53,26 +53,24 @@ WORKER_GC_THRESHOLDS = (50_000, 20, 100)
 """The garbage collector's thresholds while the worker runs (Python's default: 700, 10, 10).
 
 The state cache keeps a few thousand users' values as objects for a second or so, each event
-replaces one, and evaluating makes no reference cycles. The values that die count against the young
-generation's allocations, so it holds most of the cache by the time it is collected, and the older
-generations walk it again. With the default thresholds that was 18% of the
-worker's CPU on bench/worker's new-user stream, with full collections of 80-140 ms every second or
-two (their pauses showed in the mature stream's p99). With these, the young generation is
-collected every 50,000 net allocations (9-15 times over a 40,000-event new-user run), the middle one every
-20 of those, and a full collection waits for 100 middle ones (minutes at full speed): cyclic
-garbage (asyncio's, an exception's traceback) still goes, later. bench/worker/README.md has the
-figures."""
+replaces one, and evaluating makes no reference cycles. The values that die count against the
+young generation's allocations, so it holds most of the cache by the time it is collected, and the
+older generations walk it again. With the default thresholds that was 18% of the worker's CPU on
+bench/worker's new-user stream, with full collections of 80-140 ms every second or two (their
+pauses showed in the mature stream's p99). With these, the young generation is collected every
+50,000 net allocations (9-15 times over a 40,000-event new-user run), the middle one every 20 of
+those, and a full collection waits for 100 middle ones (minutes at full speed): cyclic garbage
+(asyncio's, an exception's traceback) still goes, later. bench/worker/README.md has the figures."""
 
 
-def tune_collector(pauses: CollectorPauses | None = None) -> None:
+def tune_collector(pauses: CollectorPauses) -> None:
     """Freeze what exists now (it lives as long as the worker: out of the collector's sight, its full
     passes only walk what events create), set :data:`WORKER_GC_THRESHOLDS`, and time every pass
     from now on with ``pauses`` (in place of the timer an earlier app of this process installed)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*WORKER_GC_THRESHOLDS)
-    if pauses is not None:
-        gc.callbacks[:] = [c for c in gc.callbacks if not isinstance(c, CollectorPauses)] + [pauses]
+    gc.callbacks[:] = [c for c in gc.callbacks if not isinstance(c, CollectorPauses)] + [pauses]
 
 
 def create_app(settings: Settings, catalog: Catalog | None = None, *,
